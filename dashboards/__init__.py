@@ -1,0 +1,1 @@
+"""The Dash app over stored runs (see dashboards.app)."""

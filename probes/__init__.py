@@ -1,0 +1,1 @@
+"""Capture: TransformerLens-named hooks on a bridge (exact) and a streaming attention function."""

@@ -1,0 +1,42 @@
+"""The registry of analyses that `analyze`, the CLI, the report and the dashboard all read.
+
+Adding an analysis is one module with one public function ``fn(model, prompts) -> DataFrame``
+plus one `register` call (STYLE.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Analyzer:
+    """One registered analysis.
+
+    Attributes:
+        name: the table name in a run (``head_summary``).
+        fn: ``fn(model, prompts) -> DataFrame`` with one row per (layer, head) unless noted.
+        title: a short human title.
+        mode: which capture produced it (``"exact"`` hooks or ``"stream"`` statistics).
+        applies: ``applies(model) -> str | None``: None if it runs on this model, else why not.
+    """
+
+    name: str
+    fn: Callable[..., pd.DataFrame]
+    title: str
+    mode: str = "exact"
+    applies: Callable[[object], str | None] = lambda model: None
+
+
+ANALYZERS: dict[str, Analyzer] = {}
+
+
+def register(analyzer: Analyzer) -> Analyzer:
+    ANALYZERS[analyzer.name] = analyzer
+    return analyzer
+
+
+from workbench.analyzers import summary  # noqa: E402,F401  (registers itself)

@@ -1,0 +1,74 @@
+"""The `workbench` command line: models, analyze, demo train (and, later issues, report/serve/bench).
+
+Every bad input ends in one line on stderr (``error: ...``) and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from workbench.errors import WorkbenchError
+
+app = typer.Typer(
+    name="workbench",
+    help="Attention Workbench: record, analyse and report what attention heads do.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _demo_app():
+    from workbench.demo.cli import app as demo_app
+
+    return demo_app
+
+
+app.add_typer(_demo_app(), name="demo", help="The bundled demo model organism (train it again).")
+
+
+@app.command()
+def models() -> None:
+    """List the model sources `--model` accepts and what each one is."""
+    from workbench.models import SOURCES
+
+    for name, what in SOURCES.items():
+        typer.echo(f"{name:<12} {what}")
+
+
+@app.command()
+def analyze(
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<model>); an existing run is resumed."),
+    model: str = typer.Option("demo", "--model", help="demo, minilm, a local HF directory or a hub id."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help=".jsonl (field 'prompt') or .txt, one a line."),
+    analysis: Optional[list[str]] = typer.Option(None, "--analysis", help="Only these analyses (repeatable)."),
+) -> None:
+    """Run every registered analysis on a model and prompts into a run directory."""
+    import workbench as wb
+
+    texts = wb.load_prompts(prompts) if prompts is not None else None  # fail before loading the model
+    handle = wb.load_model(model)
+    out = out or Path("runs") / Path(model).name
+    run = wb.analyze(handle, texts, out=out, analyses=analysis or None)
+    typer.echo(f"wrote run {run.path} with tables: {', '.join(run.tables)}")
+    for name, reason in run.manifest.get("skipped", {}).items():
+        typer.echo(f"skipped {name}: {reason}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app and turn WorkbenchError into one line, exit 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(args=argv)
+    except WorkbenchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
