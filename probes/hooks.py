@@ -19,7 +19,7 @@ NameFilter = str | Iterable[str] | Callable[[str], bool]
 
 def hook_names(bridge, names: NameFilter) -> list[str]:
     """Resolve a name filter (exact names, glob patterns like ``blocks.*.attn.hook_pattern``,
-    or a predicate) to the bridge's hook names, in model order.
+    or a predicate) to the bridge's hook names, in the bridge's registration order.
 
     Raises:
         WorkbenchError: a name or pattern that matches no hook point.

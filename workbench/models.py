@@ -175,11 +175,18 @@ def load_model(
     Raises:
         WorkbenchError: unknown source, missing directory or config, hub id while offline.
     """
+    from transformers import AutoTokenizer
+
     if hf_model is not None:
         if tokenizer is None:
             raise WorkbenchError("hf_model= needs tokenizer= as well (a transformers tokenizer)")
         name = source if source != "demo" else type(hf_model).__name__
-        return _wrap(hf_model, _reload_tokenizer(tokenizer), name=name, source="in-memory", device=device, dtype=dtype)
+        # The bridge re-reads the tokenizer from its save path while booting: keep it until then.
+        with tempfile.TemporaryDirectory(prefix="workbench-tokenizer-") as tmp:
+            tokenizer.save_pretrained(tmp)
+            with _quiet_transformers():
+                tokenizer = AutoTokenizer.from_pretrained(tmp)
+            return _wrap(hf_model, tokenizer, name=name, source="in-memory", device=device, dtype=dtype)
     if not isinstance(source, str) or not source:
         raise WorkbenchError(f"model source must be a non-empty string; got {source!r}")
     if source == "demo":
@@ -229,7 +236,7 @@ def _load_dir(path: Path, *, name: str, source: str, device, dtype, encoder: boo
         config = AutoConfig.from_pretrained(path)
         model = _model_class(config, encoder).from_pretrained(path, attn_implementation="eager")
         tok = AutoTokenizer.from_pretrained(path)
-    return _wrap(model, tok, name=name, source=source, device=device, dtype=dtype)
+    return _wrap(model, tok, name=name, source=source, device=device, dtype=dtype, meta={"path": str(path)})
 
 
 @contextmanager
@@ -285,16 +292,7 @@ def _load_hub(repo_id: str, *, device, dtype) -> ModelHandle:
     return _load_dir(path, name=repo_id, source=repo_id, device=device, dtype=dtype)
 
 
-def _reload_tokenizer(tokenizer):
-    """Save and re-load an in-memory tokenizer (the bridge rejects ones never saved)."""
-    from transformers import AutoTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        return AutoTokenizer.from_pretrained(tmp)
-
-
-def _wrap(model, tokenizer, *, name: str, source: str, device, dtype) -> ModelHandle:
+def _wrap(model, tokenizer, *, name: str, source: str, device, dtype, meta: dict | None = None) -> ModelHandle:
     from transformer_lens.model_bridge import TransformerBridge
 
     if hasattr(model, "set_attn_implementation"):
@@ -328,6 +326,6 @@ def _wrap(model, tokenizer, *, name: str, source: str, device, dtype) -> ModelHa
         d_head=int(cfg.d_head),
         n_ctx=int(cfg.n_ctx),
         is_causal=is_causal,
-        meta={"model_type": config.model_type},
+        meta={"model_type": config.model_type, **(meta or {})},
     )
 
