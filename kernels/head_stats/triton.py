@@ -24,6 +24,31 @@ from .stats import HeadStats
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # as @triton.jit saw it below
+
+
+def _rewrap_language_for_interpreter() -> None:
+    """Make triton.language's own jit helpers (tl.sum, tl.zeros, ...) interpretable.
+
+    @triton.jit reads TRITON_INTERPRET when it decorates; if triton was imported before the
+    variable was set (transformers imports it, for one), those helpers are compiled-mode
+    JITFunctions that the interpreter cannot call ("Cannot call @triton.jit'd outside of the
+    scope of a kernel"). Only runs in interpreter mode, where nothing is compiled anyway.
+    """
+    import sys
+
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("triton.language") and mod is not None:
+            for attr, obj in list(vars(mod).items()):
+                if type(obj) is JITFunction:
+                    setattr(mod, attr, InterpretedFunction(obj.fn))
+
+
+if INTERPRET:
+    _rewrap_language_for_interpreter()
 
 
 @triton.jit
@@ -248,6 +273,11 @@ def head_stats_triton(
     sizes (powers of two >= 16), for tests.
     """
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if interpret != INTERPRET:
+        raise RuntimeError(
+            f"TRITON_INTERPRET is {int(interpret)} now but was {int(INTERPRET)} when the head_stats "
+            "kernels were defined; set it before the first Triton head_stats call"
+        )
     B, Hq, N, d = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     assert q.dim() == 4 and k.dim() == 4 and k.shape[0] == B and k.shape[3] == d
