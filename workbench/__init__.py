@@ -9,14 +9,14 @@
 from workbench.analyze import analyze
 from workbench.analyzers import ANALYZERS, Analyzer, register
 from workbench.analyzers.summary import head_summary
-from workbench.capture import capture_patterns
+from workbench.capture import capture_patterns, capture_stats
 from workbench.errors import WorkbenchError
 from workbench.models import SOURCES, ModelHandle, load_model
 from workbench.prompts import load_prompts
 from workbench.run import Run
 
 __all__ = [
-    "ANALYZERS", "Analyzer", "ModelHandle", "Run", "SOURCES", "WorkbenchError", "analyze", "capture_patterns",
+    "ANALYZERS", "Analyzer", "ModelHandle", "Run", "SOURCES", "WorkbenchError", "analyze", "capture_patterns", "capture_stats",
     "head_summary", "load_model", "load_prompts", "register",
 ]
 __version__ = "0.1.0"

@@ -60,3 +60,42 @@ def patterns_for_batch(model, ids: torch.Tensor, mask: torch.Tensor, layers: Seq
     with torch.no_grad(), record(model.bridge, names, to_cpu=True) as store:
         run_bridge(model, ids, mask, return_type=None)
     return {layer: store[name].float() for layer, name in zip(layers, names)}
+
+
+def capture_stats(model, prompts, *, batch_size: int = 4, sink_tokens: int = 1, window: int = 16,
+                  backend: str = "auto", columns: bool = False):
+    """Streaming capture: per-head statistics without any N×N tensor (long context).
+
+    Args:
+        model: a `ModelHandle`.
+        prompts: strings or token ids, as for `capture_patterns`.
+        batch_size: prompts per forward; prompts are batched with others of the same length.
+        sink_tokens: sink_mass counts attention on keys ``[0, sink_tokens)`` (Gu et al.: 1).
+        window: local_mass counts attention on the last ``window`` keys up to the query.
+        backend: `kernels.head_stats` backend (``"auto"``: Triton on CUDA, else reference).
+        columns: also return the attention each key receives.
+    Returns:
+        DataFrame ``prompt_id, layer, head, entropy, max_prob, sink_mass, local_mass, n_queries``
+        (means over each prompt's real query rows); with ``columns=True`` a pair
+        ``(that frame, column frame prompt_id, layer, head, position, col_mass)``.
+    """
+    import pandas as pd
+
+    from probes.streaming import stream_capture
+
+    ids, mask = model.to_tokens(prompts)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise WorkbenchError(f"batch_size must be a positive int; got {batch_size!r}")
+    lengths = mask.sum(-1).tolist()
+    frames, cols = [], []
+    for n in sorted(set(lengths)):  # equal-length batches: no padding anywhere
+        same = [i for i, length in enumerate(lengths) if length == n]
+        for start in range(0, len(same), batch_size):
+            chosen = same[start:start + batch_size]
+            cap = stream_capture(model, ids[chosen, :n], prompt_ids=chosen, sink_tokens=sink_tokens,
+                                 window=window, column_mass=columns, backend=backend)
+            frames.append(cap.to_frame())
+            if columns:
+                cols.append(cap.column_frame())
+    frame = pd.concat(frames, ignore_index=True).sort_values(["prompt_id", "layer", "head"], ignore_index=True)
+    return (frame, pd.concat(cols, ignore_index=True)) if columns else frame

@@ -8,6 +8,7 @@ a local Hugging Face directory, a hub id (only when online or already cached), o
 
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import contextmanager
 import socket
@@ -47,7 +48,10 @@ class ModelHandle:
 
     Attributes:
         bridge: ``TransformerBridge`` with TransformerLens hook names (``blocks.{L}.attn.hook_pattern``).
-        hf_model: the Hugging Face model the bridge wraps (eager attention).
+        hf_model: the plain Hugging Face model (eager attention), sharing every parameter
+            tensor with the bridge's copy: booting a bridge rewires the attention modules of
+            the model it wraps, so this twin is the one that runs HF code paths unchanged
+            (generation, the streaming attention function).
         tokenizer: the Hugging Face tokenizer; prompts are tokenized with its own special tokens.
         name, source, architecture: what was loaded and from where.
         n_layers, n_heads, n_kv_heads, d_head, n_ctx: shape facts (n_ctx = max positions).
@@ -305,6 +309,7 @@ def _wrap(model, tokenizer, *, name: str, source: str, device, dtype, meta: dict
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = "right"
+    plain = _twin(model)  # the bridge rewires `model`'s attention modules; keep an HF view
     config = model.config
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=model, tokenizer=tokenizer, device=device or model.device, dtype=next(model.parameters()).dtype
@@ -315,7 +320,7 @@ def _wrap(model, tokenizer, *, name: str, source: str, device, dtype, meta: dict
     is_causal = not (config.model_type in _ENCODER_TYPES and not getattr(config, "is_decoder", False))
     return ModelHandle(
         bridge=bridge,
-        hf_model=model,
+        hf_model=plain,
         tokenizer=tokenizer,
         name=name,
         source=source,
@@ -329,3 +334,20 @@ def _wrap(model, tokenizer, *, name: str, source: str, device, dtype, meta: dict
         meta={"model_type": config.model_type, **(meta or {})},
     )
 
+
+
+def _twin(model):
+    """A second HF model object over the same parameter and buffer tensors (no memory copied)."""
+    with torch.device("meta"):
+        twin = type(model)(copy.deepcopy(model.config))
+    twin.load_state_dict(model.state_dict(), strict=False, assign=True)
+    for name, buffer in model.named_buffers():  # non-persistent buffers (RoPE inv_freq, ...)
+        owner, _, attr = name.rpartition(".")
+        setattr(twin.get_submodule(owner), attr, buffer)
+    for name, param in model.named_parameters():
+        owner, _, attr = name.rpartition(".")
+        if getattr(twin.get_submodule(owner), attr) is not param:
+            setattr(twin.get_submodule(owner), attr, param)
+    if hasattr(model, "generation_config"):
+        twin.generation_config = copy.deepcopy(model.generation_config)
+    return twin.eval()
