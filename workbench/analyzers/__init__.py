@@ -22,6 +22,9 @@ class Analyzer:
         title: a short human title.
         mode: which capture produced it (``"exact"`` hooks or ``"stream"`` statistics).
         applies: ``applies(model) -> str | None``: None if it runs on this model, else why not.
+        figures: ``figures(frame) -> list[go.Figure]`` for the report, dashboard and notebooks
+            (default: a layer × head grid per numeric score, `workbench.figures.default_figures`).
+        sources: the papers its definitions and defaults come from (for the report's method note).
     """
 
     name: str
@@ -29,6 +32,13 @@ class Analyzer:
     title: str
     mode: str = "exact"
     applies: Callable[[object], str | None] = lambda model: None
+    figures: Callable[[pd.DataFrame], list] | None = None
+    sources: tuple[str, ...] = ()
+
+    def make_figures(self, frame: pd.DataFrame) -> list:
+        from workbench.figures import default_figures
+
+        return (self.figures or default_figures)(frame)
 
 
 ANALYZERS: dict[str, Analyzer] = {}

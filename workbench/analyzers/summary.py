@@ -49,4 +49,7 @@ def head_summary(model, prompts, *, batch_size: int = BATCH) -> pd.DataFrame:
     })
 
 
-register(Analyzer("head_summary", head_summary, "Head summary: entropy and max attention", mode="exact"))
+register(Analyzer(
+    "head_summary", head_summary, "Head summary: entropy and max attention", mode="exact",
+    sources=("Voita et al. 2019, Analyzing Multi-Head Self-Attention (confidence = max attention)",),
+))
