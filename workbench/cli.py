@@ -60,6 +60,27 @@ def analyze(
         typer.echo(f"skipped {name}: {reason}")
 
 
+@app.command()
+def bench(
+    what: str = typer.Option("capture", "--what", help="capture (streaming vs run_with_cache), kernels, or all."),
+    model: str = typer.Option("demo", "--model", help="Model for the capture benchmark."),
+    sizes: Optional[str] = typer.Option(None, "--sizes", help="Comma-separated sequence lengths."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="Directory for the Parquet rows."),
+) -> None:
+    """Benchmarks that print ratios measured side by side in one run, and save long-format rows."""
+    if what not in ("capture", "kernels", "all"):
+        raise WorkbenchError(f"--what {what!r} is unknown: expected capture, kernels or all")
+    if what in ("capture", "all"):
+        from workbench import bench as capture_bench
+
+        args = ["--model", model, "--out", str(out / "capture.parquet")]
+        capture_bench.main(args + (["--sizes", sizes] if sizes else []))
+    if what in ("kernels", "all"):
+        from kernels import bench as kernel_bench
+
+        kernel_bench.main(["--out", str(out / "kernels.parquet")] + (["--sizes", sizes] if sizes else []))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and turn WorkbenchError into one line, exit 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

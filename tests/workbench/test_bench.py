@@ -1,0 +1,39 @@
+"""The capture benchmark's bookkeeping (no timings are asserted: benchmarks print, tests check)."""
+
+import pandas as pd
+import pytest
+
+from workbench.bench import _extrapolate, bench_capture, largest_completed, summarize
+from workbench.cli import main
+
+
+def test_extrapolation_is_quadratic():
+    assert _extrapolate([], 512) is None
+    assert _extrapolate([(1024, 1.5)], 4096) == pytest.approx(24.0)
+
+
+def test_summary_ratios_and_largest_n():
+    frame = pd.DataFrame([
+        {"path": "stream", "N": 512, "seconds": 1.0, "peak_rss_gib": 1.1, "delta_gib": 0.1, "status": "ok"},
+        {"path": "run_with_cache", "N": 512, "seconds": 4.0, "peak_rss_gib": 2.0, "delta_gib": 1.0, "status": "ok"},
+        {"path": "stream", "N": 1024, "seconds": 2.0, "peak_rss_gib": 1.2, "delta_gib": 0.2, "status": "ok"},
+        {"path": "run_with_cache", "N": 1024, "seconds": None, "peak_rss_gib": None, "delta_gib": None,
+         "status": "not run: ~25 GiB predicted > 20 GiB"},
+    ])
+    wide = summarize(frame)
+    assert wide.loc[wide.N == 512, "time_ratio"].item() == pytest.approx(0.25)
+    assert wide.loc[wide.N == 512, "memory_ratio"].item() == pytest.approx(0.1)
+    assert largest_completed(frame) == {"run_with_cache": 512, "stream": 1024}
+
+
+def test_one_real_case_runs_in_a_subprocess():
+    frame = bench_capture("minilm", sizes=[16], paths=["stream"], timeout=300)
+    row = frame.iloc[0]
+    assert row.status == "ok" and row.seconds > 0 and row.peak_rss_gib > row.delta_gib >= 0
+    assert row.source == "minilm" and row.torch
+
+
+def test_cli_rejects_unknown_benchmark(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--what", "everything"])
+    assert done.value.code == 2 and "--what 'everything' is unknown" in capsys.readouterr().err
