@@ -55,8 +55,8 @@ if INTERPRET:
 def _row_block(
     q, k_ptrs, mask_ptrs, start_n, qpos, m_i, l_i, u_i, sink_i, local_i, arg_i,
     M, D, scale_log2, sink_tokens, window, local_lo, local_hi,
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr,
-    IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LOCAL: tl.constexpr, MASKED: tl.constexpr,
+    EVEN_D: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # one key block of pass 1; MASKED=False for blocks every row sees whole (no tails)
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -105,9 +105,10 @@ def _row_block(
     # sink and local sums only on blocks that overlap them
     if start_n < sink_tokens:
         sink_i += tl.sum(tl.where(offs_n[None, :] < sink_tokens, e, 0.0), 1)
-    if (window > 0) & (start_n + BLOCK_N > local_lo) & (start_n <= local_hi):
-        in_win = (offs_n[None, :] > qpos[:, None] - window) & (offs_n[None, :] <= qpos[:, None])
-        local_i += tl.sum(tl.where(in_win, e, 0.0), 1)
+    if HAS_LOCAL:
+        if (start_n + BLOCK_N > local_lo) & (start_n <= local_hi):
+            in_win = (offs_n[None, :] > qpos[:, None] - window) & (offs_n[None, :] <= qpos[:, None])
+            local_i += tl.sum(tl.where(in_win, e, 0.0), 1)
     return m_new, l_i, u_i, sink_i, local_i, arg_i
 
 
@@ -118,8 +119,8 @@ def _row_stats_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_mb, stride_mn,
     Hq, N, M, D, GROUP, scale_log2, sink_tokens, window,
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LOCAL: tl.constexpr, EVEN_D: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -163,7 +164,7 @@ def _row_stats_kernel(
         m_i, l_i, u_i, sink_i, local_i, arg_i = _row_block(
             q, k_ptrs, m_base + offs_n * stride_mn, start_n, qpos, m_i, l_i, u_i, sink_i, local_i,
             arg_i, M, D, scale_log2, sink_tokens, window, local_lo, q_last,
-            CAUSAL, HAS_MASK, False, EVEN_D, IEEE, BLOCK_N, BLOCK_D,
+            CAUSAL, HAS_MASK, HAS_LOCAL, False, EVEN_D, IEEE, BLOCK_N, BLOCK_D,
         )
     for start_n in range(full_hi, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -171,7 +172,7 @@ def _row_stats_kernel(
         m_i, l_i, u_i, sink_i, local_i, arg_i = _row_block(
             q, k_ptrs, m_base + offs_n * stride_mn, start_n, qpos, m_i, l_i, u_i, sink_i, local_i,
             arg_i, M, D, scale_log2, sink_tokens, window, local_lo, q_last,
-            CAUSAL, HAS_MASK, True, EVEN_D, IEEE, BLOCK_N, BLOCK_D,
+            CAUSAL, HAS_MASK, HAS_LOCAL, True, EVEN_D, IEEE, BLOCK_N, BLOCK_D,
         )
 
     # step 4: finish the row statistics; dead rows (l = 0) get the documented values
@@ -317,7 +318,7 @@ def head_stats_triton(
     _row_stats_kernel[grid](
         q, k, mask, lse2, ent, maxp, arg, sink, local, *strides,
         Hq, N, M, d, Hq // Hkv, scale_log2, sink_tokens, window,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **common,
+        HAS_LOCAL=window > 0, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **common,
     )
 
     # pass 2: column sums, key-major, from pass 1's lse
