@@ -1,0 +1,194 @@
+"""The bundled demo model (data/demo) and suites (data/suites): load, bars (sampled), smoke run.
+
+The full model is never trained here; the smoke runs use a tiny config for a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+import torch
+
+from workbench.demo import corpus
+from workbench.demo.evaluate import (ablate_heads, accuracy, greedy_generate, load_demo,
+                                     sink_scores, sink_share)
+from workbench.errors import WorkbenchError
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "data" / "demo"
+SUITES = ROOT / "data" / "suites"
+TASKS = ("passkey", "ioi", "colored_objects")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """(model, tokenizer) loaded with plain transformers, eager attention (for α₀)."""
+    torch.set_num_threads(1)
+    return load_demo(DEMO, attn="eager")
+
+
+@pytest.fixture(scope="module")
+def suites():
+    return {t: corpus.load_suite(SUITES / f"{t}.jsonl") for t in TASKS}
+
+
+@pytest.fixture(scope="module")
+def report():
+    return json.loads((DEMO / "training_report.json").read_text())
+
+
+# ---------------------------------------------------------------- files and suites
+
+def test_demo_dir_is_plain_hf_llama_under_10mb():
+    from transformers import AutoConfig
+
+    conf = AutoConfig.from_pretrained(DEMO)
+    assert conf.model_type == "llama"
+    assert conf.num_key_value_heads < conf.num_attention_heads  # GQA
+    assert conf.num_hidden_layers >= 2 and conf.num_attention_heads >= 2
+    assert conf.max_position_embeddings >= 4096
+    assert (DEMO / "model.safetensors").stat().st_size <= 10 * 2**20
+
+
+def test_suites_have_required_fields(suites):
+    assert all(len(rows) >= 20 for rows in suites.values())
+    for row in suites["passkey"]:
+        assert {"prompt", "answer", "context_length", "depth"} <= row.keys()
+    for task in ("ioi", "colored_objects"):
+        for row in suites[task]:
+            assert {"prompt", "answer", "corrupted_prompt", "corrupted_answer"} <= row.keys()
+            assert row["answer"] != row["corrupted_answer"]
+    lengths = {r["context_length"] for r in suites["passkey"]}
+    depths = {r["depth"] for r in suites["passkey"]}
+    assert min(lengths) <= 128 and max(lengths) >= 1024
+    assert min(depths) == 0.0 and max(depths) == 1.0
+
+
+def test_answers_round_trip_through_tokenizer(suites):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(DEMO)
+    for task, rows in suites.items():
+        for row in rows:
+            for key in ("answer", "corrupted_answer"):
+                if key in row:
+                    ids = tok(row[key], add_special_tokens=False).input_ids
+                    assert tok.unk_token_id not in ids, (task, row[key])
+                    assert row[key].startswith(" ")
+                    assert " " + tok.decode(ids) == row[key]
+    for row in suites["passkey"]:  # one token per digit, prompt length = context_length
+        assert len(tok(row["answer"], add_special_tokens=False).input_ids) == 5
+        assert len(tok(row["prompt"]).input_ids) == row["context_length"]
+
+
+def test_corrupted_prompts_have_clean_length(suites):
+    tok = corpus.build_tokenizer()
+    for task in ("ioi", "colored_objects"):
+        for row in suites[task]:
+            assert len(tok(row["prompt"]).input_ids) == len(tok(row["corrupted_prompt"]).input_ids)
+
+
+def test_tokenizer_prepends_bos():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(DEMO)
+    ids = tok("the sky is blue").input_ids
+    assert ids[0] == tok.bos_token_id and len(ids) == 5
+    assert tok.pad_token is not None and tok.eos_token is not None and tok.unk_token is not None
+
+
+def test_suites_are_regenerated_identically(tmp_path):
+    corpus.write_suites(tmp_path)
+    for task in TASKS:
+        assert (tmp_path / f"{task}.jsonl").read_text() == (SUITES / f"{task}.jsonl").read_text()
+
+
+# ---------------------------------------------------------------- sampled bars
+
+def test_greedy_generate_reproduces_answers_sampled(demo, suites):
+    model, tok = demo
+    sample = [next(r for r in suites["passkey"] if r["context_length"] == n and r["depth"] == d)
+              for n, d in ((128, 0.0), (256, 0.5), (512, 1.0), (1024, 0.25))]
+    for row in sample:
+        want = tok(row["answer"], add_special_tokens=False).input_ids
+        assert greedy_generate(model, tok, row["prompt"], len(want)) == want, row["context_length"]
+    for task in ("ioi", "colored_objects"):
+        rows = suites[task][:10]
+        assert sum(accuracy(model, tok, rows)) >= 9, task
+        corrupted = [{"prompt": r["corrupted_prompt"], "answer": r["corrupted_answer"]}
+                     for r in rows]
+        assert sum(accuracy(model, tok, corrupted)) >= 8, task
+
+
+def test_first_token_sink_sampled(demo, suites):
+    model, tok = demo
+    alpha0 = sink_scores(model, tok, [r["prompt"] for r in suites["passkey"][2:5]])
+    assert alpha0.shape == (model.config.num_hidden_layers, model.config.num_attention_heads)
+    assert sink_share(alpha0) >= 0.5
+
+
+def test_retrieval_heads_ablation_sampled(demo, suites, report):
+    model, tok = demo
+    rows = [r for r in suites["passkey"] if r["context_length"] in (128, 256)][::2]  # 10 rows
+    heads = [tuple(h) for h in report["ablation"]["heads"]]
+    assert sum(accuracy(model, tok, rows)) >= 9
+    with ablate_heads(model, heads):
+        assert sum(accuracy(model, tok, rows)) <= 5
+    with ablate_heads(model, [tuple(h) for h in report["ablation"]["random_heads"][0]]):
+        assert sum(accuracy(model, tok, rows)) >= 8
+
+
+def test_ablate_heads_removes_hooks_on_error(demo):
+    model, _ = demo
+    o_proj = model.model.layers[1].self_attn.o_proj
+    with pytest.raises(RuntimeError):
+        with ablate_heads(model, [(1, 0)]):
+            assert len(o_proj._forward_pre_hooks) == 1
+            raise RuntimeError("boom")
+    assert len(o_proj._forward_pre_hooks) == 0
+    with pytest.raises(WorkbenchError, match="out of range"):
+        with ablate_heads(model, [(99, 0)]):
+            pass
+
+
+# ---------------------------------------------------------------- smoke runs (tiny config)
+
+TINY = dict(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_mlp=64, batch=4,
+            long_tokens=256, eval_every=0, warmup=5, phases=((0.0, 32, 48), (0.5, 48, 64)))
+
+
+def test_training_smoke_cli_end_to_end(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from typer.testing import CliRunner
+
+    from workbench.demo.cli import app
+
+    out, suites_out = tmp_path / "demo", tmp_path / "suites"
+    res = CliRunner().invoke(app, ["train", "--tiny", "--steps", "20", "--out", str(out),
+                                   "--suites-out", str(suites_out), "--no-evaluate"])
+    assert res.exit_code == 0, res.output
+    assert "step    19" in res.output and "report:" in res.output
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.num_key_value_heads == 2 and tok("the sky").input_ids[0] == 2
+    info = json.loads((out / "training_report.json").read_text())
+    assert info["steps"] == 20 and info["seed"] == 0 and info["loss_curve"]
+    assert {p.name for p in suites_out.iterdir()} == {f"{t}.jsonl" for t in TASKS}
+
+
+def test_training_is_seeded_and_reproducible():
+    from workbench.demo.train import DemoConfig, train
+
+    cfg = replace(DemoConfig(**TINY), steps=6)
+    a, _, _ = train(cfg, None, log=lambda s: None)
+    b, _, _ = train(cfg, None, log=lambda s: None)
+    c, _, _ = train(replace(cfg, seed=1), None, log=lambda s: None)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)

@@ -1,0 +1,213 @@
+"""Train the demo model organism: a ~1M-parameter Llama (RoPE, GQA) on the synthetic corpus.
+
+Recipe (what made copying form on 2 CPU cores): AdamW 1e-3 with a 200-step warm-up then cosine
+decay, gradient clipping at 1.0, a length curriculum (32-64 tokens, then 64-256, then
+256-1024 so passkey retrieval holds at 1024), loss on every answer token and a fraction of the
+filler tokens, and a ``<bos>`` at the start of every sequence so a first-token sink can form.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from workbench.demo import corpus
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Model and training hyper-parameters (defaults = the committed demo model)."""
+
+    n_layers: int = 4            # decoder blocks
+    d_model: int = 128           # residual width
+    n_heads: int = 8             # query heads (d_head = d_model / n_heads = 16)
+    n_kv_heads: int = 2          # key/value heads (GQA: 4 query heads share one KV head)
+    d_mlp: int = 384             # SwiGLU hidden width
+    max_positions: int = 4096    # max_position_embeddings in config.json
+    rope_theta: float = 10000.0  # RoPE base
+    seed: int = 0                # seeds init, data order and data content
+    steps: int = 3200            # optimizer steps
+    lr: float = 1e-3             # peak AdamW learning rate
+    warmup: int = 200            # linear warm-up steps
+    min_lr_frac: float = 0.1     # cosine decays to lr * min_lr_frac
+    weight_decay: float = 0.01   # AdamW weight decay
+    clip: float = 1.0            # gradient-norm clip
+    batch: int = 32              # sequences per step in the short phases
+    long_tokens: int = 4096      # tokens per step in the long phase (batch = long_tokens // L)
+    # curriculum: (fraction of steps where the phase starts, min length, max length)
+    phases: tuple = ((0.0, 32, 64), (0.45, 64, 256), (0.8, 256, 1024))
+    # training mixture (kind, probability)
+    mix: tuple = (("passkey", 0.35), ("induction", 0.15), ("ioi", 0.15),
+                   ("colored_objects", 0.35))
+    filler_keep: float = 0.3     # fraction of filler tokens that carry loss
+    eval_every: int = 250        # steps between progress evaluations
+    threads: int = 1             # torch CPU threads
+
+
+def make_model(cfg: DemoConfig, vocab_size: int):
+    """A freshly initialised ``LlamaForCausalLM`` for ``cfg`` (seeded by ``cfg.seed``)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    conf = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads, max_position_embeddings=cfg.max_positions,
+        rope_theta=cfg.rope_theta, tie_word_embeddings=True, bos_token_id=2, eos_token_id=3,
+        pad_token_id=0, attention_dropout=0.0)
+    return LlamaForCausalLM(conf)
+
+
+def phase_for(cfg: DemoConfig, step: int) -> tuple[int, int, int]:
+    """(min length, max length, batch size at max length) of the curriculum at ``step``."""
+    frac = step / max(1, cfg.steps)
+    lo, hi = cfg.phases[0][1:]
+    for start, p_lo, p_hi in cfg.phases:
+        if frac >= start:
+            lo, hi = p_lo, p_hi
+    batch = cfg.batch if hi <= 256 else max(2, cfg.long_tokens // hi)
+    return lo, hi, batch
+
+
+def make_batch(cfg: DemoConfig, step: int, vocab: dict[str, int]):
+    """The training batch of ``step`` (a pure function of seed and step).
+
+    Returns:
+        ids ``(B, T)`` long, loss mask ``(B, T)`` float.
+    """
+    rng = np.random.default_rng([cfg.seed, step])
+    lo, hi, batch = phase_for(cfg, step)
+    length = int(rng.integers(lo, hi + 1))
+    if hi > 256:  # long phase: constant tokens per step
+        batch = max(2, cfg.long_tokens // length)
+    kinds, probs = zip(*cfg.mix)
+    ids, masks = [], []
+    for kind in rng.choice(len(kinds), batch, p=np.array(probs) / sum(probs)):
+        words, mask = corpus.training_sequence(rng, length, kinds[kind], cfg.filler_keep)
+        ids.append([vocab[w] for w in words])
+        masks.append(mask)
+    return torch.tensor(ids), torch.tensor(masks, dtype=torch.float32)  # (B, T) each
+
+
+def lr_at(cfg: DemoConfig, step: int) -> float:
+    """Learning rate at ``step``: linear warm-up, then cosine to ``lr * min_lr_frac``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def masked_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over positions with ``mask = 1``.
+
+    logits ``(B, T, V)``, ids ``(B, T)``, mask ``(B, T)`` (mask[t] = 1: token t is a target).
+    """
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),  # (B*(T-1), V)
+        ids[:, 1:].reshape(-1), reduction="none").view(ids.shape[0], -1)  # (B, T-1)
+    m = mask[:, 1:]
+    return (ce * m).sum() / m.sum().clamp_min(1.0)
+
+
+def _monitor_rows(seed: int) -> dict[str, list[dict]]:
+    """Small progress-monitor set drawn from a separate stream (not the committed suites)."""
+    rng = np.random.default_rng([seed, 4242])
+    rows: dict[str, list[dict]] = {}
+    for length in (128, 256, 512, 1024):
+        rows[f"passkey@{length}"] = []
+        for depth in (0.1, 0.5, 0.9):
+            prompt, answer, _ = corpus.passkey_example(rng, length, depth)
+            rows[f"passkey@{length}"].append({"prompt": " ".join(prompt),
+                                              "answer": " " + " ".join(answer)})
+    for name, make in (("ioi", corpus.ioi_example), ("colored_objects",
+                                                     corpus.colored_objects_example)):
+        rows[name] = [{"prompt": " ".join(e["prompt"]), "answer": " " + " ".join(e["answer"])}
+                      for e in (make(rng) for _ in range(12))]
+    return rows
+
+
+def train(cfg: DemoConfig, out_dir: str | Path | None = None,
+          log: Callable[[str], None] = print) -> tuple[object, object, dict]:
+    """Train the demo model and (if ``out_dir``) export it as a plain HF directory.
+
+    Returns:
+        (model, tokenizer, info) where info holds ``steps``, ``seconds``, ``seed``,
+        ``loss_curve`` (list of ``[step, loss]``, subsampled), ``monitor`` (progress evals)
+        and ``config``.
+    """
+    from workbench.demo.evaluate import accuracy
+
+    torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True)
+    tok = corpus.build_tokenizer()
+    vocab = tok.get_vocab()
+    model = make_model(cfg, len(vocab))
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.95))
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params:,} parameters; {cfg.steps} steps; seed {cfg.seed}")
+    monitor_rows = _monitor_rows(cfg.seed)
+    curve, monitor, ema = [], [], None
+    t0 = time.time()
+    for step in range(cfg.steps):
+        ids, mask = make_batch(cfg, step, vocab)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        loss = masked_loss(model(input_ids=ids).logits, ids, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if step % 10 == 0 or step == cfg.steps - 1:
+            curve.append([step, round(loss.item(), 4)])
+        last = step == cfg.steps - 1
+        if (cfg.eval_every and step % cfg.eval_every == 0 and step) or last:
+            model.eval()
+            accs = {k: round(float(np.mean(accuracy(model, tok, rows))), 3)
+                    for k, rows in monitor_rows.items() if not (k == "passkey@1024" and
+                                                                cfg.d_model < 64)}
+            model.train()
+            monitor.append({"step": step, "seconds": round(time.time() - t0, 1), **accs})
+            log(f"step {step:5d}  loss {ema:.3f}  len {ids.shape[1]:4d}x{ids.shape[0]:2d}  "
+                f"{time.time() - t0:6.0f}s  " + " ".join(f"{k}={v}" for k, v in accs.items()))
+        elif step % 50 == 0:
+            log(f"step {step:5d}  loss {ema:.3f}  len {ids.shape[1]:4d}x{ids.shape[0]:2d}  "
+                f"{time.time() - t0:6.0f}s")
+    model.eval()
+    seconds = time.time() - t0
+    stride = max(1, len(curve) // 200)
+    info = {"steps": cfg.steps, "seconds": round(seconds, 1), "seed": cfg.seed,
+            "parameters": n_params, "loss_curve": curve[::stride] + [curve[-1]],
+            "monitor": monitor, "config": asdict(cfg)}
+    if out_dir is not None:
+        export(model, tok, out_dir)
+    return model, tok, info
+
+
+def export(model, tok, out_dir: str | Path) -> Path:
+    """Save ``model`` (float32 safetensors) and ``tok`` to ``out_dir`` as a plain HF directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.use_cache = True
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def write_report(out_dir: str | Path, report: dict) -> Path:
+    """Write ``training_report.json`` beside the weights; returns its path."""
+    path = Path(out_dir) / "training_report.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return path
