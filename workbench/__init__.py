@@ -13,6 +13,7 @@ from workbench.capture import capture_patterns, capture_stats
 from workbench.errors import WorkbenchError
 from workbench.models import SOURCES, ModelHandle, load_model
 from workbench.prompts import load_prompts
+from workbench.report import report  # noqa: F401  (wb.report(run, "report.html"))
 from workbench.run import Run
 
 __all__ = [

@@ -61,6 +61,24 @@ def analyze(
 
 
 @app.command()
+def report(
+    run: Optional[Path] = typer.Argument(None, help="A run directory (default: analyse --model into runs/<model>)."),
+    out: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write (replaced atomically)."),
+    model: Optional[str] = typer.Option(None, "--model", help="demo (default), minilm, a local HF directory or a hub id."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help=".jsonl (field 'prompt') or .txt, one a line."),
+) -> None:
+    """Write one self-contained HTML report (plotly.js inlined, works offline), computing missing analyses."""
+    from workbench.report import check_output, report as write_report, report_model
+
+    check_output(out)  # before any model is loaded or analysis run
+    if run is None:
+        path = report_model(model or "demo", out, prompts=prompts)
+    else:
+        path = write_report(run, out, model=model, prompts=prompts)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
 def bench(
     what: str = typer.Option("capture", "--what", help="capture (streaming vs run_with_cache), kernels, or all."),
     model: str = typer.Option("demo", "--model", help="Model for the capture benchmark."),

@@ -203,9 +203,15 @@ class Run:
             f"<td>{t['seconds']}</td></tr>"
             for n, t in self.manifest["tables"].items()
         )
+        rows += "".join(
+            f"<tr><td>{html.escape(n)}</td><td colspan=3><i>skipped: {html.escape(str(why))}</i></td></tr>"
+            for n, why in (self.manifest.get("skipped") or {}).items()
+        )
+        shape = f"{model.get('n_layers')} layers × {model.get('n_heads')} heads" if model.get("n_layers") else ""
         return (
             f"<b>Run</b> <code>{html.escape(str(self.path))}</code> — model "
-            f"<code>{html.escape(str(model.get('name')))}</code>, {self.manifest.get('n_prompts')} prompts"
+            f"<code>{html.escape(str(model.get('name')))}</code> {html.escape(shape)}, "
+            f"{self.manifest.get('n_prompts')} prompts (sha256 {html.escape(str(self.manifest.get('prompts_hash'))[:12])})"
             f"<table><tr><th>table</th><th>rows</th><th>capture</th><th>seconds</th></tr>{rows}</table>"
         )
 

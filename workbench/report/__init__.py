@@ -1,0 +1,205 @@
+"""Self-contained HTML reports of a run: one file, plotly.js inlined once, viewable offline.
+
+    >>> run = wb.analyze(wb.load_model("demo"), out="runs/demo")
+    >>> wb.report(run, "report.html")
+
+The page has a section per registered analysis (`workbench.analyzers.ANALYZERS`: its title,
+figures from ``make_figures(frame)`` and the papers in ``sources``), a table of top heads, a
+method note and the run's provenance (``run.manifest``). Analyses recorded as skipped say why.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from workbench.analyzers import ANALYZERS
+from workbench.errors import WorkbenchError
+from workbench.report import page
+from workbench.run import Run, prompts_hash
+
+__all__ = ["check_output", "render", "report", "report_model"]
+
+
+def check_output(out: str | Path) -> Path:
+    """Check that a report can be written at ``out`` before any work is done.
+
+    Returns:
+        ``out`` as a Path.
+    Raises:
+        WorkbenchError: ``out`` is a directory, its directory is missing or not a directory,
+            or a file cannot be created there.
+    """
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise WorkbenchError(f"report output {str(out)!r} is a directory: expected a file path such as "
+                             f"{str(out / 'report.html')!r}")
+    folder = out.parent
+    if not folder.exists():
+        raise WorkbenchError(f"cannot write report {str(out)!r}: directory {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        raise WorkbenchError(f"cannot write report {str(out)!r}: {str(folder)!r} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise WorkbenchError(f"cannot write report {str(out)!r}: directory {str(folder)!r} is not writable "
+                             f"({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return out
+
+
+def _model_for(run: Run, model):
+    """The model that computes a run's missing analyses: ``model`` (handle or source) or the run's own source."""
+    from workbench.models import load_model
+
+    if model is not None and not isinstance(model, str):
+        return model
+    if model is None:
+        info = run.manifest.get("model") or {}
+        model = info.get("source")
+        if not model or model == "in-memory":
+            raise WorkbenchError(
+                f"run {str(run.path)!r} lacks analyses and its model ({info.get('name')!r}) was built in memory: "
+                "pass model= (the ModelHandle) to compute them, or compute=False to report what the run holds")
+    return load_model(model)
+
+
+def _complete(run: Run, model, prompts, progress: bool) -> Run:
+    """Run the registered analyses the run holds neither as a table nor as skipped."""
+    from workbench.analyze import analyze
+    from workbench.prompts import load_prompts
+
+    skipped = run.manifest.get("skipped") or {}
+    missing = [n for n in ANALYZERS if n not in run and n not in skipped]
+    if not missing:
+        return run
+    model = _model_for(run, model)
+    stored = run.manifest.get("model") or {}
+    if stored.get("name") not in (None, model.name) or stored.get("n_heads") not in (None, model.n_heads):
+        raise WorkbenchError(f"run {str(run.path)!r} was made with model {stored.get('name')!r}, "
+                             f"not {model.name!r}: pass its model to compute the missing analyses {missing}")
+    what = "the model's default prompts" if prompts is None else "the prompts given"
+    if prompts is None or isinstance(prompts, (str, Path)):
+        prompts = load_prompts(prompts, model=model)
+    prompts = list(prompts)
+    if run.manifest.get("prompts_hash") not in (None, prompts_hash(prompts)):
+        raise WorkbenchError(f"run {str(run.path)!r} was made from other prompts than {what}: pass the run's "
+                             f"prompts (--prompts FILE) to compute its missing analyses {missing}")
+    return analyze(model, prompts, out=run.path, analyses=missing, progress=progress)
+
+
+def render(run: Run) -> tuple[str, int]:
+    """The report page of a run as HTML text, and how many figures it holds."""
+    manifest = run.manifest
+    model = (manifest.get("model") or {}).get("name") or "unknown model"
+    doc = page.Page(title=f"Attention Workbench report: {model}")
+    skipped = manifest.get("skipped") or {}
+    tops, method, analysed = [], [], []
+    names = list(ANALYZERS) + [n for n in run.tables if n not in ANALYZERS]
+    for name in names:
+        analyzer = ANALYZERS.get(name)
+        title = analyzer.title if analyzer else name
+        anchor = f"analysis-{name}"
+        sources = analyzer.sources if analyzer else ()
+        cite = "".join(f"<li>{html.escape(s)}</li>" for s in sources)
+        cite = f"<h3>Sources</h3><ul>{cite}</ul>" if cite else ""
+        method.append([title, f"table {name}", "; ".join(sources) or "—"])
+        if name in skipped:
+            body = f"<p>Not applicable to this model: {html.escape(str(skipped[name]))}</p>{cite}"
+            doc.add(anchor, title, body, css="skipped")
+            continue
+        if name not in run:
+            doc.add(anchor, title, "<p>Not computed in this run (report it with a model to compute it).</p>" + cite,
+                    css="missing")
+            continue
+        frame = run.table(name)
+        meta = manifest["tables"][name]
+        facts = (f'<p class="note">table <code>{html.escape(name)}</code>: {len(frame)} rows; columns '
+                 f'{html.escape(", ".join(map(str, frame.columns)))}; capture {html.escape(str(meta.get("capture_mode")))}'
+                 f', backend {html.escape(page.fmt(meta.get("backend")))}, {html.escape(page.fmt(meta.get("seconds")))} s</p>')
+        if frame.empty:
+            doc.add(anchor, title, facts + "<p>The analysis found nothing: the table has no rows.</p>" + cite)
+            continue
+        figures = analyzer.make_figures(frame) if analyzer else []
+        body = facts + page.flags(frame) + "".join(doc.figure(f) for f in figures) + cite
+        doc.add(anchor, title, body)
+        tops += page.top_heads(name, frame)
+        analysed.append(name)
+    if tops:
+        header = ["analysis", "score"] + [f"#{i}" for i in range(1, page.TOP_K + 1)]
+        body = ('<p class="note">The heads with the highest mean of each score (means over prompts; '
+                "L = layer, H = head, value in brackets).</p>" + page.table(tops, header))
+        doc.sections.insert(0, ("top-heads", "Top heads", body, ""))
+    note = ('<p>Each analysis follows the definition of the paper(s) below; thresholds and defaults are '
+            "documented in the docstring of its function. Attention is read exactly from the "
+            "TransformerLens hook <code>blocks.{L}.attn.hook_pattern</code> (capture \"exact\") or as "
+            "statistics of the real query/key the model uses, never materialising N×N (capture \"stream\").</p>")
+    doc.add("method", "Method", note + page.table(method, ["analysis", "stored as", "sources"]))
+    shrunk = f'<p class="note">{doc.downsampled} figure(s) were downsampled to fit the page.</p>' if doc.downsampled else ""
+    doc.add("provenance", "Provenance", page.provenance(manifest) + shrunk)
+    subtitle = (f"{manifest.get('n_prompts')} prompts · {len(analysed)} analyses with results · "
+                f"{len(skipped)} not applicable · run {run.path.name}")
+    return doc.render(subtitle), doc.n_figures
+
+
+def report(run: Run | str | Path, out: str | Path = "report.html", *, model=None, prompts=None,
+           compute: bool = True, progress: bool = True) -> Path:
+    """Write one self-contained HTML report of a run.
+
+    Args:
+        run: a `Run` or a run directory.
+        out: the HTML file to write (replaced atomically: no partial file is ever left).
+        model: a `ModelHandle` or source for analyses the run lacks (default: the run's own
+            source, reloaded; an in-memory model must be passed).
+        prompts: the run's prompts (strings or a file), needed only when the run lacks analyses
+            and was not made from the model's default prompts.
+        compute: run the registered analyses the run lacks (through `wb.analyze`, which resumes)
+            before writing; with False, their sections say they were not computed.
+        progress: progress bars while computing.
+    Returns:
+        The path of the written file.
+    Raises:
+        WorkbenchError: unwritable ``out`` (checked before anything runs), a missing or damaged
+            run, or a model/prompt set that does not match the run.
+    """
+    out = check_output(out)
+    run = run if isinstance(run, Run) else Run.open(run)
+    if compute:
+        run = _complete(run, model, prompts, progress)
+    text, _ = render(run)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def report_model(source: str = "demo", out: str | Path = "report.html", *, prompts=None, runs: str | Path = "runs",
+                 progress: bool = True) -> Path:
+    """Analyse a model into a cached run directory and report it (what ``workbench report`` does
+    with no RUN argument).
+
+    The run lives in ``runs/<model>`` for the model's default prompts and in
+    ``runs/<model>-<prompts sha256[:8]>`` for a prompt file, so a second report reuses it.
+    """
+    from workbench.analyze import analyze
+    from workbench.models import load_model
+    from workbench.prompts import load_prompts
+
+    out = check_output(out)
+    texts = load_prompts(prompts) if prompts is not None else None  # fail before loading the model
+    model = load_model(source)
+    suffix = "" if texts is None else f"-{prompts_hash(texts)[:8]}"
+    run = analyze(model, texts, out=Path(runs) / f"{Path(source).name}{suffix}", progress=progress)
+    return report(run, out, model=model, prompts=texts, progress=progress)
