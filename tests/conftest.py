@@ -2,6 +2,10 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton kernels run in the interpreter on machines without a GPU. It must be set before
+# anything imports triton (transformers does), so it lives here, first.
+if not os.path.exists("/dev/nvidia0") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import copy  # noqa: E402
 
