@@ -141,7 +141,7 @@ def render(run: Run) -> tuple[str, int]:
     doc.add("method", "Method", note + page.table(method, ["analysis", "stored as", "sources"]))
     shrunk = f'<p class="note">{doc.downsampled} figure(s) were downsampled to fit the page.</p>' if doc.downsampled else ""
     doc.add("provenance", "Provenance", page.provenance(manifest) + shrunk)
-    subtitle = (f"{manifest.get('n_prompts')} prompts · {len(analysed)} analyses with results · "
+    subtitle = (f"{manifest.get('n_prompts')} prompts · analyses: {len(analysed)} with results, "
                 f"{len(skipped)} not applicable · run {run.path.name}")
     return doc.render(subtitle), doc.n_figures
 
