@@ -1,0 +1,40 @@
+"""The Dash app: `create_app(folder)` over one run or a folder of runs (pages in dashboards/pages)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import dash
+
+from dashboards import data, shell
+from workbench.errors import WorkbenchError
+
+HERE = Path(__file__).resolve().parent
+
+
+def create_app(runs_root_or_run: str | Path) -> dash.Dash:
+    """A multi-page Dash app serving ``runs_root_or_run`` (WorkbenchError if it holds no run)."""
+    root = data.check_root(runs_root_or_run)
+    app = dash.Dash("dashboards", use_pages=True, pages_folder=str(HERE / "pages"),
+                    assets_folder=str(HERE / "assets"), title="Attention Workbench",
+                    suppress_callback_exceptions=True)  # pages add components the shell lacks
+    app.server.config[data.ROOT_KEY] = str(root)
+    pages = sorted(dash.page_registry.values(), key=lambda page: page["order"])
+    app.layout = shell.layout_factory([(page["name"], page["relative_path"]) for page in pages])
+    shell.register_callbacks(app)
+    with app.server.test_request_context("/"):  # bind the pages' module-level callbacks to this
+        app.server.preprocess_request()       # app now (Dash collects them at the first request)
+    return app
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise WorkbenchError (one line) when ``host:port`` cannot be bound, e.g. already in use."""
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise WorkbenchError(f"port {port!r} is out of range: expected 1..65535")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, port))
+    except OSError as exc:
+        raise WorkbenchError(f"cannot serve on {host}:{port}: {exc.strerror or exc} "
+                             "(is another server using it? pass --port N)") from None

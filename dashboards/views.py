@@ -1,0 +1,150 @@
+"""Building blocks shared by the pages: messages, the figures of a run's tables, head clicks.
+
+Everything here is a plain function of (root, run id, ...) or of a frame, so tests call them
+without a server. Pages are thin: a layout that calls these, and callbacks that call these.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from dash import dcc, html
+
+from dashboards import data
+from workbench.analyzers import ANALYZERS
+from workbench.errors import WorkbenchError
+from workbench.figures import default_figures
+
+GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+def message(text: str, kind: str = "note") -> html.Div:
+    """A boxed message in the page (``kind``: note or error), never a stack trace."""
+    return html.Div(text, className=f"wb-message wb-{kind}")
+
+
+def matching(names, keywords) -> list[str]:
+    """The names that contain any of ``keywords`` (a page's analyses, by table name)."""
+    return [n for n in names if any(k in n for k in keywords)]
+
+
+def title_of(name: str) -> str:
+    analyzer = ANALYZERS.get(name)
+    return analyzer.title if analyzer else name.replace("_", " ")
+
+
+def figures_for(name: str, frame) -> list:
+    """The figures of one table: its analyzer's ``make_figures`` (default grids if unregistered)."""
+    analyzer = ANALYZERS.get(name)
+    return analyzer.make_figures(frame) if analyzer else default_figures(frame)
+
+
+def analyze_hint(run, names) -> str:
+    source = (run.manifest.get("model") or {}).get("source") or "demo"
+    only = "".join(f" --analysis {n}" for n in names)
+    return f"workbench analyze --model {source} --out {run.path}{only}"
+
+
+_HEAD_LABEL = re.compile(r"^L\d+H\d+$")
+
+
+def names_heads(fig) -> bool:
+    """Whether a figure's points are heads with ``customdata = [layer, head, ...]``: a layer × head
+    grid (axes titled head and layer, as `head_grid` makes), or traces whose x or text labels are
+    ``L{layer}H{head}`` (importance ranking, UMAP head map). Other figures with customdata (token
+    sinks: layer, position) must not select a head when clicked."""
+    axes = (fig.layout.xaxis.title.text, fig.layout.yaxis.title.text)
+    if axes == ("head", "layer"):
+        return True
+    for trace in fig.data:
+        labels = getattr(trace, "text", None) if isinstance(getattr(trace, "text", None), (list, tuple)) else None
+        for values in (labels, getattr(trace, "x", None)):
+            if values is not None and len(values) and getattr(trace, "customdata", None) is not None \
+                    and all(isinstance(v, str) and _HEAD_LABEL.match(v) for v in values):
+                return True
+    return False
+
+
+def head_from_click(click) -> tuple[int, int] | None:
+    """(layer, head) named by a click on a figure that `names_heads` (its point's ``customdata``
+    starts with layer, head), or None."""
+    try:
+        custom = click["points"][0]["customdata"]
+        if isinstance(custom, dict):  # a typed array (numpy customdata) arrives as {"0": .., "1": ..}
+            custom = [custom[str(i)] for i in range(len(custom))]
+        layer, head = int(custom[0]), int(custom[1])
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+        return None
+    return (layer, head) if layer >= 0 and head >= 0 else None
+
+
+def selection(run_id: str | None, click) -> dict | None:
+    """The app-wide selection (ids only) for a click, or None when the click names no head."""
+    head = head_from_click(click)
+    return None if head is None else {"run": run_id, "layer": head[0], "head": head[1]}
+
+
+def run_query(run_id: str | None, **extra) -> str:
+    """The query string that keeps a run (and e.g. layer/head) across links."""
+    parts = [f"run={quote(run_id)}"] if run_id else []
+    parts += [f"{k}={quote(str(v))}" for k, v in extra.items() if v is not None]
+    return "?" + "&".join(parts) if parts else ""
+
+
+def analysis_page(root, run_id: str | None, prefix: str, label: str, keywords, *, extra=None) -> list:
+    """The body of an analysis page: every figure of every table of the run whose name matches
+    ``keywords``, and a clear message for each registered matching analysis the run lacks.
+
+    Args:
+        root, run_id: which run (see `dashboards.data.resolve_run`).
+        prefix: the page's id prefix; figures of heads get ids ``{"type": f"{prefix}-graph", ...}``
+            (a click selects the head), other figures ``{"type": f"{prefix}-figure", ...}``.
+        label: what the page shows, for messages ("retrieval").
+        keywords: table-name fragments that belong to the page.
+        extra: ``extra(run, frames) -> list`` of further components (e.g. overlap numbers).
+    """
+    try:
+        run = data.open_run(root, run_id)
+    except WorkbenchError as exc:
+        return [message(str(exc), "error")]
+    names = matching(run.tables, keywords)
+    out, frames = [], {}
+    for name in names:
+        out.append(html.H3(title_of(name)))
+        try:
+            frames[name] = frame = data.table(run, name)
+            figures = figures_for(name, frame)
+        except WorkbenchError as exc:
+            out.append(message(str(exc), "error"))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a figure function's bug must not become a stack trace
+            out.append(message(f"could not draw table {name!r}: {type(exc).__name__}: {exc}", "error"))
+            continue
+        if not figures:
+            out.append(message(f"table {name!r} has no figures; {len(frame)} rows, columns {list(frame.columns)}"))
+        for i, fig in enumerate(figures):  # only figures of heads get the id that selects a head
+            kind = f"{prefix}-graph" if names_heads(fig) else f"{prefix}-figure"
+            out.append(dcc.Graph(id={"type": kind, "index": f"{name}-{i}"}, figure=fig, config=GRAPH_CONFIG))
+    if extra is not None and frames:
+        out.extend(extra(run, frames))
+    skipped = run.manifest.get("skipped") or {}
+    lacking = [n for n in matching(ANALYZERS, keywords) if n not in run]
+    for name in lacking:
+        if name in skipped:
+            out.append(message(f"{title_of(name)} was skipped for this run's model: {skipped[name]}"))
+        else:
+            out.append(message(f"this run has no {name} table; run `{analyze_hint(run, [name])}`"))
+    if not names and not lacking:
+        out.append(message(f"this run has no {label} table; run `{analyze_hint(run, [])}` with a "
+                           f"workbench that has the {label} analysis"))
+    return out
+
+
+def int_or_none(value) -> int | None:
+    """An int from a URL parameter or dropdown value, or None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, str) and re.fullmatch(r"\d{1,6}", value) else None

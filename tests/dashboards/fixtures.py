@@ -1,0 +1,105 @@
+"""Fixture runs for the dashboard tests, built with `Run.create` + `add_table` (no model needed).
+
+`frames()` holds one hand-made frame per registered analysis, with the columns DESIGN.md and
+the analyzers give them and seeded values, on a demo-shaped model (4 layers × 8 heads).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+import workbench as wb
+
+N_LAYERS, N_HEADS = 4, 8
+
+
+def model_info(source: str = "nowhere", n_layers: int = N_LAYERS, n_heads: int = N_HEADS):
+    return SimpleNamespace(name="fixture", source=source, architecture="LlamaForCausalLM", n_layers=n_layers,
+                           n_heads=n_heads, n_kv_heads=2, d_head=16, n_ctx=64, is_causal=True)
+
+
+def _heads(n_layers: int = N_LAYERS, n_heads: int = N_HEADS) -> pd.DataFrame:
+    layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
+    return pd.DataFrame({"layer": layer.ravel(), "head": head.ravel()})
+
+
+def frames(seed: int = 0) -> dict[str, pd.DataFrame]:
+    """One frame per registered table name, seeded."""
+    rng = np.random.default_rng(seed)
+    base = _heads()
+    n = len(base)
+    sink = rng.random(n)
+    retrieval = rng.random(n) * 0.3
+    out = {
+        "head_summary": base.assign(entropy=rng.random(n) * 3, max_prob=rng.random(n), n_queries=40),
+        "sink_scores": base.assign(sink_score=sink, is_sink=sink > 0.3),
+        "token_sinks": pd.concat([base.assign(prompt_id=0, position=p, token=f"w{p}", alpha=rng.random(n))
+                                  for p in range(6)], ignore_index=True)[
+            ["prompt_id", "layer", "head", "position", "token", "alpha"]],
+        "secondary_sinks": pd.DataFrame({"prompt_id": [0], "position": [3], "token": ["w3"], "start_layer": [1],
+                                         "end_layer": [2], "n_layers": [2], "mean_cos": [0.95]}),
+        "massive_activations": pd.DataFrame({"prompt_id": [0, 0], "layer": [1, 2], "position": [0, 0],
+                                             "token": ["<s>", "<s>"], "dim": [7, 7], "value": [310.0, 420.0],
+                                             "ratio": [1500.0, 2100.0]}),
+        "head_importance": base.assign(importance=rng.random(n), raw=rng.random(n) * 0.01),
+        "pruning_curve": pd.DataFrame({"step": range(5), "n_pruned": [0, 3, 6, 9, 12],
+                                       "fraction_pruned": [0, 0.1, 0.2, 0.3, 0.4], "loss": [2.0, 2.1, 2.3, 2.8, 3.5],
+                                       "accuracy": [1.0, 0.95, 0.9, 0.6, 0.3], "pruned": ["", "L0H1", "L1H2", "L3H0", "L2H2"]}),
+        "head_patterns": base.assign(entropy=rng.random(n), max_prob=rng.random(n), sink_mass=sink,
+                                     local_mass=rng.random(n), mean_distance=rng.random(n) * 10,
+                                     prev_token=rng.random(n), duplicate=rng.random(n), induction=rng.random(n),
+                                     umap_x=rng.normal(size=n), umap_y=rng.normal(size=n),
+                                     cluster=np.arange(n) % 3, pattern=np.array(["sink", "local", "induction"])[np.arange(n) % 3]),
+        "retrieval_heads": base.assign(retrieval_score=retrieval, activation_frequency=rng.random(n),
+                                       is_retrieval=retrieval > 0.1),
+        "niah": pd.DataFrame([{"condition": c, "context_length": ctx, "depth": d, "accuracy": float(rng.random()),
+                               "n_trials": 4} for c in ("full", "retrieval heads ablated")
+                              for ctx in (128, 256) for d in (0.0, 0.5, 1.0)]),
+        "circuits": pd.concat([base.assign(task=t, method=m, effect=rng.normal(size=n), in_circuit=rng.random(n) > 0.7)
+                               for t in ("ioi", "colored_objects") for m in ("attribution_patching", "activation_patching")],
+                              ignore_index=True)[["task", "method", "layer", "head", "effect", "in_circuit"]],
+        "saliency_alignment": pd.concat([
+            base.assign(view="head"),
+            pd.DataFrame({"view": "layer_mean", "layer": range(N_LAYERS), "head": -1}),
+            pd.DataFrame({"view": ["all_mean", "rollout"], "layer": -1, "head": -1})], ignore_index=True),
+    }
+    sal = out["saliency_alignment"]
+    for col in ("pearson", "spearman", "kendall"):
+        sal[col] = rng.uniform(-1, 1, len(sal))
+    sal["topk_overlap"], sal["n_prompts"] = rng.random(len(sal)), 3
+    return out
+
+
+def make_run(path: Path, tables=None, *, source: str = "nowhere", prompts=("w1 w2 w3",), skipped=None) -> wb.Run:
+    """A run at ``path`` holding ``tables`` (names from `frames`, default all)."""
+    all_frames = frames()
+    run = wb.Run.create(path, model=model_info(source), prompts=list(prompts))
+    for name in all_frames if tables is None else tables:
+        run.add_table(name, all_frames[name])
+    if skipped:
+        run.manifest["skipped"] = dict(skipped)
+        run._write_manifest()
+    return run
+
+
+def make_root(root: Path) -> Path:
+    """A folder of runs: ``full`` (every table), ``group/partial`` (two tables, one skipped
+    analysis), ``damaged`` (a broken manifest), ``broken-table`` (a table file overwritten), and
+    a run outside the folder plus a symlink to it inside (``escape``)."""
+    make_run(root / "full")
+    make_run(root / "group" / "partial", ["head_summary", "sink_scores"],
+              skipped={"retrieval_heads": "needs needle-in-a-haystack trials (fixture)"})
+    (root / "damaged").mkdir(parents=True)
+    (root / "damaged" / "manifest.json").write_text("{ not json")
+    broken = make_run(root / "broken-table", ["head_summary", "sink_scores"])
+    (broken.path / "sink_scores.parquet").write_bytes(b"not parquet")
+    outside = root.parent / f"{root.name}-outside"
+    make_run(outside / "secret", ["head_summary"])
+    (root / "escape").symlink_to(outside / "secret", target_is_directory=True)
+    (outside / "note.json").write_text(json.dumps({"secret": True}))
+    return root

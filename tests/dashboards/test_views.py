@@ -1,0 +1,270 @@
+"""Figures, page bodies and callbacks as plain functions, from fixture frames and runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from dash import html, no_update
+
+from dashboards import data, shell, views
+from tests.dashboards.conftest import page
+from tests.dashboards.fixtures import frames
+from workbench.analyzers import ANALYZERS
+from workbench.errors import WorkbenchError
+from workbench.figures import attention_pattern
+
+
+def in_callback(fn, *args, triggered: tuple[str, ...] = ()):
+    """Call a Dash callback as a plain function with ``ctx.triggered`` set (Dash's documented way
+    of unit-testing callbacks that read the callback context)."""
+    from contextvars import copy_context
+
+    from dash._callback_context import context_value
+    from dash._utils import AttributeDict
+
+    def call():
+        context_value.set(AttributeDict(triggered_inputs=[{"prop_id": t, "value": None} for t in triggered]))
+        return fn(*args)
+
+    return copy_context().run(call)
+
+
+def _causal(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    logits = np.where(np.tril(np.ones((n, n), bool)), rng.normal(size=(n, n)), -np.inf)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _find(component, cls=None, kind=None) -> list:
+    """All components in a Dash tree with className containing ``cls`` or of type ``kind``."""
+    out, stack = [], [component]
+    while stack:
+        c = stack.pop()
+        if isinstance(c, (list, tuple)):
+            stack.extend(c)
+            continue
+        if c is None or isinstance(c, (str, int, float)):
+            continue
+        if (cls and cls in (getattr(c, "className", None) or "").split()) or (kind and type(c).__name__ == kind):
+            out.append(c)
+        stack.append(getattr(c, "children", None))
+    return out
+
+
+def _text(component) -> str:
+    if isinstance(component, (list, tuple)):
+        return " ".join(_text(c) for c in component)
+    if component is None or isinstance(component, (str, int, float)):
+        return "" if component is None else str(component)
+    return _text(getattr(component, "children", None))
+
+
+# -- the pattern figure ----------------------------------------------------------------------------
+def test_attention_pattern_short_is_exact_and_labelled():
+    p = _causal(7)
+    tokens = ["<s>", "a", "b", "a", "b", "c", "a"]
+    fig = attention_pattern(p, tokens, title="L0H1")
+    np.testing.assert_array_equal(np.asarray(fig.data[0].z), p)
+    assert list(fig.data[0].x) == [f"{i} {t}" for i, t in enumerate(tokens)]  # unique even for repeated tokens
+    assert fig.layout.title.text == "L0H1"
+
+
+def test_attention_pattern_long_is_block_averaged_or_windowed_never_whole():
+    n = 1000
+    p = _causal(n)
+    tokens = [f"w{i % 90}" for i in range(n)]
+    whole = attention_pattern(p, tokens)
+    z = np.asarray(whole.data[0].z)
+    assert z.shape == (250, 250)  # ceil(1000 / 256) = 4 → 250 blocks per axis, ≤ 256
+    np.testing.assert_allclose(z[10, 3], p[40:44, 12:16].mean(), rtol=1e-6)  # block mean, independently
+    assert whole.data[0].y[10] == "40–43 w40…" and "mean over 4×4 blocks" in whole.layout.title.text
+    window = attention_pattern(p, tokens, start=900)  # clamped to the last full window
+    np.testing.assert_array_equal(np.asarray(window.data[0].z), p[744:1000, 744:1000])
+    assert window.data[0].x[0] == "744 w24" and "positions 744–999 of 1000" in window.layout.title.text
+    with pytest.raises(WorkbenchError, match=r"needs a square \[query, key\] array .* got shape \(3, 4\) and 3 tokens"):
+        attention_pattern(np.zeros((3, 4)), ["a", "b", "c"])
+
+
+# -- clicks ----------------------------------------------------------------------------------------
+def test_head_from_click_reads_customdata_lists_and_typed_arrays():
+    assert views.head_from_click({"points": [{"x": 3, "y": 1, "customdata": [1, 3]}]}) == (1, 3)
+    assert views.head_from_click({"points": [{"x": 3, "y": 1, "customdata": {"0": 1, "1": 3}}]}) == (1, 3)
+    umap = {"points": [{"x": 0.2, "y": -1.0, "text": "L2H5", "customdata": {"0": 2.0, "1": 5.0, "2": 0.4}}]}
+    assert views.head_from_click(umap) == (2, 5)
+    for bad in (None, {}, {"points": []}, {"points": [{"x": 1}]}, {"points": [{"customdata": [-1, 2]}]}):
+        assert views.head_from_click(bad) is None
+    assert views.selection("full", {"points": [{"customdata": [0, 7]}]}) == {"run": "full", "layer": 0, "head": 7}
+
+
+def test_names_heads_separates_head_figures_from_token_and_position_figures():
+    f = frames()
+    kinds = {name: [views.names_heads(fig) for fig in ANALYZERS[name].make_figures(f[name])] for name in f}
+    assert all(kinds["head_summary"]) and all(kinds["retrieval_heads"]) and all(kinds["circuits"])
+    assert kinds["head_patterns"][0] and kinds["head_importance"] == [True, True]  # UMAP map and ranking bars
+    # token sinks carry customdata [layer, position]: a click there must not select "head = position"
+    assert kinds["token_sinks"] == [False] and kinds["massive_activations"] == [False]
+    assert kinds["niah"] == [False] and kinds["pruning_curve"] == [False]
+
+
+# -- analysis pages --------------------------------------------------------------------------------
+def _graphs(body) -> list:
+    return _find(body, kind="Graph")
+
+
+@pytest.mark.parametrize("name", ["sinks", "importance", "retrieval", "circuits", "saliency", "headmap"])
+def test_analysis_pages_show_every_figure_of_their_tables(request_ctx, runs_root, name):
+    keywords = page(name).KEYWORDS
+    body = views.analysis_page(runs_root, "full", name, name, keywords)
+    f = frames()
+    expected = sum(len(ANALYZERS[t].make_figures(f[t])) for t in views.matching(f, keywords))
+    assert expected > 0 and len(_graphs(body)) == expected
+    assert not _find(body, cls="wb-message")  # nothing missing in the full run
+    layout = page(name).layout(run="full")
+    assert len(_graphs(layout)) == expected + (0 if name != "saliency" else 0)
+
+
+def test_analysis_page_messages_for_missing_skipped_damaged(runs_root):
+    body = views.analysis_page(runs_root, "group/partial", "retrieval", "retrieval", ("retrieval", "niah"))
+    text = _text(body)
+    assert "First-token" not in text and not _graphs(body)
+    assert "Retrieval heads (needle-in-a-haystack copying) was skipped for this run's model: needs needle-in-a-haystack trials (fixture)" in text
+    assert f"this run has no niah table; run `workbench analyze --model nowhere --out {runs_root / 'group' / 'partial'} --analysis niah`" in text
+    sinks = _text(views.analysis_page(runs_root, "broken-table", "sinks", "sinks", ("sink",)))
+    assert "table 'sink_scores' of run" in sinks and "is damaged or missing" in sinks
+    for run_id, expected in (("damaged", "damaged manifest.json"), ("../root-outside/secret", "outside the served folder")):
+        body = views.analysis_page(runs_root, run_id, "sinks", "sinks", ("sink",))
+        assert expected in _text(body) and not _graphs(body)
+
+
+def test_analysis_page_survives_a_failing_figure_function(runs_root, monkeypatch):
+    from workbench.analyzers import Analyzer
+
+    def broken(frame):
+        raise KeyError("umap_x")
+
+    monkeypatch.setitem(ANALYZERS, "head_patterns", Analyzer("head_patterns", lambda m, p: None, "Head map", figures=broken))
+    text = _text(views.analysis_page(runs_root, "full", "headmap", "head map", ("pattern",)))
+    assert "could not draw table 'head_patterns': KeyError: 'umap_x'" in text
+
+
+# -- overview --------------------------------------------------------------------------------------
+def test_overview_choices_grid_and_headline(request_ctx, runs_root):
+    overview = page("overview")
+    run = data.open_run(runs_root, "full")
+    values = [json.loads(o["value"]) for o in overview.grid_choices(run)]
+    assert {"table": "circuits", "score": "effect", "where": {"task": "ioi", "method": "activation_patching"}} in values
+    assert {"table": "saliency_alignment", "score": "spearman", "where": {}} in values
+    assert not any(v["table"] in ("token_sinks", "niah", "pruning_curve") for v in values)  # not per head
+    choice = json.dumps({"table": "circuits", "score": "effect", "where": {"task": "colored_objects",
+                                                                          "method": "attribution_patching"}})
+    fig = overview.grid_figure(runs_root, "full", choice)
+    c = frames()["circuits"]
+    part = c[(c.task == "colored_objects") & (c.method == "attribution_patching")]
+    expected = part.pivot(index="layer", columns="head", values="effect").to_numpy()
+    np.testing.assert_allclose(np.asarray(fig.data[0].z), expected)
+    with pytest.raises(WorkbenchError, match="unknown grid choice"):
+        overview.grid_figure(runs_root, "full", "nonsense")
+    cards = _text(overview.headline(run))
+    sinks = frames()["sink_scores"]
+    assert f"{int(sinks.is_sink.sum())} of 32 heads ({100 * sinks.is_sink.mean():.0f}%)" in cards
+    assert "in circuit (ioi, attribution_patching)" in cards and "4 layers × 8 heads" in cards
+    figure, error = overview.show_score(choice, "full")
+    assert error is None and figure.layout.title.text.endswith("effect (colored_objects, attribution_patching)")
+    assert overview.select_head({"points": [{"customdata": [3, 1]}]}, "full") == {"run": "full", "layer": 3, "head": 1}
+    assert overview.select_head({"points": [{"x": 1}]}, "full") is no_update
+
+
+# -- head page -------------------------------------------------------------------------------------
+def test_head_scores_equal_the_tables(request_ctx, runs_root):
+    head = page("head")
+    rows = head.head_scores(data.open_run(runs_root, "full"), 2, 5)
+    f = frames()
+    by = {(r["table"], r["score"]): r for r in rows}
+    summary = f["head_summary"].set_index(["layer", "head"])
+    assert by[("Head summary: entropy and max attention", "entropy")]["value"] == pytest.approx(summary.loc[(2, 5), "entropy"])
+    imp = f["head_importance"].set_index(["layer", "head"])["importance"]
+    rank = int((imp > imp.loc[(2, 5)]).sum()) + 1
+    assert by[("Head importance (gradient)", "importance")]["rank"] == f"{rank} of 32"
+    c = f["circuits"]
+    flag = bool(c[(c.task == "ioi") & (c.method == "activation_patching") & (c.layer == 2) & (c["head"] == 5)].in_circuit.iloc[0])
+    assert by[("Circuits (ioi, colored objects) and their overlap (ioi, activation_patching)", "in_circuit")]["value"] is flag
+    assert head.head_shape(data.open_run(runs_root, "full")) == (4, 8)
+
+
+def test_reconcile_selection_and_dropdowns():
+    rec = page("head").reconcile
+    sel = {"run": "full", "layer": 2, "head": 5}
+    assert rec(True, sel, None, None, "full") == (2, 5, no_update)  # opening: the selection moves the dropdowns
+    assert rec(True, None, None, None, "full") == (0, 0, no_update)  # nothing selected yet
+    assert rec(True, sel, 1, 3, "full") == (no_update, no_update, {"run": "full", "layer": 1, "head": 3})  # address wins
+    assert rec(False, sel, 3, 5, "full") == (no_update, no_update, {"run": "full", "layer": 3, "head": 5})
+    assert rec(False, sel, 2, 5, "full") == (no_update, no_update, no_update)  # already selected
+
+
+def test_pattern_view_bounds_what_is_shipped(monkeypatch):
+    head = page("head")
+    n = 600
+    p = _causal(n, seed=3)
+    tokens = tuple(f"w{i % 90}" for i in range(n))
+    monkeypatch.setattr(data, "head_pattern", lambda source, prompt, layer, h: (p, tokens))
+    fig, token_view, slider_max, disabled = head.pattern_view("demo", "x", 0, 1, "whole", 0, None, None)
+    assert np.asarray(fig.data[0].z).shape == (200, 200) and slider_max == n - 256 and disabled
+    spans = _find(token_view, cls="wb-token")
+    assert len(spans) == 256 and "query 599" in _text(token_view)  # last query by default, 256 keys at most
+    click = {"points": [{"x": "3 w3", "y": "300 w30"}]}
+    fig, token_view, _, disabled = head.pattern_view("demo", "x", 0, 1, "window", 288, click, "head-pattern")
+    np.testing.assert_array_equal(np.asarray(fig.data[0].z), p[288:544, 288:544])
+    assert not disabled and "attention from query 300 'w30'" in _text(token_view)
+    spans = _find(token_view, cls="wb-token")
+    keys = sorted(int(s.title.split(":")[0].removeprefix("key ")) for s in spans)
+    assert keys == list(range(172, 428))  # 256 keys centred on the query
+    peak = p[300, 172:428].max()
+    for s in spans:  # each key shaded by its weight relative to the largest shown
+        k = int(s.title.split(":")[0].removeprefix("key "))
+        assert float(s.style["backgroundColor"].split(",")[-1].rstrip(")")) == pytest.approx(p[300, k] / peak, abs=1e-3)
+        assert s.children == tokens[k]
+
+
+def test_show_pattern_callback_reports_bad_prompts(request_ctx, tiny_dir):
+    head = page("head")
+    out = in_callback(head.show_pattern, " ".join(["w1"] * 80), 0, 0, "whole", 0, None, str(tiny_dir),
+                      triggered=("head-prompt.value",))
+    assert out[0] == {} and _text(out[4]) == "prompt 0 is 81 tokens long; tiny-llama0 has a context of 64 tokens"
+    out = in_callback(head.show_pattern, "w1 w2 w3", 1, 3, "whole", 0, None, str(tiny_dir), triggered=("head-prompt.value",))
+    expected, _ = data.head_pattern(str(tiny_dir), "w1 w2 w3", 1, 3)
+    np.testing.assert_array_equal(np.asarray(out[0].data[0].z), expected)
+    assert out[4] is None
+    assert in_callback(head.show_pattern, None, 0, 0, "whole", 0, None, str(tiny_dir))[:4] == (no_update,) * 4
+    options, value = head.add_prompt(1, " w3 w4 ", [{"label": "w1", "value": "w1"}])
+    assert value == "w3 w4" and options[0] == {"label": "w3 w4", "value": "w3 w4"} and len(options) == 2
+
+
+def test_head_layout_without_a_loadable_model_says_so(request_ctx):
+    layout = page("head").layout(run="full")
+    assert "source 'nowhere' cannot be loaded on this machine" in _text(layout)
+    assert "damaged manifest.json" in _text(page("head").layout(run="damaged"))
+
+
+# -- shell -----------------------------------------------------------------------------------------
+def test_shell_keeps_the_run_across_links():
+    ids = [{"type": "app-nav", "page": "/"}, {"type": "app-nav", "page": "/head"}]
+    assert shell.nav_hrefs("?run=group/partial", ids) == ["/?run=group/partial", "/head?run=group/partial"]
+    assert shell.nav_hrefs("", ids) == ["/", "/head"]
+    assert shell.sync_run("app-run", "?run=full", "tiny") == ("?run=tiny", no_update)
+    assert shell.sync_run("app-run", "?run=full", "full") == (no_update, no_update)
+    assert shell.sync_run(None, "?run=full", "tiny") == (no_update, "full")
+    badge = shell.selected_badge({"run": "full", "layer": 1, "head": 6}, "?run=full")
+    assert badge[0] == "selected: layer 1, head 6 " and badge[1].href == "/head?run=full&layer=1&head=6"
+    assert shell.selected_badge(None, "") == "no head selected: click a cell of any grid"
+
+
+def test_every_page_layout_renders_without_error_for_every_run(request_ctx):
+    import dash
+
+    for module in dash.page_registry:
+        name = module.rsplit(".", 1)[-1]
+        for run_id in ("full", "group/partial", "damaged", "broken-table", "tiny", "../x", "/etc"):
+            assert isinstance(page(name).layout(run=run_id), html.Div)
