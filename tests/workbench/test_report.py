@@ -4,7 +4,11 @@ rendering in headless Chromium from file://, and one-line CLI errors that leave 
 
 from __future__ import annotations
 
+import html
 import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -37,13 +41,50 @@ def first_key_mass(model, prompts):
                          "first_mass": rows.flatten().numpy(), "is_heavy": (rows > 0.5).flatten().numpy()})
 
 
-@pytest.fixture
-def extra_analysis(monkeypatch):
-    """Register a causal-only analysis for the duration of a test."""
-    analyzer = Analyzer("first_key_mass", first_key_mass, "First-key mass (test analysis)",
-                        applies=lambda m: None if m.is_causal else CAUSAL_ONLY, sources=("Test source, 2024",))
-    monkeypatch.setitem(ANALYZERS, analyzer.name, analyzer)
-    return analyzer
+EXTRA = Analyzer("first_key_mass", first_key_mass, "First-key mass (test analysis)",
+                 applies=lambda m: None if m.is_causal else CAUSAL_ONLY, sources=("Test source, 2024",))
+
+
+@contextmanager
+def registry(*names):
+    """ANALYZERS restricted to ``names`` (all registered when none) plus the causal-only test
+    analysis; the real registry is restored afterwards."""
+    saved = dict(ANALYZERS)
+    ANALYZERS.clear()
+    ANALYZERS.update({n: a for n, a in saved.items() if not names or n in names})
+    ANALYZERS[EXTRA.name] = EXTRA
+    try:
+        yield list(ANALYZERS)
+    finally:
+        ANALYZERS.clear()
+        ANALYZERS.update(saved)
+
+
+@dataclass
+class Built:
+    model: object
+    run: wb.Run
+    path: Path
+    n_figures: int  # what the registered analyses' figure functions make of the stored tables
+    analyses: list  # the registry the report was written with
+    titles: dict
+
+
+def build(model, prompts, folder: Path) -> Built:
+    """Every registered analysis (plus the test one) into a run, and its report."""
+    with registry() as names:
+        run = wb.analyze(model, prompts, out=folder / "run", progress=False)
+        path = wb.report(run, folder / "report.html", model=model, prompts=prompts, progress=False)
+        return Built(model, run, path, expected_figures(run), names, {n: a.title for n, a in ANALYZERS.items()})
+
+
+@pytest.fixture(scope="module")
+def tiny_reports(tmp_path_factory):
+    built = {}
+    for kind in ("llama", "bert"):
+        model = wb.load_model(f"tiny-{kind}", hf_model=tiny_models.hf_model(kind), tokenizer=tiny_models.tokenizer(kind))
+        built[kind] = build(model, tiny_models.PROMPTS, tmp_path_factory.mktemp(kind))
+    return built
 
 
 def _cli(capsys, *args):
@@ -98,26 +139,28 @@ def test_downsampling_is_a_block_mean_and_leaves_head_grids_alone():
 
 
 @pytest.mark.parametrize("kind", ["llama", "bert"])
-def test_tiny_report_sections_top_heads_and_skips(tmp_path, extra_analysis, kind):
-    hf = tiny_models.hf_model(kind)
-    oracle = tiny_models.hf_model(kind)  # same seed: same weights, never wrapped by a bridge
-    model = wb.load_model(f"tiny-{kind}", hf_model=hf, tokenizer=tiny_models.tokenizer(kind))
-    run = wb.analyze(model, tiny_models.PROMPTS, out=tmp_path / "run", progress=False)
-    path = wb.report(run, tmp_path / "report.html", model=model, prompts=tiny_models.PROMPTS)
-    text = path.read_text()
+def test_tiny_report_sections_top_heads_and_skips(tiny_reports, kind):
+    built = tiny_reports[kind]
+    text = built.path.read_text()
     check_self_contained(text)
-    for name, analyzer in ANALYZERS.items():
-        section = re.search(f'<section id="analysis-{name}"[^>]*>(.*?)</section>', text, re.S)
-        assert section and analyzer.title in section.group(1)
-    n = expected_figures(run)
-    assert text.count('class="wb-figure"') == n and f'name="wb-figures" content="{n}"' in text
-    section = re.search('<section id="analysis-first_key_mass"[^>]*>(.*?)</section>', text, re.S).group(1)
+    sections = dict(re.findall(r'<section id="analysis-(\w+)"[^>]*>(.*?)</section>', text, re.S))
+    assert list(sections) == built.analyses  # one section per registered analysis, in registry order
+    skipped = built.run.manifest.get("skipped", {})
+    for name, body in sections.items():
+        assert body.startswith(f"<h2>{html.escape(built.titles[name])}</h2>")
+        if name in skipped:  # an analysis that does not apply says why instead of failing
+            assert "Not applicable to this model: " + html.escape(skipped[name]) in body
+        else:
+            assert f"table <code>{name}</code>: {len(built.run.table(name))} rows" in body
+    assert text.count('class="wb-figure"') == built.n_figures and f'name="wb-figures" content="{built.n_figures}"' in text
+    section = sections["first_key_mass"]
     assert "Test source, 2024" in section
     if kind == "bert":
-        assert run.manifest["skipped"]["first_key_mass"] == CAUSAL_ONLY
-        assert "Not applicable to this model: " + CAUSAL_ONLY.replace("'", "&#x27;") in section
+        assert skipped["first_key_mass"] == CAUSAL_ONLY
         return
-    # top heads: the ranking must match attention on key 0 read from the plain HF model
+    # top heads: the ranking must match attention on key 0 read from an independent plain HF model
+    oracle = tiny_models.hf_model(kind)  # same seed: same weights, never wrapped by a bridge
+    model = built.model
     mass = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
     for prompt in tiny_models.PROMPTS:
         ids, _ = model.to_tokens([prompt])
@@ -133,30 +176,32 @@ def test_tiny_report_sections_top_heads_and_skips(tmp_path, extra_analysis, kind
     assert f"is_heavy: {heavy} of {model.n_layers * model.n_heads} heads" in section
 
 
-def test_missing_analyses_are_computed_or_reported_as_missing(tmp_path, extra_analysis):
+def test_missing_analyses_are_computed_or_reported_as_missing(tmp_path):
     model = wb.load_model("tiny-gpt2", hf_model=tiny_models.hf_model("gpt2"), tokenizer=tiny_models.tokenizer("gpt2"))
-    run = wb.analyze(model, tiny_models.PROMPTS, out=tmp_path / "run", analyses=["head_summary"], progress=False)
-    with pytest.raises(wb.WorkbenchError, match="lacks analyses and its model .'tiny-gpt2'. was built in memory"):
-        wb.report(run, tmp_path / "a.html")
-    assert not (tmp_path / "a.html").exists()
-    text = wb.report(run, tmp_path / "a.html", compute=False).read_text()
-    assert "Not computed in this run" in re.search('id="analysis-first_key_mass".*?</section>', text, re.S).group(0)
-    with pytest.raises(wb.WorkbenchError, match="was made from other prompts than the prompts given"):
-        wb.report(run, tmp_path / "b.html", model=model, prompts=["w1 w2"])
-    wb.report(tmp_path / "run", tmp_path / "b.html", model=model, prompts=tiny_models.PROMPTS, progress=False)
-    assert "first_key_mass" in wb.Run.open(tmp_path / "run")  # computed into the run, resumed not redone
+    with registry("head_summary"):
+        run = wb.analyze(model, tiny_models.PROMPTS, out=tmp_path / "run", analyses=["head_summary"], progress=False)
+        with pytest.raises(wb.WorkbenchError, match="lacks analyses and its model .'tiny-gpt2'. was built in memory"):
+            wb.report(run, tmp_path / "a.html")
+        assert not (tmp_path / "a.html").exists()
+        text = wb.report(run, tmp_path / "a.html", compute=False).read_text()
+        assert "Not computed in this run" in re.search('id="analysis-first_key_mass".*?</section>', text, re.S).group(0)
+        with pytest.raises(wb.WorkbenchError, match="was made from other prompts than the prompts given"):
+            wb.report(run, tmp_path / "b.html", model=model, prompts=["w1 w2"])
+        wb.report(tmp_path / "run", tmp_path / "b.html", model=model, prompts=tiny_models.PROMPTS, progress=False)
+    assert "first_key_mass" in wb.Run.open(tmp_path / "run")  # computed into the run
 
 
 def test_a_failing_analysis_leaves_the_old_report_and_no_temp_file(tmp_path, monkeypatch):
     def broken(model, prompts):
         raise RuntimeError("boom in the middle of an analysis")
 
-    monkeypatch.setitem(ANALYZERS, "broken", Analyzer("broken", broken, "Broken"))
     model = wb.load_model("tiny-llama", hf_model=tiny_models.hf_model("llama"), tokenizer=tiny_models.tokenizer("llama"))
-    run = wb.analyze(model, tiny_models.PROMPTS, out=tmp_path / "run", analyses=["head_summary"], progress=False)
-    (tmp_path / "report.html").write_text("old report")
-    with pytest.raises(RuntimeError, match="boom"):
-        wb.report(run, tmp_path / "report.html", model=model, prompts=tiny_models.PROMPTS, progress=False)
+    with registry("head_summary"):
+        ANALYZERS["broken"] = Analyzer("broken", broken, "Broken")
+        run = wb.analyze(model, tiny_models.PROMPTS, out=tmp_path / "run", analyses=["head_summary"], progress=False)
+        (tmp_path / "report.html").write_text("old report")
+        with pytest.raises(RuntimeError, match="boom"):
+            wb.report(run, tmp_path / "report.html", model=model, prompts=tiny_models.PROMPTS, progress=False)
     assert (tmp_path / "report.html").read_text() == "old report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "run"]
 
@@ -191,25 +236,26 @@ def test_cli_reports_an_existing_run(tmp_path, capsys):
     code, _, _ = _cli(capsys, "analyze", "--model", model_dir, "--prompts", prompts, "--out", tmp_path / "run",
                       "--analysis", "head_summary")
     assert code == 0
-    code, out, err = _cli(capsys, "report", tmp_path / "run", "--prompts", prompts, "--out", tmp_path / "r.html")
+    with registry("head_summary") as names:
+        code, out, err = _cli(capsys, "report", tmp_path / "run", "--prompts", prompts, "--out", tmp_path / "r.html")
     assert code == 0 and out.startswith(f"wrote {tmp_path / 'r.html'} (")
     run = wb.Run.open(tmp_path / "run")
-    assert set(ANALYZERS) <= set(run.tables) | set(run.manifest.get("skipped", {}))  # missing ones were computed
+    assert run.tables == names  # the missing test analysis was computed, with the run's own model
     check_self_contained((tmp_path / "r.html").read_text())
 
 
 # -- rendered in Chromium -------------------------------------------------------------------
 @pytest.mark.browser
-def test_tiny_and_minilm_reports_render_offline(tmp_path, browser, minilm, extra_analysis):  # noqa: F811
-    tiny = wb.load_model("tiny-bert", hf_model=tiny_models.hf_model("bert"), tokenizer=tiny_models.tokenizer("bert"))
-    for name, model, prompts in [("tiny", tiny, tiny_models.PROMPTS),
-                                 ("minilm", minilm, wb.load_prompts(model=minilm)[:4])]:
-        run = wb.analyze(model, prompts, out=tmp_path / name, progress=False)
-        path = wb.report(run, tmp_path / f"{name}.html", model=model, prompts=prompts)
-        n = expected_figures(run)
-        assert n >= len([a for a in ANALYZERS if a in run])  # at least one figure per computed analysis
-        assert rendered_figures(browser, path.as_uri(), n) == n
+def test_tiny_and_minilm_reports_render_offline(tiny_reports, minilm, browser, tmp_path):  # noqa: F811
+    reports = [tiny_reports["llama"], tiny_reports["bert"],
+               build(minilm, wb.load_prompts(model=minilm)[:2], tmp_path)]
+    for built in reports:
+        stored = [a for a in built.analyses if a in built.run]
+        assert built.n_figures >= len(stored)  # at least one figure per computed analysis
+        assert rendered_figures(browser, built.path.as_uri(), built.n_figures) == built.n_figures
         assert console_errors(browser) == []
-        assert all(u.startswith(("file:", "data:")) for u in requests_made(browser))
-        assert "Not applicable to this model" in browser.find_element("id", "analysis-first_key_mass").text
-        assert render(run)[1] == n
+        assert all(u.startswith(("file:", "data:")) for u in requests_made(browser))  # nothing fetched
+        with registry():
+            assert render(built.run)[1] == built.n_figures
+    text = browser.find_element("id", "analysis-first_key_mass").text  # the MiniLM page, still open
+    assert "Not applicable to this model: " + CAUSAL_ONLY in text
