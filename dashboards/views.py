@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-from dash import dcc, html
+from dash import dcc, html, no_update
 
 from dashboards import data
 from workbench.analyzers import ANALYZERS
@@ -67,15 +67,23 @@ def names_heads(fig) -> bool:
 
 
 def head_from_click(click) -> tuple[int, int] | None:
-    """(layer, head) named by a click on a figure that `names_heads` (its point's ``customdata``
-    starts with layer, head), or None."""
+    """(layer, head) named by a click on a figure that `names_heads`: the point's ``customdata``
+    (layer, head, ...), else its ``L{layer}H{head}`` text or x label (plotly leaves 2-D typed
+    customdata of scatter points out of the click event), or None."""
     try:
-        custom = click["points"][0]["customdata"]
+        point = click["points"][0]
+    except (TypeError, KeyError, IndexError):
+        return None
+    try:
+        custom = point["customdata"]
         if isinstance(custom, dict):  # a typed array (numpy customdata) arrives as {"0": .., "1": ..}
             custom = [custom[str(i)] for i in range(len(custom))]
         layer, head = int(custom[0]), int(custom[1])
     except (TypeError, KeyError, IndexError, ValueError, AttributeError):
-        return None
+        label = next((v for v in (point.get("text"), point.get("x")) if isinstance(v, str) and _HEAD_LABEL.match(v)), None)
+        if label is None:
+            return None
+        layer, head = map(int, label[1:].split("H"))
     return (layer, head) if layer >= 0 and head >= 0 else None
 
 
@@ -83,6 +91,14 @@ def selection(run_id: str | None, click) -> dict | None:
     """The app-wide selection (ids only) for a click, or None when the click names no head."""
     head = head_from_click(click)
     return None if head is None else {"run": run_id, "layer": head[0], "head": head[1]}
+
+
+def click_selection(triggered, runs):
+    """The selection for a page's pattern-matched graph clicks (``ctx.triggered``) and run store
+    values (``runs``, empty once the page is gone), or ``no_update``."""
+    click = triggered[0].get("value") if triggered else None
+    found = selection(runs[0] if runs else None, click) if runs else None
+    return found or no_update
 
 
 def run_query(run_id: str | None, **extra) -> str:

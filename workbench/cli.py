@@ -79,6 +79,22 @@ def report(
 
 
 @app.command()
+def serve(
+    run: Optional[Path] = typer.Argument(
+        None, help="A run directory or a folder of runs (default: runs/demo, analysing the demo model first if needed)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
+    port: int = typer.Option(8050, "--port", help="TCP port."),
+) -> None:
+    """Serve the Dash app over one run or a folder of runs (debug off; Ctrl+C stops it)."""
+    from dashboards.app import check_port, create_app, demo_run
+
+    check_port(host, port)  # before any analysis runs
+    dash_app = create_app(demo_run(Path("runs") / "demo") if run is None else run)
+    typer.echo(f"serving {dash_app.server.config['WORKBENCH_ROOT']} at http://{host}:{port}/ (Ctrl+C stops)")
+    dash_app.run(host=host, port=port, debug=False)
+
+
+@app.command()
 def bench(
     what: str = typer.Option("capture", "--what", help="capture (streaming vs run_with_cache), kernels, or all."),
     model: str = typer.Option("demo", "--model", help="Model for the capture benchmark."),

@@ -13,12 +13,13 @@ KEYWORDS = ("pattern", "umap")
 
 def layout(run=None, **_):
     run = data.run_or_default(data.served_root(), run)
-    return html.Div([html.H2("Head map"), dcc.Store(id="headmap-run", data=run),
+    return html.Div([html.H2("Head map"), dcc.Store(id={"type": "headmap-run", "index": 0}, data=run),
                      *views.analysis_page(data.served_root(), run, "headmap", "head map", KEYWORDS)])
 
 
 @callback(Output("app-selection", "data", allow_duplicate=True),
-          Input({"type": "headmap-graph", "index": ALL}, "clickData"), State("headmap-run", "data"),
+          Input({"type": "headmap-graph", "index": ALL}, "clickData"), State({"type": "headmap-run", "index": ALL}, "data"),
           prevent_initial_call=True)
-def select_head(clicks, run_id):
-    return views.selection(run_id, ctx.triggered[0]["value"] if ctx.triggered else None) or no_update
+def select_head(clicks, runs):
+    # pattern-matching ids throughout: Dash also calls this when the page's graphs go away
+    return views.click_selection(ctx.triggered, runs)

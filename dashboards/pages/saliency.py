@@ -50,14 +50,15 @@ def layout(run=None, **_):
         body += on_demand(data.open_run(data.served_root(), run))
     except WorkbenchError:
         pass  # analysis_page already says what is wrong with the run
-    return html.Div([html.H2("Saliency"), dcc.Store(id="saliency-run", data=run), *body])
+    return html.Div([html.H2("Saliency"), dcc.Store(id={"type": "saliency-run", "index": 0}, data=run), *body])
 
 
 @callback(Output("app-selection", "data", allow_duplicate=True),
-          Input({"type": "saliency-graph", "index": ALL}, "clickData"), State("saliency-run", "data"),
+          Input({"type": "saliency-graph", "index": ALL}, "clickData"), State({"type": "saliency-run", "index": ALL}, "data"),
           prevent_initial_call=True)
-def select_head(clicks, run_id):
-    return views.selection(run_id, ctx.triggered[0]["value"] if ctx.triggered else None) or no_update
+def select_head(clicks, runs):
+    # pattern-matching ids throughout: Dash also calls this when the page's graphs go away
+    return views.click_selection(ctx.triggered, runs)
 
 
 @callback(Output("saliency-bars", "children"), Output("saliency-error", "children"),

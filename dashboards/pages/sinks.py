@@ -13,12 +13,13 @@ KEYWORDS = ("sink", "massive")
 
 def layout(run=None, **_):
     run = data.run_or_default(data.served_root(), run)
-    return html.Div([html.H2("Sinks"), dcc.Store(id="sinks-run", data=run),
+    return html.Div([html.H2("Sinks"), dcc.Store(id={"type": "sinks-run", "index": 0}, data=run),
                      *views.analysis_page(data.served_root(), run, "sinks", "sink", KEYWORDS)])
 
 
 @callback(Output("app-selection", "data", allow_duplicate=True),
-          Input({"type": "sinks-graph", "index": ALL}, "clickData"), State("sinks-run", "data"),
+          Input({"type": "sinks-graph", "index": ALL}, "clickData"), State({"type": "sinks-run", "index": ALL}, "data"),
           prevent_initial_call=True)
-def select_head(clicks, run_id):
-    return views.selection(run_id, ctx.triggered[0]["value"] if ctx.triggered else None) or no_update
+def select_head(clicks, runs):
+    # pattern-matching ids throughout: Dash also calls this when the page's graphs go away
+    return views.click_selection(ctx.triggered, runs)

@@ -57,8 +57,11 @@ def request_ctx(app):
 @pytest.fixture(scope="module")
 def live_server(app):
     """The app served on a free port of 127.0.0.1 by werkzeug in a daemon thread; yields its URL."""
+    import logging
+
     from werkzeug.serving import make_server
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in the test output
     server = make_server("127.0.0.1", 0, app.server, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

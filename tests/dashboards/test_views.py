@@ -94,7 +94,11 @@ def test_head_from_click_reads_customdata_lists_and_typed_arrays():
     assert views.head_from_click({"points": [{"x": 3, "y": 1, "customdata": {"0": 1, "1": 3}}]}) == (1, 3)
     umap = {"points": [{"x": 0.2, "y": -1.0, "text": "L2H5", "customdata": {"0": 2.0, "1": 5.0, "2": 0.4}}]}
     assert views.head_from_click(umap) == (2, 5)
-    for bad in (None, {}, {"points": []}, {"points": [{"x": 1}]}, {"points": [{"customdata": [-1, 2]}]}):
+    # plotly leaves 2-D customdata of scatter points out of click events: the L{l}H{h} label names the head
+    assert views.head_from_click({"points": [{"x": 0.7, "y": 0.1, "text": "L1H5", "curveNumber": 1}]}) == (1, 5)
+    assert views.head_from_click({"points": [{"x": "L3H0", "y": 0.5}]}) == (3, 0)  # importance ranking bars
+    for bad in (None, {}, {"points": []}, {"points": [{"x": 1}]}, {"points": [{"customdata": [-1, 2]}]},
+                {"points": [{"x": 2, "text": "3: w3"}]}):
         assert views.head_from_click(bad) is None
     assert views.selection("full", {"points": [{"customdata": [0, 7]}]}) == {"run": "full", "layer": 0, "head": 7}
 

@@ -1,0 +1,198 @@
+"""The Dash app in headless Debian Chromium: pages render their figures with no console errors,
+a click on a grid cell selects that head everywhere, a typed prompt draws a new pattern, and bad
+run ids show a message. Page-switch and head-selection latencies are measured and printed."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.browser import browser, console_errors, wait_for  # noqa: F401  (pytest fixture)
+from tests.dashboards.conftest import page
+from tests.dashboards.fixtures import frames
+from dashboards import views
+from workbench.analyzers import ANALYZERS
+
+pytestmark = pytest.mark.browser
+
+PAGES = {"/": "Overview", "/head": "Head", "/sinks": "Sinks", "/importance": "Importance",
+         "/retrieval": "Retrieval", "/circuits": "Circuits", "/saliency": "Saliency", "/head-map": "Head map"}
+MODULES = {"/sinks": "sinks", "/importance": "importance", "/retrieval": "retrieval", "/circuits": "circuits",
+           "/saliency": "saliency", "/head-map": "headmap"}
+
+
+def expected_figures(path: str) -> int:
+    """How many figures a page shows for the full fixture run, from the registry itself."""
+    if path == "/":
+        return 1
+    if path == "/head":
+        return 0  # the fixture run's model cannot be loaded: scores only
+    f = frames()
+    return sum(len(ANALYZERS[t].make_figures(f[t])) for t in views.matching(f, page(MODULES[path]).KEYWORDS))
+
+
+def _heading(driver) -> str:
+    return driver.execute_script("const h = document.querySelector('#_pages_content h2'); return h ? h.textContent : '';")
+
+
+def _drawn(driver) -> int:
+    """Plotly graphs on the page that have finished drawing (an SVG with a plot area)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#_pages_content .js-plotly-plot')]"
+        ".filter(g => g._fullLayout && g.querySelector('.main-svg')).length")
+
+
+def _page_ready(driver, name: str, figures: int):
+    return lambda: _heading(driver) == name and _drawn(driver) >= figures
+
+
+def _click_cell(driver, gd, x, y) -> None:
+    """A real mouse click on data point (x, y) of a plotly graph element ``gd`` (hover first, as
+    a user does)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    px, py = driver.execute_script(
+        "const gd = arguments[0], xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;"
+        "return [xa._offset + xa.d2p(arguments[1]), ya._offset + ya.d2p(arguments[2])];", gd, x, y)
+    size = gd.size
+    ActionChains(driver).move_to_element_with_offset(gd, px - size["width"] / 2, py - size["height"] / 2) \
+        .pause(0.3).perform()
+    ActionChains(driver).click().perform()
+
+
+def _nav(driver, name: str) -> None:
+    """Click a nav link (found again if a callback re-rendered the header meanwhile)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(5):
+        try:
+            driver.find_element("xpath", f"//nav[@class='wb-nav']//a[normalize-space()='{name}']").click()
+            return
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    raise AssertionError(f"nav link {name!r} kept going stale")
+
+
+def _selected(driver) -> str:
+    return driver.execute_script("return document.getElementById('app-selected').textContent;")
+
+
+def test_every_page_renders_its_figures_without_console_errors(browser, live_server):
+    for path, name in PAGES.items():
+        browser.get(f"{live_server}{path}?run=full")
+        want = expected_figures(path)
+        assert wait_for(_page_ready(browser, name, want), 30), f"{path}: {_drawn(browser)} of {want} figures drawn"
+        time.sleep(0.3)  # let late callbacks finish before counting again
+        assert _drawn(browser) == want
+        errors = browser.find_elements("css selector", ".wb-error")
+        assert not errors, f"{path}: {[e.text for e in errors]}"
+        assert console_errors(browser) == [], path
+
+
+def test_click_on_overview_selects_the_head_everywhere_and_latencies(browser, live_server):
+    browser.get(f"{live_server}/?run=full")
+    assert wait_for(_page_ready(browser, "Overview", 1), 30)
+    time.sleep(0.3)
+    selections = []
+    for layer, head in ((2, 5), (0, 3), (3, 7)):
+        start = time.perf_counter()
+        _click_cell(browser, browser.find_element("css selector", "#overview-grid .js-plotly-plot"), head, layer)
+        assert wait_for(lambda: f"layer {layer}, head {head}" in _selected(browser), 10, 0.01), _selected(browser)
+        selections.append(time.perf_counter() - start - 0.3)  # minus the hover pause
+    # the Head page shows the last selection, with its scores from the run's tables
+    start = time.perf_counter()
+    _nav(browser, "Head")
+    assert wait_for(lambda: browser.find_elements("id", "head-scores-table"), 10, 0.01)
+    to_head = time.perf_counter() - start
+    table = browser.find_element("id", "head-scores-table").text
+    entropy = frames()["head_summary"].set_index(["layer", "head"]).loc[(3, 7), "entropy"]
+    assert f"entropy {entropy:.4g}" in table, table
+    assert (browser.find_element("id", "head-layer").text, browser.find_element("id", "head-head").text) == ("3", "7")
+    # page switches through the nav, each until its figures are drawn
+    switches = {}
+    for path, name in list(PAGES.items())[2:] + [("/", "Overview")]:
+        start = time.perf_counter()
+        _nav(browser, name)
+        assert wait_for(_page_ready(browser, name, expected_figures(path)), 10, 0.01), name
+        switches[name] = time.perf_counter() - start
+    errors = console_errors(browser)
+    assert errors == [], "\n".join(e["message"][120:520] for e in errors)
+    print(f"\nhead selection (click -> badge): {', '.join(f'{s * 1000:.0f}' for s in selections)} ms; "
+          f"Overview -> Head page: {to_head * 1000:.0f} ms; page switches (click -> figures drawn): "
+          + ", ".join(f"{k} {v * 1000:.0f}" for k, v in switches.items())
+          + f" ms; median {statistics.median(switches.values()) * 1000:.0f} ms, max {max(switches.values()) * 1000:.0f} ms")
+
+
+def test_click_on_the_head_map_selects_that_head(browser, live_server):
+    browser.get(f"{live_server}/head-map?run=full")
+    assert wait_for(_page_ready(browser, "Head map", expected_figures("/head-map")), 30)
+    time.sleep(0.3)
+    row = frames()["head_patterns"].iloc[13]  # layer 1, head 5
+    umap = browser.find_elements("css selector", "#_pages_content .js-plotly-plot")[0]  # the UMAP map comes first
+    _click_cell(browser, umap, row.umap_x, row.umap_y)
+    assert wait_for(lambda: "layer 1, head 5" in _selected(browser), 10), _selected(browser)
+    assert console_errors(browser) == []
+
+
+def test_typed_prompt_draws_its_pattern(browser, live_server, tiny_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    browser.get(f"{live_server}/head?run=tiny&layer=1&head=2")
+    assert wait_for(lambda: browser.find_elements("id", "head-text"), 30)
+    prompt = "w5 w6 w7 w8 w5 w6 w7"
+    browser.find_element("id", "head-text").send_keys(prompt)
+    browser.find_element("id", "head-compute").click()
+    labels = ["0 <s>"] + [f"{i + 1} {w}" for i, w in enumerate(prompt.split())]
+
+    def drawn_pattern():
+        return browser.execute_script(
+            "const gd = document.querySelector('#head-pattern .js-plotly-plot');"
+            "if (!gd || !gd.data || !gd.data.length || !gd.querySelector('.main-svg')) return null;"
+            "const t = gd._fullData[0]; return {y: Array.from(t.y), z: Array.from(t.z, r => Array.from(r)), title: gd.layout.title.text};")
+
+    got = wait_for(lambda: (p := drawn_pattern()) and list(p["y"]) == labels and p, 60)
+    assert got, drawn_pattern()
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation="eager")  # independent oracle
+    ids = AutoTokenizer.from_pretrained(tiny_dir)(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = hf(ids, output_attentions=True).attentions[1][0, 2].numpy()
+    np.testing.assert_allclose(np.array(got["z"]), expected, atol=1e-5)
+    assert got["title"].startswith("layer 1 head 2")
+    assert "attention from query 7 'w7'" in browser.find_element("id", "head-tokens").text
+    # a prompt past the model's context gives a message, not a stack trace
+    box = browser.find_element("id", "head-text")
+    box.clear()
+    box.send_keys(" ".join(["w1"] * 80))
+    browser.find_element("id", "head-compute").click()
+    assert wait_for(lambda: "has a context of 64 tokens" in browser.find_element("id", "head-error").text, 30)
+    assert console_errors(browser) == []
+
+
+@pytest.mark.parametrize("run_id, message", [
+    ("../root-outside/secret", "points outside the served folder"),
+    ("/etc", "is an absolute path"),
+    ("escape", "points outside the served folder"),
+    ("damaged", "damaged manifest.json"),
+    ("nope", "there is no run 'nope' in the served folder"),
+])
+def test_bad_run_ids_show_a_message_in_the_page(browser, live_server, run_id, message):
+    from urllib.parse import quote
+
+    for path in ("/", "/sinks", "/head"):
+        browser.get(f"{live_server}{path}?run={quote(run_id)}")
+        assert wait_for(lambda: browser.find_elements("css selector", ".wb-error"), 30), path
+        text = browser.find_element("css selector", "#_pages_content").text
+        assert message in text and "Traceback" not in text and "secret" not in text.replace(run_id, "")
+        assert _drawn(browser) == 0 and console_errors(browser) == []
+
+
+def test_damaged_table_is_a_message_next_to_the_good_ones(browser, live_server):
+    browser.get(f"{live_server}/sinks?run=broken-table")
+    assert wait_for(lambda: browser.find_elements("css selector", ".wb-error"), 30)
+    text = browser.find_element("css selector", "#_pages_content").text
+    assert "table 'sink_scores' of run" in text and "is damaged or missing" in text
+    assert console_errors(browser) == []
