@@ -80,7 +80,8 @@ def head_from_click(click) -> tuple[int, int] | None:
             custom = [custom[str(i)] for i in range(len(custom))]
         layer, head = int(custom[0]), int(custom[1])
     except (TypeError, KeyError, IndexError, ValueError, AttributeError):
-        label = next((v for v in (point.get("text"), point.get("x")) if isinstance(v, str) and _HEAD_LABEL.match(v)), None)
+        labels = [v for v in (point.get("text"), point.get("x")) if isinstance(v, str) and _HEAD_LABEL.match(v)]
+        label = labels[0] if labels else None
         if label is None:
             return None
         layer, head = map(int, label[1:].split("H"))

@@ -110,7 +110,8 @@ def token_view(tokens, row: np.ndarray, query: int, max_tokens: int = MAX_PATTER
     lo = max(0, min(query - max_tokens // 2, n - max_tokens))
     hi = min(n, lo + max_tokens)
     peak = float(row[lo:hi].max()) or 1.0
-    spans = [html.Span(tokens[k], title=f"key {k}: {row[k]:.3f}", className="wb-token" + (" wb-query" if k == query else ""),
+    spans = [html.Span(tokens[k], title=f"key {k}: {row[k]:.3f}",
+                       className="wb-token" + (" wb-query" if k == query else ""),
                        style={"backgroundColor": f"rgba(33,113,181,{row[k] / peak:.3f})"}) for k in range(lo, hi)]
     return [html.Div(f"attention from query {query} {tokens[query]!r} (keys {lo}–{hi - 1} of {n})",
                      className="wb-caption"), html.Div(spans, className="wb-tokens")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dash
-from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
+from dash import ALL, Input, Output, State, callback, ctx, dcc, html
 
 from dashboards import data, views
 
@@ -18,7 +18,8 @@ def layout(run=None, **_):
 
 
 @callback(Output("app-selection", "data", allow_duplicate=True),
-          Input({"type": "importance-graph", "index": ALL}, "clickData"), State({"type": "importance-run", "index": ALL}, "data"),
+          Input({"type": "importance-graph", "index": ALL}, "clickData"),
+          State({"type": "importance-run", "index": ALL}, "data"),
           prevent_initial_call=True)
 def select_head(clicks, runs):
     # pattern-matching ids throughout: Dash also calls this when the page's graphs go away

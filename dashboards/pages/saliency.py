@@ -54,7 +54,8 @@ def layout(run=None, **_):
 
 
 @callback(Output("app-selection", "data", allow_duplicate=True),
-          Input({"type": "saliency-graph", "index": ALL}, "clickData"), State({"type": "saliency-run", "index": ALL}, "data"),
+          Input({"type": "saliency-graph", "index": ALL}, "clickData"),
+          State({"type": "saliency-run", "index": ALL}, "data"),
           prevent_initial_call=True)
 def select_head(clicks, runs):
     # pattern-matching ids throughout: Dash also calls this when the page's graphs go away

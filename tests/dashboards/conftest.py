@@ -13,13 +13,17 @@ from tests.dashboards.fixtures import make_root
 
 #: Prompts of the run over the tiny model (its word-level vocabulary is w0..w89).
 TINY_PROMPTS = ["w1 w2 w3 w4 w5 w6", "w9 w8 w7 w6"]
+TINY_CONTEXT = 1024
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    """A tiny seeded Llama (RoPE, GQA) saved as a Hugging Face directory."""
+    """A tiny seeded Llama (RoPE, GQA) saved as a Hugging Face directory, with room for
+    `TINY_CONTEXT` positions so long patterns (past bertviz's ~512-token limit) can be drawn."""
     path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_models.hf_model("llama").save_pretrained(path)
+    model = tiny_models.hf_model("llama")
+    model.config.max_position_embeddings = TINY_CONTEXT  # RoPE has no learned positions to resize
+    model.save_pretrained(path)
     tiny_models.tokenizer("llama").save_pretrained(path)
     return path
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.browser import browser, console_errors, wait_for  # noqa: F401  (pytest fixture)
+from tests.browser import browser, console_errors, wait_for  # noqa: F401,F811  (pytest fixture)
 from tests.dashboards.conftest import page
 from tests.dashboards.fixtures import frames
 from dashboards import views
@@ -163,12 +163,35 @@ def test_typed_prompt_draws_its_pattern(browser, live_server, tiny_dir):
     np.testing.assert_allclose(np.array(got["z"]), expected, atol=1e-5)
     assert got["title"].startswith("layer 1 head 2")
     assert "attention from query 7 'w7'" in browser.find_element("id", "head-tokens").text
-    # a prompt past the model's context gives a message, not a stack trace
-    box = browser.find_element("id", "head-text")
-    box.clear()
-    box.send_keys(" ".join(["w1"] * 80))
+    assert console_errors(browser) == []
+
+
+def test_long_prompt_is_block_averaged_then_windowed(browser, live_server):
+    """600 tokens (bertviz and CircuitsVis break near 512): at most 256 cells per axis are shipped."""
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{live_server}/head?run=tiny&layer=0&head=1")
+    assert wait_for(lambda: browser.find_elements("id", "head-text"), 30)
+    words = [f"w{i % 90}" for i in range(600)]
+    browser.find_element("id", "head-text").send_keys(" ".join(words))
     browser.find_element("id", "head-compute").click()
-    assert wait_for(lambda: "has a context of 64 tokens" in browser.find_element("id", "head-error").text, 30)
+
+    def shown():
+        return browser.execute_script(
+            "const gd = document.querySelector('#head-pattern .js-plotly-plot');"
+            "if (!gd || !gd._fullData || !gd._fullData.length) return null;"
+            "const t = gd._fullData[0]; return {rows: t.z.length, cols: t.z[0].length, y0: t.y[0], title: gd.layout.title.text};")
+
+    whole = wait_for(lambda: (s := shown()) and "blocks" in s["title"] and s, 60)
+    assert whole and (whole["rows"], whole["cols"]) == (201, 201), shown()  # 601 tokens in 3×3 blocks
+    assert whole["y0"] == "0–2 <s>…"
+    browser.find_element("css selector", "#head-view input[value='window']").click()
+    window = wait_for(lambda: (s := shown()) and "positions" in s["title"] and s, 30)
+    assert (window["rows"], window["cols"]) == (256, 256) and "positions 0–255 of 601" in window["title"]
+    browser.find_element("css selector", "#head-window [role='slider']").send_keys(Keys.END)
+    last = wait_for(lambda: (s := shown()) and "positions 345–600 of 601" in s["title"] and s, 30)
+    assert last and last["y0"] == f"345 {words[344]}" and (last["rows"], last["cols"]) == (256, 256)
+    assert "of 601" in browser.find_element("id", "head-tokens").text
     assert console_errors(browser) == []
 
 

@@ -134,7 +134,7 @@ def test_analysis_page_messages_for_missing_skipped_damaged(runs_root):
     body = views.analysis_page(runs_root, "group/partial", "retrieval", "retrieval", ("retrieval", "niah"))
     text = _text(body)
     assert "First-token" not in text and not _graphs(body)
-    assert "Retrieval heads (needle-in-a-haystack copying) was skipped for this run's model: needs needle-in-a-haystack trials (fixture)" in text
+    assert f"{views.title_of('retrieval_heads')} was skipped for this run's model: needs needle-in-a-haystack trials (fixture)" in text
     assert f"this run has no niah table; run `workbench analyze --model nowhere --out {runs_root / 'group' / 'partial'} --analysis niah`" in text
     sinks = _text(views.analysis_page(runs_root, "broken-table", "sinks", "sinks", ("sink",)))
     assert "table 'sink_scores' of run" in sinks and "is damaged or missing" in sinks
@@ -188,13 +188,13 @@ def test_head_scores_equal_the_tables(request_ctx, runs_root):
     f = frames()
     by = {(r["table"], r["score"]): r for r in rows}
     summary = f["head_summary"].set_index(["layer", "head"])
-    assert by[("Head summary: entropy and max attention", "entropy")]["value"] == pytest.approx(summary.loc[(2, 5), "entropy"])
+    assert by[(views.title_of("head_summary"), "entropy")]["value"] == pytest.approx(summary.loc[(2, 5), "entropy"])
     imp = f["head_importance"].set_index(["layer", "head"])["importance"]
     rank = int((imp > imp.loc[(2, 5)]).sum()) + 1
-    assert by[("Head importance (gradient)", "importance")]["rank"] == f"{rank} of 32"
+    assert by[(views.title_of("head_importance"), "importance")]["rank"] == f"{rank} of 32"
     c = f["circuits"]
     flag = bool(c[(c.task == "ioi") & (c.method == "activation_patching") & (c.layer == 2) & (c["head"] == 5)].in_circuit.iloc[0])
-    assert by[("Circuits (ioi, colored objects) and their overlap (ioi, activation_patching)", "in_circuit")]["value"] is flag
+    assert by[(views.title_of("circuits") + " (ioi, activation_patching)", "in_circuit")]["value"] is flag
     assert head.head_shape(data.open_run(runs_root, "full")) == (4, 8)
 
 
@@ -234,9 +234,9 @@ def test_pattern_view_bounds_what_is_shipped(monkeypatch):
 
 def test_show_pattern_callback_reports_bad_prompts(request_ctx, tiny_dir):
     head = page("head")
-    out = in_callback(head.show_pattern, " ".join(["w1"] * 80), 0, 0, "whole", 0, None, str(tiny_dir),
+    out = in_callback(head.show_pattern, " ".join(["w1"] * 1100), 0, 0, "whole", 0, None, str(tiny_dir),
                       triggered=("head-prompt.value",))
-    assert out[0] == {} and _text(out[4]) == "prompt 0 is 81 tokens long; tiny-llama0 has a context of 64 tokens"
+    assert out[0] == {} and _text(out[4]) == f"prompt 0 is 1101 tokens long; {tiny_dir.name} has a context of 1024 tokens"
     out = in_callback(head.show_pattern, "w1 w2 w3", 1, 3, "whole", 0, None, str(tiny_dir), triggered=("head-prompt.value",))
     expected, _ = data.head_pattern(str(tiny_dir), "w1 w2 w3", 1, 3)
     np.testing.assert_array_equal(np.asarray(out[0].data[0].z), expected)
