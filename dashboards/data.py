@@ -166,6 +166,16 @@ def model_source(run: Run) -> str | None:
     return None
 
 
+def run_model_source(root: str | Path, run_id: str | None) -> str:
+    """The loadable model source of run ``run_id``, found on the server from the run's manifest
+    (a source sent by the browser is never trusted: it could name any directory)."""
+    source = model_source(open_run(root, run_id))
+    if source is None:
+        raise WorkbenchError("this run's model cannot be loaded on this machine (expected demo, minilm "
+                             "or an existing directory as its source)")
+    return source
+
+
 @lru_cache(maxsize=2)
 def _loaded(source: str):
     import workbench as wb

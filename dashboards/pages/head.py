@@ -171,7 +171,7 @@ def layout(run=None, layer=None, head=None, **_):
         ])
     return html.Div([html.H2("Head"), pick, html.H3("Scores"), html.Div(id="head-scores"),
                      html.H3("Attention pattern"), pattern,
-                     dcc.Store(id="head-run", data=run), dcc.Store(id="head-source", data=source)])
+                     dcc.Store(id="head-run", data=run)])
 
 
 @callback(Output("head-layer", "value"), Output("head-head", "value"),
@@ -209,11 +209,12 @@ def add_prompt(_, text, options):
           Output("head-window", "disabled"), Output("head-error", "children"),
           Input("head-prompt", "value"), Input("head-layer", "value"), Input("head-head", "value"),
           Input("head-view", "value"), Input("head-window", "value"), Input("head-pattern", "clickData"),
-          State("head-source", "data"))
-def show_pattern(prompt, layer, head, view, start, click, source):
-    if not source or not prompt or layer is None or head is None:
+          State("head-run", "data"))
+def show_pattern(prompt, layer, head, view, start, click, run_id):
+    if not prompt or layer is None or head is None:
         return no_update, no_update, no_update, no_update, None
     try:
+        source = data.run_model_source(data.served_root(), run_id)
         return (*pattern_view(source, prompt, layer, head, view, start, click, ctx.triggered_id), None)
     except WorkbenchError as exc:
         return {}, None, 0, True, views.message(str(exc), "error")

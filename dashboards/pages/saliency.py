@@ -39,8 +39,7 @@ def on_demand(opened) -> list:
                          value=None, placeholder="choose a prompt of the run, or type one below"),
             html.Div([dcc.Textarea(id="saliency-text", placeholder="type a prompt", className="wb-textarea"),
                       html.Button("compute attributions", id="saliency-compute", n_clicks=0)], className="wb-row"),
-            html.Div(id="saliency-error"), dcc.Loading(html.Div(id="saliency-bars"), type="circle"),
-            dcc.Store(id="saliency-source", data=source)]
+            html.Div(id="saliency-error"), dcc.Loading(html.Div(id="saliency-bars"), type="circle")]
 
 
 def layout(run=None, **_):
@@ -64,13 +63,13 @@ def select_head(clicks, runs):
 
 @callback(Output("saliency-bars", "children"), Output("saliency-error", "children"),
           Input("saliency-compute", "n_clicks"), Input("saliency-prompt", "value"),
-          State("saliency-text", "value"), State("app-selection", "data"), State("saliency-source", "data"),
-          prevent_initial_call=True)
-def show_bars(_, chosen, text, selection, source):
+          State("saliency-text", "value"), State("app-selection", "data"),
+          State({"type": "saliency-run", "index": ALL}, "data"), prevent_initial_call=True)
+def show_bars(_, chosen, text, selection, runs):
     prompt = (text or "").strip() if ctx.triggered_id == "saliency-compute" else chosen
-    if not source or not prompt:
+    if not prompt or not runs:
         return no_update, None
     try:
-        return token_bars(source, prompt, selection), None
+        return token_bars(data.run_model_source(data.served_root(), runs[0]), prompt, selection), None
     except WorkbenchError as exc:
         return [], views.message(str(exc), "error")

@@ -232,18 +232,41 @@ def test_pattern_view_bounds_what_is_shipped(monkeypatch):
         assert s.children == tokens[k]
 
 
-def test_show_pattern_callback_reports_bad_prompts(request_ctx, tiny_dir):
+def test_show_pattern_callback_computes_with_the_runs_own_model(request_ctx, tiny_dir):
     head = page("head")
-    out = in_callback(head.show_pattern, " ".join(["w1"] * 1100), 0, 0, "whole", 0, None, str(tiny_dir),
-                      triggered=("head-prompt.value",))
-    assert out[0] == {} and _text(out[4]) == f"prompt 0 is 1101 tokens long; {tiny_dir.name} has a context of 1024 tokens"
-    out = in_callback(head.show_pattern, "w1 w2 w3", 1, 3, "whole", 0, None, str(tiny_dir), triggered=("head-prompt.value",))
+    out = in_callback(head.show_pattern, "w1 w2 w3", 1, 3, "whole", 0, None, "tiny", triggered=("head-prompt.value",))
     expected, _ = data.head_pattern(str(tiny_dir), "w1 w2 w3", 1, 3)
     np.testing.assert_array_equal(np.asarray(out[0].data[0].z), expected)
     assert out[4] is None
-    assert in_callback(head.show_pattern, None, 0, 0, "whole", 0, None, str(tiny_dir))[:4] == (no_update,) * 4
+    out = in_callback(head.show_pattern, " ".join(["w1"] * 1100), 0, 0, "whole", 0, None, "tiny",
+                      triggered=("head-prompt.value",))
+    assert out[0] == {} and _text(out[4]) == f"prompt 0 is 1101 tokens long; {tiny_dir.name} has a context of 1024 tokens"
+    # the model comes from the run's manifest on the server; the browser only names a run
+    out = in_callback(head.show_pattern, "w1 w2", 0, 0, "whole", 0, None, "full", triggered=("head-prompt.value",))
+    assert "this run's model cannot be loaded on this machine" in _text(out[4])
+    out = in_callback(head.show_pattern, "w1 w2", 0, 0, "whole", 0, None, "../root-outside/secret",
+                      triggered=("head-prompt.value",))
+    assert "points outside the served folder" in _text(out[4])
+    assert in_callback(head.show_pattern, None, 0, 0, "whole", 0, None, "tiny")[:4] == (no_update,) * 4
     options, value = head.add_prompt(1, " w3 w4 ", [{"label": "w1", "value": "w1"}])
     assert value == "w3 w4" and options[0] == {"label": "w3 w4", "value": "w3 w4"} and len(options) == 2
+
+
+def test_saliency_bars_for_a_typed_prompt(request_ctx, tiny_dir):
+    import workbench as wb
+
+    saliency = page("saliency")
+    graphs, error = in_callback(saliency.show_bars, 1, None, "w4 w5 w6 w7", {"run": "tiny", "layer": 1, "head": 2},
+                                ["tiny"], triggered=("saliency-compute.n_clicks",))
+    assert error is None and len(graphs) == 2  # all heads, and the selected head
+    frame = wb.token_attributions(wb.load_model(str(tiny_dir)), "w4 w5 w6 w7")  # computed again, directly
+    one = frame[(frame.view == "head") & (frame.layer == 1) & (frame["head"] == 2)].sort_values("position")
+    bars = graphs[1].figure.data
+    np.testing.assert_allclose(bars[1].y, one.attention / one.attention.sum(), rtol=1e-5)
+    np.testing.assert_allclose(bars[0].y, one.attribution / one.attribution.sum(), rtol=1e-3)
+    graphs, error = in_callback(saliency.show_bars, 1, None, "w4", None, ["tiny"], triggered=("saliency-compute.n_clicks",))
+    assert graphs == [] and "needs at least 2" in _text(error)
+    assert "per-token bars need the run's model" in _text(saliency.layout(run="full"))
 
 
 def test_head_layout_without_a_loadable_model_says_so(request_ctx):
