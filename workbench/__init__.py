@@ -9,6 +9,9 @@
 from workbench.analyze import analyze
 from workbench.analyzers import ANALYZERS, Analyzer, register
 from workbench.analyzers.summary import head_summary
+from workbench.analyzers.circuits import circuit, circuit_agreement, circuit_faithfulness, circuit_overlap, task_metric
+from workbench.analyzers.retrieval import ablate, niah_grid, retrieval_scores
+from workbench.analyzers.saliency import saliency_alignment, token_attributions
 from workbench.capture import capture_patterns, capture_stats
 from workbench.errors import WorkbenchError
 from workbench.models import SOURCES, ModelHandle, load_model
@@ -20,4 +23,5 @@ __all__ = [
     "ANALYZERS", "Analyzer", "ModelHandle", "Run", "SOURCES", "WorkbenchError", "analyze", "capture_patterns", "capture_stats",
     "head_summary", "load_model", "load_prompts", "register",
 ]
+__all__ += ["ablate", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap", "niah_grid", "retrieval_scores", "saliency_alignment", "task_metric", "token_attributions"]
 __version__ = "0.1.0"

@@ -50,3 +50,4 @@ def register(analyzer: Analyzer) -> Analyzer:
 
 
 from workbench.analyzers import summary  # noqa: E402,F401  (registers itself)
+from workbench.analyzers import circuits, retrieval, saliency  # noqa: E402,F401  (register themselves)

@@ -1,0 +1,67 @@
+"""A hand-built two-layer GPT-2 with a known induction (copy) head, for retrieval and circuit tests.
+
+Residual layout (one-hot slots): current token | position | previous token | output.
+- L0H0, previous-token head: query position p matches key position p − 1; copies the key's
+  token into the previous-token slot.
+- L0H1: all weights zero (uniform attention, zero output).
+- L1H0, induction head: the current token matches a key whose previous-token slot holds it,
+  i.e. the position right after an earlier occurrence; copies that key's token into the output
+  slot, which the unembedding reads. This is the head that retrieves.
+- L1H1: a previous-token pattern whose output is never used (attends, copies nothing).
+MLPs are zero; LayerNorms are plain (weight 1, bias 0) and act the same at every position
+because every residual holds the same number of one-hot entries.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tests import tiny_models
+
+V = len(tiny_models.VOCAB)
+P = 64
+TOK, POS, PREV, OUT = 0, V, V + P, 2 * V + P
+D_MODEL = 360  # >= 3V + P, divisible by 2 heads
+D_HEAD = D_MODEL // 2
+INDUCTION = (1, 0)
+PREVIOUS = (0, 0)
+
+
+def copy_model(scale: float = 30.0) -> GPT2LMHeadModel:
+    cfg = GPT2Config(vocab_size=V, n_embd=D_MODEL, n_layer=2, n_head=2, n_positions=P, tie_word_embeddings=False,
+                     bos_token_id=2, eos_token_id=3, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        t = model.transformer
+        for ln in [t.ln_f, *(b.ln_1 for b in t.h), *(b.ln_2 for b in t.h)]:
+            ln.weight.fill_(1.0)
+        t.wte.weight[:, TOK:TOK + V] = torch.eye(V)
+        t.wpe.weight[:, POS:POS + P] = torch.eye(P)
+
+        def head(block, h, q_from, k_from, n, shift, v_to=None):
+            w = block.attn.c_attn.weight  # (d_model, 3 d_model), used as x @ w: [q | k | v]
+            o = h * D_HEAD
+            for i in range(n):  # query slot i matches key slot i - shift
+                w[q_from + i, o + i] = scale
+                if i + shift < D_HEAD:
+                    w[k_from + i, D_MODEL + o + i + shift] = scale
+            if v_to is not None:  # value: the key's token; output into slot v_to
+                w[TOK:TOK + V, 2 * D_MODEL + o:2 * D_MODEL + o + V] = torch.eye(V)
+                block.attn.c_proj.weight[o:o + V, v_to:v_to + V] = 0.08 * torch.eye(V)
+
+        head(t.h[0], 0, POS, POS, P, 1, v_to=PREV)   # previous-token head
+        head(t.h[1], 0, TOK, PREV, V, 0, v_to=OUT)   # induction head
+        head(t.h[1], 1, POS, POS, P, 1)              # attends to t-1, writes nothing
+        model.lm_head.weight[:, OUT:OUT + V] = torch.eye(V)
+    model.set_attn_implementation("eager")
+    return model.eval()
+
+
+def load():
+    """The copy model as a `ModelHandle` (word-level tokenizer with BOS)."""
+    import workbench as wb
+
+    return wb.load_model("copy-model", hf_model=copy_model(), tokenizer=tiny_models.tokenizer("gpt2"))

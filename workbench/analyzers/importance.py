@@ -1,0 +1,290 @@
+"""Head importance (gradient, ablation, integrated gradients) and the pruning curve.
+
+All three methods act on the head mask ξ of `workbench.heads.head_mask` (``hook_z``) and
+measure the model's own training loss:
+
+- causal LMs: the next-token cross-entropy over every real position of each prompt;
+- encoders: masked-LM cross-entropy on a seeded 15% of the non-special tokens replaced by the
+  mask token (Devlin et al. 2019). It is only meaningful with a trained MLM head; the bundled
+  MiniLM ships without one (its MLM head is random), so the registered analyses skip it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from workbench.analyzers import Analyzer, register
+from workbench.capture import run_bridge
+from workbench.errors import WorkbenchError
+from workbench.heads import ABLATION_MODES, head_mask, head_means, mask_without
+
+METHODS = ("gradient", "ablation", "integrated_gradients")
+#: Devlin et al. 2019: 15% of the tokens are masked for the MLM objective.
+MLM_FRACTION = 0.15
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class _Batch:
+    ids: torch.Tensor     # (batch, pos) model input (MLM: with mask tokens)
+    mask: torch.Tensor    # (batch, pos) 1 for real tokens
+    labels: torch.Tensor  # (batch, pos) target id of each position's logits, IGNORE where none
+
+
+def _batches(model, prompts, batch_size: int, seed: int) -> list[_Batch]:
+    """Tokenize, sort by length (less padding), cut into batches, and attach loss targets."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise WorkbenchError(f"batch_size must be a positive int; got {batch_size!r}")
+    ids, mask = model.to_tokens(prompts)
+    order = torch.argsort(mask.sum(-1).cpu(), descending=True, stable=True).tolist()
+    generator = torch.Generator().manual_seed(seed)
+    specials = torch.tensor(sorted(set(model.tokenizer.all_special_ids)), dtype=torch.long)
+    out = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        chunk, chunk_mask = ids[rows], mask[rows]
+        width = int(chunk_mask.sum(-1).max())
+        chunk, chunk_mask = chunk[:, :width], chunk_mask[:, :width]
+        labels = torch.full_like(chunk, IGNORE)
+        if model.is_causal:
+            labels[:, :-1] = torch.where(chunk_mask[:, 1:].bool(), chunk[:, 1:], IGNORE)  # next token
+            inputs = chunk
+        else:
+            candidate = chunk_mask.bool().cpu() & ~torch.isin(chunk.cpu(), specials)  # (batch, pos)
+            draw = torch.rand(chunk.shape, generator=generator) < MLM_FRACTION
+            for b in range(chunk.shape[0]):  # at least one target per prompt
+                if candidate[b].any() and not (draw[b] & candidate[b]).any():
+                    draw[b, candidate[b].nonzero()[0, 0]] = True
+            chosen = (draw & candidate).to(chunk.device)
+            if model.tokenizer.mask_token_id is None:
+                raise WorkbenchError(f"{model.name} is an encoder without a mask token: no masked-LM loss to measure")
+            labels = torch.where(chosen, chunk, IGNORE)
+            inputs = torch.where(chosen, model.tokenizer.mask_token_id, chunk)
+        out.append(_Batch(inputs, chunk_mask, labels))
+    return out
+
+
+def _losses(model, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward: per-prompt mean loss ``[batch]``, correct-prediction count and target count."""
+    logits = run_bridge(model, batch.ids, batch.mask)  # (batch, pos, vocab)
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    token_loss = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), batch.labels, ignore_index=IGNORE, reduction="none")  # (batch, pos)
+    valid = batch.labels != IGNORE
+    counts = valid.sum(-1).clamp(min=1)
+    correct = ((logits.argmax(-1) == batch.labels) & valid).sum()
+    return (token_loss * valid).sum(-1) / counts, correct, valid.sum()
+
+
+def _check_method(method) -> str:
+    if method not in METHODS:
+        raise WorkbenchError(f"unknown importance method {method!r}: expected one of {list(METHODS)}")
+    return method
+
+
+def _frame(model, raw: torch.Tensor, normalize_layers: bool, min_max: bool) -> pd.DataFrame:
+    score = raw.double().clone()  # (layer, head)
+    if normalize_layers:
+        norms = score.norm(dim=-1, keepdim=True)
+        score = torch.where(norms > 0, score / norms, score)
+    if min_max:
+        low, high = score.min(), score.max()
+        score = (score - low) / (high - low) if high > low else torch.zeros_like(score)
+    layer, head = torch.meshgrid(torch.arange(model.n_layers), torch.arange(model.n_heads), indexing="ij")
+    return pd.DataFrame({"layer": layer.flatten().numpy(), "head": head.flatten().numpy(),
+                         "importance": score.flatten().numpy(), "raw": raw.double().flatten().numpy()})
+
+
+# -- the three methods ------------------------------------------------------------------------------
+def _gradient(model, batches, base: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """E_x |∂L(x)/∂ξ| at mask ``base`` (one mask row per prompt, so the expectation is over prompts);
+    also the loss and accuracy at ``base`` (the same forwards)."""
+    total = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
+    loss_sum, n_prompts, correct, targets = 0.0, 0, 0, 0
+    for batch in batches:
+        xi = base.expand(batch.ids.shape[0], -1, -1).clone().requires_grad_(True)  # (batch, layer, head)
+        with head_mask(model, xi):
+            losses, right, count = _losses(model, batch)
+        (grad,) = torch.autograd.grad(losses.sum(), xi)
+        total += grad.abs().double().sum(0).cpu()
+        loss_sum += float(losses.detach().sum())
+        n_prompts += losses.shape[0]
+        correct, targets = correct + int(right), targets + int(count)
+    return total / n_prompts, loss_sum / n_prompts, correct / max(targets, 1)
+
+
+@torch.no_grad()
+def _mean_loss(model, batches, mask=None, baseline=None) -> float:
+    total, n = 0.0, 0
+    for batch in batches:
+        if mask is None:
+            losses = _losses(model, batch)[0]
+        else:
+            with head_mask(model, mask, baseline=baseline):
+                losses = _losses(model, batch)[0]
+        total, n = total + float(losses.sum()), n + losses.shape[0]
+    return total / n
+
+
+def _ablation(model, batches, prompts, mode: str, batch_size: int) -> torch.Tensor:
+    """Δ mean loss when each head alone is zeroed or mean-replaced."""
+    if mode not in ABLATION_MODES:
+        raise WorkbenchError(f"unknown ablation mode {mode!r}: expected one of {list(ABLATION_MODES)}")
+    means = head_means(model, prompts, batch_size=batch_size) if mode == "mean" else None
+    clean = _mean_loss(model, batches)
+    delta = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
+    for layer in range(model.n_layers):
+        for head in range(model.n_heads):
+            delta[layer, head] = _mean_loss(model, batches, mask_without(model, [(layer, head)]), means) - clean
+    return delta
+
+
+def _integrated_gradients(model, batches, n_steps: int) -> torch.Tensor:
+    """−IG of the mean loss over ξ from 0 (all heads off) to 1 (Captum)."""
+    from captum.attr import IntegratedGradients
+
+    n_prompts = sum(b.ids.shape[0] for b in batches)
+
+    def forward(masks):  # (steps, layer, head) -> (steps,)
+        out = []
+        for xi in masks:
+            with head_mask(model, xi):
+                out.append(sum(_losses(model, b)[0].sum() for b in batches) / n_prompts)
+        return torch.stack(out)
+
+    ones = torch.ones(1, model.n_layers, model.n_heads)
+    attributions = IntegratedGradients(forward).attribute(ones, baselines=torch.zeros_like(ones), n_steps=n_steps,
+                                                          internal_batch_size=1)
+    return -attributions[0].detach().double()  # positive: the head lowers the loss
+
+
+def head_importance(model, prompts, method: str = "gradient", *, normalize_layers: bool | None = None,
+                    min_max: bool | None = None, ablation: str = "zero", n_steps: int = 16, batch_size: int = 8,
+                    seed: int = 0) -> pd.DataFrame:
+    """How much the model's loss depends on each attention head.
+
+    Methods (all on the head mask ξ of `workbench.heads.head_mask`):
+
+    - ``"gradient"``: I_h = E_x |∂L(x)/∂ξ_h| at ξ = 1 (Michel et al. 2019, "Are Sixteen Heads
+      Really Better than One?"), by default normalised per layer by the L2 norm (Michel et al.)
+      and then min–max over all heads (Li et al. 2023's pruning-metric comparison).
+    - ``"ablation"``: Δloss when the head alone is zeroed (``ablation="zero"``) or replaced by its
+      mean output over the prompts (``"mean"``).
+    - ``"integrated_gradients"``: Captum's `IntegratedGradients` of the mean loss over ξ from 0
+      to 1 (Sundararajan et al. 2017), sign flipped so that a head that lowers the loss scores > 0;
+      the scores sum to L(no heads) − L(all heads).
+
+    Args:
+        model: a `ModelHandle`. The loss is next-token cross-entropy (causal) or masked-LM
+            cross-entropy on a seeded 15% of tokens (encoders; see the module docstring).
+        prompts: strings or token ids.
+        method: one of ``"gradient"``, ``"ablation"``, ``"integrated_gradients"``.
+        normalize_layers: divide each layer's scores by their L2 norm. Default: True for
+            ``"gradient"`` (Michel et al.), False otherwise (keeps Δloss in nats).
+        min_max: rescale all scores to [0, 1]. Default: True for ``"gradient"``, False otherwise.
+        ablation: ``"zero"`` or ``"mean"`` for the ablation method.
+        n_steps: integration steps for integrated gradients (Gauss–Legendre, Captum's default rule).
+        batch_size: prompts per forward. seed: the masked-LM draw (encoders).
+    Returns:
+        DataFrame ``layer, head, importance, raw``: ``importance`` after the normalisations,
+        ``raw`` before them (mean |gradient|, Δloss in nats, or −attribution in nats).
+    Raises:
+        WorkbenchError: unknown method or ablation mode, empty prompts, bad n_steps.
+    """
+    method = _check_method(method)
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 2:
+        raise WorkbenchError(f"n_steps must be an int >= 2; got {n_steps!r}")
+    if ablation not in ABLATION_MODES:
+        raise WorkbenchError(f"unknown ablation mode {ablation!r}: expected one of {list(ABLATION_MODES)}")
+    batches = _batches(model, prompts, batch_size, seed)
+    if method == "gradient":
+        raw = _gradient(model, batches, torch.ones(1, model.n_layers, model.n_heads))[0]
+    elif method == "ablation":
+        raw = _ablation(model, batches, prompts, ablation, batch_size)
+    else:
+        raw = _integrated_gradients(model, batches, n_steps)
+    default = method == "gradient"
+    return _frame(model, raw, default if normalize_layers is None else normalize_layers,
+                  default if min_max is None else min_max)
+
+
+def pruning_curve(model, prompts, *, step: float = 0.1, importance: pd.DataFrame | None = None,
+                  batch_size: int = 8, seed: int = 0) -> pd.DataFrame:
+    """Loss and accuracy as the least important heads are masked, ``step`` of all heads at a time.
+
+    By default the order is Michel et al. 2019's iterative pruning: at every step the gradient
+    importance (per-layer L2 normalised) is recomputed with the heads pruned so far masked, and
+    the least important ``step`` fraction of all heads (10%, Michel et al.) is zeroed next. With
+    ``importance`` (a `head_importance` frame, any method) the order is fixed by it instead.
+
+    Returns:
+        DataFrame ``step, n_pruned, fraction_pruned, loss, accuracy, pruned``: one row per step
+        from no head to all heads pruned; ``pruned`` lists the heads masked at that step
+        (``"L1H3 L0H2"``). Accuracy is top-1 on the loss targets.
+    """
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
+        raise WorkbenchError(f"step must be a fraction in (0, 1]; got {step!r}")
+    batches = _batches(model, prompts, batch_size, seed)
+    n_total = model.n_layers * model.n_heads
+    per_step = max(1, math.ceil(step * n_total - 1e-9))
+    fixed = None
+    if importance is not None:
+        if not {"layer", "head", "importance"} <= set(importance.columns) or len(importance) != n_total:
+            raise WorkbenchError(f"importance must be a head_importance frame with {n_total} rows "
+                                 f"(layer, head, importance); got {len(importance)} rows {list(importance.columns)}")
+        fixed = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
+        for row in importance.itertuples():
+            fixed[int(row.layer), int(row.head)] = float(row.importance)
+    mask = torch.ones(model.n_layers, model.n_heads)
+    rows, pruned_now, k = [], [], 0
+    while True:
+        scores, loss, accuracy = _gradient(model, batches, mask[None])
+        rows.append({"step": k, "n_pruned": int((mask == 0).sum()), "fraction_pruned": float((mask == 0).float().mean()),
+                     "loss": loss, "accuracy": accuracy, "pruned": " ".join(f"L{l}H{h}" for l, h in pruned_now)})
+        alive = (mask > 0).nonzero().tolist()
+        if not alive:
+            break
+        if fixed is not None:
+            scores = fixed
+        else:
+            norms = scores.norm(dim=-1, keepdim=True)
+            scores = torch.where(norms > 0, scores / norms, scores)
+        alive.sort(key=lambda lh: (float(scores[lh[0], lh[1]]), lh[0], lh[1]))
+        pruned_now = [tuple(lh) for lh in alive[:per_step]]
+        for layer, head in pruned_now:
+            mask[layer, head] = 0.0
+        k += 1
+    return pd.DataFrame(rows)
+
+
+# -- registry ---------------------------------------------------------------------------------------
+def _skip_untrained_mlm(model) -> str | None:
+    if model.source == "minilm":
+        return ("the bundled MiniLM has no trained MLM head, so there is no loss whose change measures a head; "
+                "head importance needs a causal LM or an encoder with a trained MLM head")
+    return None
+
+
+def _importance_figures(frame):
+    from workbench.figures import head_grid, importance_ranking
+
+    return [importance_ranking(frame), head_grid(frame, "importance", title="Head importance (gradient, Michel et al.)")]
+
+
+def _pruning_figures(frame):
+    from workbench.figures import pruning_curve_figure
+
+    return [pruning_curve_figure(frame)]
+
+
+register(Analyzer("head_importance", head_importance, "Head importance (gradient)", mode="exact",
+                  applies=_skip_untrained_mlm, figures=_importance_figures,
+                  sources=("Michel et al. 2019, Are Sixteen Heads Really Better than One? (|∂L/∂ξ|, per-layer L2)",
+                           "Li et al. 2023, pruning-based head importance metrics (min-max)")))
+register(Analyzer("pruning_curve", pruning_curve, "Pruning curve (least important heads first)", mode="exact",
+                  applies=_skip_untrained_mlm, figures=_pruning_figures,
+                  sources=("Michel et al. 2019, iterative pruning of 10% of heads by gradient importance",)))

@@ -1,0 +1,280 @@
+"""Head pattern descriptors, a UMAP map of the heads, and clusters of pattern types.
+
+Descriptors per head:
+
+- entropy, max_prob (Voita et al. 2019's confidence), sink_mass, local_mass, mean_distance: the
+  streaming statistics (`probes.streaming`) over the prompts, means over query rows and prompts;
+  mean_distance (mean of t − k under the attention of query t) comes from the column sums,
+  Σ_t Σ_k A[t,k](t − k) = Σ_t t − Σ_k k·col_k, so it needs no pattern either (encoders, whose
+  rows reach both ways, use |t − k| from exact patterns: they are at most 512 tokens long).
+- prev_token, duplicate, induction: TransformerLens ``head_detector``'s "mul" score
+  Σ(A ⊙ D) / ΣA of the exact pattern A against a detection pattern D, averaged over seeded
+  probes made of a random token sequence repeated twice.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workbench.analyzers import Analyzer, register
+from workbench.capture import patterns_for_batch
+from workbench.errors import WorkbenchError
+
+STAT_FEATURES = ("entropy", "max_prob", "sink_mass", "local_mass", "mean_distance")
+DETECTOR_FEATURES = ("prev_token", "duplicate", "induction")
+FEATURES = STAT_FEATURES + DETECTOR_FEATURES
+#: How a cluster is named from its mean descriptors: the first rule that holds wins.
+PATTERN_RULES = (
+    ("induction", "induction", 0.3),
+    ("previous-token", "prev_token", 0.4),
+    ("duplicate-token", "duplicate", 0.3),
+    ("sink", "sink_mass", 0.5),
+    ("local", "local_mass", 0.5),
+)
+
+
+# -- descriptors from the streaming statistics ---------------------------------------------------------
+def _stream_descriptors(model, prompts, *, local_window: int, batch_size: int, backend: str) -> pd.DataFrame:
+    """Per (prompt, layer, head): the streaming row means plus mean_distance."""
+    from probes.streaming import stream_capture
+
+    ids, mask = model.to_tokens(prompts)
+    lengths = mask.sum(-1).tolist()
+    parts = []
+    for n in sorted(set(lengths)):  # equal-length batches: no padding, column sums are exact
+        same = [i for i, length in enumerate(lengths) if length == n]
+        for start in range(0, len(same), batch_size):
+            chosen = same[start:start + batch_size]
+            cap = stream_capture(model, ids[chosen, :n], prompt_ids=chosen, sink_tokens=1, window=local_window,
+                                 column_mass=model.is_causal, backend=backend)
+            frame = cap.to_frame()
+            if model.is_causal:
+                pos = torch.arange(n, dtype=torch.float64)
+                dist = {layer: (n - 1) / 2 - (st.col_mass.double() @ pos) / n  # (batch, head)
+                        for layer, st in cap.stats.items()}
+            else:
+                patterns = patterns_for_batch(model, ids[chosen, :n], mask[chosen, :n], range(model.n_layers))
+                offset = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs().double()  # (query, key)
+                dist = {layer: (p.double() * offset).sum(-1).mean(-1) for layer, p in patterns.items()}
+            row = {pid: b for b, pid in enumerate(chosen)}
+            frame["mean_distance"] = [float(dist[r.layer][row[r.prompt_id], r.head]) for r in frame.itertuples()]
+            parts.append(frame)
+    return pd.concat(parts, ignore_index=True)
+
+
+# -- detector scores on repeated random tokens -------------------------------------------------------------
+def _special_frame(model) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after a text."""
+    enc = model.tokenizer("a", return_special_tokens_mask=True)
+    ids, special = enc["input_ids"], enc["special_tokens_mask"]
+    body = [i for i, s in enumerate(special) if not s]
+    if not body:
+        return [], []
+    return ids[:body[0]], ids[body[-1] + 1:]
+
+
+def repeated_token_probes(model, *, n_probes: int = 8, probe_len: int = 24, seed: int = 0) -> torch.Tensor:
+    """Seeded probes ``[n_probes, pos]``: the tokenizer's special prefix, a random token sequence
+    of length ``probe_len`` twice, the special suffix (the TransformerLens induction probe).
+    ``probe_len`` is cut to fit the model's context."""
+    prefix, suffix = _special_frame(model)
+    probe_len = min(probe_len, (model.n_ctx - len(prefix) - len(suffix)) // 2)
+    if probe_len < 2:
+        raise WorkbenchError(f"{model.name}'s context of {model.n_ctx} tokens is too short for repeated-token probes")
+    vocab = min(model.hf_model.config.vocab_size, len(model.tokenizer))
+    pool = torch.tensor(sorted(set(range(vocab)) - set(model.tokenizer.all_special_ids)))
+    generator = torch.Generator().manual_seed(seed)
+    body = pool[torch.randint(len(pool), (n_probes, probe_len), generator=generator)]  # (probe, probe_len)
+    pre = torch.tensor(prefix, dtype=torch.long).expand(n_probes, -1)
+    post = torch.tensor(suffix, dtype=torch.long).expand(n_probes, -1)
+    return torch.cat([pre, body, body, post], dim=1)
+
+
+def detection_patterns(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """TransformerLens ``head_detector``'s detection patterns D ``[pos, pos]`` for one sequence.
+
+    prev_token: D[t, t−1] = 1. duplicate: D[t, k] = 1 for k < t with token k = token t.
+    induction: D[t, k] = 1 for k ≤ t with token k−1 = token t (the token after an earlier copy).
+    """
+    n = tokens.shape[0]
+    prev = torch.zeros(n, n)
+    prev[1:, :-1] = torch.eye(n - 1)
+    same = (tokens[:, None] == tokens[None, :]).float()  # (query, key)
+    duplicate = torch.tril(same, diagonal=-1)
+    induction = torch.zeros(n, n)
+    induction[:, 1:] = duplicate[:, :-1]
+    return {"prev_token": prev, "duplicate": duplicate, "induction": torch.tril(induction)}
+
+
+def detector_scores(patterns: dict[int, torch.Tensor], tokens: torch.Tensor) -> pd.DataFrame:
+    """The "mul" score Σ(A ⊙ D) / ΣA per head, averaged over sequences.
+
+    Args:
+        patterns: ``{layer: [batch, head, query, key]}`` exact patterns of ``tokens``.
+        tokens: ``[batch, pos]``.
+    Returns:
+        DataFrame ``layer, head, prev_token, duplicate, induction``.
+    """
+    detections = [detection_patterns(row) for row in tokens.cpu()]
+    rows = []
+    for layer, pattern in patterns.items():
+        a = pattern.double()  # (batch, head, query, key)
+        total = a.sum((-1, -2))  # (batch, head)
+        scores = {name: torch.stack([(a[b] * d[name].double()).sum((-1, -2)) for b, d in enumerate(detections)]) / total
+                  for name in DETECTOR_FEATURES}  # (batch, head)
+        for head in range(a.shape[1]):
+            rows.append({"layer": layer, "head": head, **{k: float(v[:, head].mean()) for k, v in scores.items()}})
+    return pd.DataFrame(rows)
+
+
+# -- map and clusters -------------------------------------------------------------------------------------
+def _standardize(x: np.ndarray) -> np.ndarray:
+    std = x.std(0)
+    return (x - x.mean(0)) / np.where(std > 1e-12, std, 1.0)
+
+
+def _enable_umap_cache() -> None:
+    """Let numba cache umap-learn's compiled kernels on disk: the first fit in a process
+    otherwise spends ~10 s compiling them, every time."""
+    try:
+        from umap import layouts, umap_
+
+        for fn in (umap_.smooth_knn_dist, umap_.compute_membership_strengths,
+                   layouts._nb_optimize_layout_euclidean_single_epoch):
+            if getattr(fn, "_cache", None) is not None and type(fn._cache).__name__ == "NullCache":
+                fn.enable_caching()
+    except Exception:  # noqa: BLE001 - caching is an optimisation only
+        pass
+
+
+def umap_embedding(features: np.ndarray, *, n_neighbors: int | None = None, seed: int = 0) -> np.ndarray:
+    """2-D UMAP (umap-learn) of standardized head descriptors ``[heads, features]``.
+
+    n_neighbors defaults to min(15, heads − 1) (umap-learn's default capped by the number of
+    heads). The k-nearest-neighbour graph is computed exactly here and handed to UMAP.
+    With fewer than 4 heads there is nothing to embed: the first two principal components are
+    returned instead.
+    """
+    x = _standardize(np.asarray(features, dtype=np.float64))
+    n = x.shape[0]
+    if n < 4:
+        centered = x - x.mean(0)
+        u, s, _ = np.linalg.svd(centered, full_matrices=False)
+        out = np.zeros((n, 2))
+        k = min(2, u.shape[1])
+        out[:, :k] = u[:, :k] * s[:k]
+        return out
+    k = min(15 if n_neighbors is None else n_neighbors, n - 1)
+    if k < 2:
+        raise WorkbenchError(f"n_neighbors must be at least 2; got {n_neighbors!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import umap
+
+        _enable_umap_cache()
+        dist = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))  # (head, head)
+        knn = np.argsort(dist, axis=1, kind="stable")[:, :k].astype(np.int32)
+        knn_dist = np.take_along_axis(dist, knn, 1).astype(np.float32)
+        reducer = umap.UMAP(n_neighbors=k, n_components=2, random_state=seed, n_jobs=1,
+                            init="spectral" if n >= 64 else "random",
+                            precomputed_knn=(knn, knn_dist, None))
+        return reducer.fit_transform(x.astype(np.float32)).astype(np.float64)
+
+
+def cluster_heads(features: np.ndarray, *, n_clusters: int | None = None, seed: int = 0) -> np.ndarray:
+    """K-means clusters of standardized descriptors; k by the best silhouette in 2..6 unless given."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    x = _standardize(np.asarray(features, dtype=np.float64))
+    n = x.shape[0]
+    if n_clusters is not None:
+        if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or not 1 <= n_clusters <= n:
+            raise WorkbenchError(f"n_clusters must be an int in [1, {n}] (the number of heads); got {n_clusters!r}")
+        candidates = [n_clusters]
+    else:
+        candidates = list(range(2, min(6, n - 1) + 1))
+    if not candidates or np.allclose(x, x[0]):
+        return np.zeros(n, dtype=int)
+    best, best_score = None, -np.inf
+    for k in candidates:
+        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
+        if len(candidates) == 1:
+            return labels
+        if len(set(labels)) < 2:
+            continue
+        score = silhouette_score(x, labels)
+        if score > best_score + 1e-9:
+            best, best_score = labels, score
+    return np.zeros(n, dtype=int) if best is None else best
+
+
+def name_clusters(frame: pd.DataFrame) -> dict[int, str]:
+    """A readable pattern name per cluster from its mean descriptors (`PATTERN_RULES`, else "broad");
+    clusters that get the same name are numbered ("sink", "sink 2")."""
+    means = frame.groupby("cluster")[list(FEATURES)].mean()
+    names, seen = {}, {}
+    for cluster, row in means.iterrows():
+        name = next((label for label, col, bar in PATTERN_RULES if row[col] >= bar), "broad")
+        seen[name] = seen.get(name, 0) + 1
+        names[int(cluster)] = name if seen[name] == 1 else f"{name} {seen[name]}"
+    return names
+
+
+# -- the analysis ------------------------------------------------------------------------------------------
+def head_patterns(model, prompts, *, local_window: int = 4, n_probes: int = 8, probe_len: int = 24, seed: int = 0,
+                  n_neighbors: int | None = None, n_clusters: int | None = None, batch_size: int = 4,
+                  backend: str = "auto") -> pd.DataFrame:
+    """Pattern descriptors of every head, a 2-D UMAP of them, and named clusters of pattern types.
+
+    Args:
+        model: a `ModelHandle`.
+        prompts: strings or token ids (for the streaming descriptors).
+        local_window: local_mass counts the attention on the query and the ``local_window − 1``
+            keys before it (a "positional"/local head in Voita et al. 2019's sense).
+        n_probes, probe_len, seed: the repeated random-token probes of the detector scores
+            (TransformerLens ``head_detector``; induction needs a repeated sequence).
+        n_neighbors: UMAP neighbours (default min(15, heads − 1); McInnes et al. 2018).
+        n_clusters: k-means clusters (default: the best silhouette over 2..6).
+        batch_size, backend: streaming capture settings.
+    Returns:
+        DataFrame ``layer, head, entropy, max_prob, sink_mass, local_mass, mean_distance,
+        prev_token, duplicate, induction, umap_x, umap_y, cluster, pattern`` with one row per
+        head; ``pattern`` is the cluster's readable name (induction, previous-token,
+        duplicate-token, sink, local or broad; see `PATTERN_RULES`).
+    Raises:
+        WorkbenchError: empty prompts, bad probe settings, bad n_neighbors / n_clusters.
+    """
+    for name, value, low in (("local_window", local_window, 1), ("n_probes", n_probes, 1), ("probe_len", probe_len, 2),
+                             ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise WorkbenchError(f"{name} must be an int >= {low}; got {value!r}")
+    stats = _stream_descriptors(model, prompts, local_window=local_window, batch_size=batch_size, backend=backend)
+    frame = stats.groupby(["layer", "head"], as_index=False)[list(STAT_FEATURES)].mean()
+    probes = repeated_token_probes(model, n_probes=n_probes, probe_len=probe_len, seed=seed).to(model.device)
+    patterns = patterns_for_batch(model, probes, torch.ones_like(probes), range(model.n_layers))
+    frame = frame.merge(detector_scores(patterns, probes), on=["layer", "head"])
+    features = frame[list(FEATURES)].to_numpy()
+    embedding = umap_embedding(features, n_neighbors=n_neighbors, seed=seed)
+    frame["umap_x"], frame["umap_y"] = embedding[:, 0], embedding[:, 1]
+    frame["cluster"] = cluster_heads(features, n_clusters=n_clusters, seed=seed).astype(int)
+    frame["pattern"] = frame["cluster"].map(name_clusters(frame))
+    frame[["layer", "head"]] = frame[["layer", "head"]].astype(int)
+    return frame.sort_values(["layer", "head"], ignore_index=True)
+
+
+def _pattern_figures(frame):
+    from workbench.figures import head_grid, umap_scatter
+
+    return [umap_scatter(frame)] + [head_grid(frame, col) for col in FEATURES]
+
+
+register(Analyzer("head_patterns", head_patterns, "Head pattern types and the UMAP head map", mode="stream",
+                  figures=_pattern_figures,
+                  sources=("Voita et al. 2019, Analyzing Multi-Head Self-Attention (confidence, positional heads)",
+                           "TransformerLens head_detector ('mul' score: previous-token, duplicate, induction)",
+                           "McInnes et al. 2018, UMAP", "Li et al. 2023 (pattern types of heads)")))

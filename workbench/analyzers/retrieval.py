@@ -1,0 +1,330 @@
+"""Retrieval heads (Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context
+Factuality") and the needle-in-a-haystack accuracy grid that tests them causally.
+
+A head *copies* at a decoding step when its top-attended key (argmax, top-1) lies in the needle
+and holds the token being produced. A trial's score is copies / needle length; a head's
+retrieval score is the mean over the trials the model answers correctly, and it is a retrieval
+head if that score exceeds 0.1 (Wu et al.). The argmax comes from the streaming capture
+(`probes.streaming`), so no N×N tensor is formed and long contexts work.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workbench.analyzers import Analyzer, register
+from workbench.analyzers._headio import check_heads, edit_heads
+from workbench.errors import WorkbenchError
+
+THRESHOLD = 0.1  # Wu et al. 2024: a retrieval head has retrieval score > 0.1
+MODES = ("teacher_forced", "generation")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One needle-in-a-haystack trial, tokenized."""
+
+    prompt: list[int]   # prompt token ids, with the tokenizer's special tokens
+    answer: list[int]   # answer token ids, no special tokens
+    needle: list[int]   # prompt positions where the answer's tokens occur as a span
+    row: dict
+
+
+# -- inputs -------------------------------------------------------------------------------
+def read_trials(trials=None, required: tuple[str, ...] = ("prompt", "answer")) -> list[dict]:
+    """Trials from a list of dicts, a JSONL path, or (None) the demo's passkey suite."""
+    from workbench.models import data_dir
+    from workbench.prompts import read_jsonl
+
+    if trials is None:
+        trials = data_dir() / "suites" / "passkey.jsonl"
+    if isinstance(trials, (str, Path)):
+        return read_jsonl(trials, required=required)
+    rows = list(trials)
+    if not rows:
+        raise WorkbenchError("trials is empty: expected dicts with 'prompt' and 'answer' or a JSONL path")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise WorkbenchError(f"trial {i} is {type(row).__name__}: expected a dict with fields {list(required)}")
+        missing = [f for f in required if f not in row]
+        if missing:
+            raise WorkbenchError(f"trial {i} lacks field(s) {missing}; expected {list(required)}")
+    return rows
+
+
+def encode_trials(model, rows: list[dict]) -> list[Trial]:
+    """Tokenize trials and locate the needle (every span of the prompt equal to the answer)."""
+    if not model.is_causal:
+        raise WorkbenchError(f"retrieval heads need a causal LM that generates; {model.name} is an encoder")
+    out = []
+    for i, row in enumerate(rows):
+        prompt, answer = str(row["prompt"]), str(row["answer"])
+        if not answer.strip():
+            raise WorkbenchError(f"trial {i}: the answer is empty; expected the needle text to copy")
+        if answer.strip() not in prompt:
+            raise WorkbenchError(
+                f"trial {i}: the answer {answer!r} does not appear in the prompt; a retrieval trial "
+                "needs the needle verbatim in the haystack"
+            )
+        p_ids = model.tokenizer(prompt)["input_ids"]
+        a_ids = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        n = len(a_ids)
+        starts = [s for s in range(len(p_ids) - n + 1) if p_ids[s:s + n] == a_ids]
+        if not starts:
+            raise WorkbenchError(
+                f"trial {i}: the answer {answer!r} is in the prompt text but its tokens {a_ids} are not a "
+                "token span of the prompt; give the answer exactly as it is tokenized in the haystack"
+            )
+        if len(p_ids) + n > model.n_ctx:
+            raise WorkbenchError(f"trial {i} is {len(p_ids) + n} tokens with its answer; {model.name} has a "
+                                 f"context of {model.n_ctx}")
+        needle = sorted({s + j for s in starts for j in range(n)})
+        out.append(Trial(p_ids, a_ids, needle, row))
+    return out
+
+
+# -- copies per trial ---------------------------------------------------------------------
+def _copies(top: torch.Tensor, seq: torch.Tensor, produced: torch.Tensor, needle: list[int]) -> torch.Tensor:
+    """Copy events per head: top ``[layer, head, step]`` key indices, seq the token ids,
+    produced ``[step]`` the token produced at each step. Returns ``[layer, head]`` counts."""
+    in_needle = torch.isin(top, torch.tensor(needle))
+    same = seq[top] == produced  # (layer, head, step)
+    return (in_needle & same).sum(-1)
+
+
+def _teacher_forced(model, trials: list[Trial], batch_size: int, backend: str):
+    from probes.streaming import streaming
+
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, t in enumerate(trials):
+        groups[(len(t.prompt), len(t.answer))].append(i)
+    results: dict[int, tuple[bool, torch.Tensor]] = {}
+    for (p, a), members in groups.items():
+        for start in range(0, len(members), batch_size):
+            chosen = members[start:start + batch_size]
+            ids = torch.tensor([trials[i].prompt + trials[i].answer for i in chosen])  # (b, p + a)
+            with torch.no_grad(), streaming(model, column_mass=False, backend=backend) as stats:
+                # logits of the last a + 1 positions only: queries p - 1 .. p + a - 1
+                logits = model.hf_model(input_ids=ids.to(model.device), logits_to_keep=a + 1).logits
+            top_all = torch.stack([s.argmax for s in stats])  # (layer, b, head, query)
+            steps = torch.arange(p - 1, p + a - 1)  # the query that produces answer token k
+            for r, i in enumerate(chosen):
+                answer = ids[r, p:]
+                correct = bool((logits[r, :a].argmax(-1).cpu() == answer).all())
+                top = top_all[:, r][:, :, steps].long()  # (layer, head, step)
+                results[i] = (correct, _copies(top, ids[r], answer, trials[i].needle))
+    return [results[i] for i in range(len(trials))]
+
+
+def _generation(model, trials: list[Trial], backend: str):
+    from probes.streaming import streaming
+
+    results = []
+    for t in trials:
+        cur = torch.tensor([t.prompt], device=model.device)  # (1, p)
+        past, produced, tops = None, [], []
+        with torch.no_grad(), streaming(model, column_mass=False, backend=backend) as stats:
+            for _ in t.answer:
+                seen = len(stats)
+                out = model.hf_model(input_ids=cur, past_key_values=past, use_cache=True, logits_to_keep=1)
+                past = out.past_key_values
+                token = out.logits[0, -1].argmax()
+                tops.append(torch.stack([s.argmax[0, :, -1] for s in stats[seen:]]))  # (layer, head)
+                produced.append(int(token))
+                cur = token.view(1, 1)
+        produced_t = torch.tensor(produced)
+        seq = torch.tensor(t.prompt + produced)
+        top = torch.stack(tops, -1).long()  # (layer, head, step)
+        results.append((produced == t.answer, _copies(top, seq, produced_t, t.needle)))
+    return results
+
+
+def trial_scores(model, trials=None, *, mode: str = "teacher_forced", batch_size: int = 4,
+                 backend: str = "auto") -> pd.DataFrame:
+    """Per-trial copies of every head: ``trial, layer, head, copies, needle_length, correct``.
+
+    See `retrieval_scores` for the arguments and the definition of a copy.
+    """
+    if mode not in MODES:
+        raise WorkbenchError(f"unknown mode {mode!r}: expected one of {list(MODES)}")
+    encoded = encode_trials(model, read_trials(trials))
+    results = (_teacher_forced(model, encoded, batch_size, backend) if mode == "teacher_forced"
+               else _generation(model, encoded, backend))
+    layer, head = np.meshgrid(np.arange(model.n_layers), np.arange(model.n_heads), indexing="ij")
+    parts = [pd.DataFrame({"trial": i, "layer": layer.ravel(), "head": head.ravel(),
+                           "copies": copies.flatten().numpy(), "needle_length": len(t.answer),
+                           "correct": correct})
+             for i, (t, (correct, copies)) in enumerate(zip(encoded, results))]
+    return pd.concat(parts, ignore_index=True)
+
+
+def retrieval_scores(model, trials=None, *, mode: str = "teacher_forced", threshold: float = THRESHOLD,
+                     batch_size: int = 4, backend: str = "auto") -> pd.DataFrame:
+    """Retrieval score of every head (Wu et al. 2024).
+
+    Args:
+        model: a causal `ModelHandle`.
+        trials: dicts with ``prompt`` and ``answer`` (the answer must appear verbatim in the
+            prompt: it is the needle), a JSONL path, or None for the demo's passkey suite
+            ``data/suites/passkey.jsonl``.
+        mode: ``"teacher_forced"`` — one streaming forward over prompt + answer, the argmax of
+            the query rows that produce the answer tokens (fast, long context); or
+            ``"generation"`` — greedy decoding on ``model.hf_model`` with a KV cache, the argmax
+            of each step's query. They agree on trials the model answers correctly.
+        threshold: retrieval head if score > threshold (Wu et al.: 0.1); also the per-trial score
+            above which a head counts as activated.
+    Returns:
+        DataFrame ``layer, head, retrieval_score, activation_frequency, is_retrieval``:
+        retrieval_score = mean over correctly answered trials of copies / needle length;
+        activation_frequency = share of those trials whose per-trial score exceeds threshold
+        (Wu et al.'s "dynamically activated"). ``frame.attrs`` holds n_trials, n_correct, mode.
+    Raises:
+        WorkbenchError: an unknown mode, a needle not in its haystack, an encoder, a threshold
+            outside [0, 1), or no trial answered correctly (the score is defined on those).
+    """
+    if not 0 <= threshold < 1:
+        raise WorkbenchError(f"threshold must lie in [0, 1); got {threshold!r}")
+    per = trial_scores(model, trials, mode=mode, batch_size=batch_size, backend=backend)
+    n_trials = int(per["trial"].nunique())
+    good = per[per["correct"]]
+    if good.empty:
+        raise WorkbenchError(
+            f"the model answered none of the {n_trials} trials correctly; retrieval scores are "
+            "averaged over correctly answered trials (Wu et al. 2024)"
+        )
+    good = good.assign(score=good["copies"] / good["needle_length"])
+    frame = good.groupby(["layer", "head"], as_index=False).agg(
+        retrieval_score=("score", "mean"), activation_frequency=("score", lambda s: float((s > threshold).mean())))
+    frame["is_retrieval"] = frame["retrieval_score"] > threshold
+    frame.attrs.update(n_trials=n_trials, n_correct=int(good["trial"].nunique()), mode=mode)
+    return frame
+
+
+# -- ablation and the NIAH grid -----------------------------------------------------------
+@contextmanager
+def ablate(model, heads) -> Iterator[None]:
+    """Zero the outputs of ``heads`` in every ``model.hf_model`` forward inside the block.
+
+    Args:
+        heads: ``(layer, head)`` pairs, or a frame with ``layer, head`` (rows with
+            ``is_retrieval`` / ``in_circuit`` True when that column is present).
+    The head's ``d_head`` slice of the attention output projection's input (``hook_z``) is set
+    to zero (Wu et al. mask retrieval heads this way) in both forwards a handle runs: the plain
+    ``model.hf_model`` (generation, accuracy; a pre-hook on the output projection) and the
+    bridge (`workbench.heads.ablate_heads` on ``hook_z``). Hooks are removed on exit.
+    """
+    from workbench.heads import ablate_heads
+
+    chosen = check_heads(model, heads)
+    by_layer: dict[int, list[int]] = defaultdict(list)
+    for layer, head in chosen:
+        by_layer[layer].append(head)
+
+    def edit(layer, z):  # z: (batch, pos, head, d_head)
+        if layer not in by_layer:
+            return None
+        z = z.clone()
+        z[:, :, by_layer[layer]] = 0
+        return z
+
+    with edit_heads(model, edit), ablate_heads(model, chosen):
+        yield
+
+
+_ablate = ablate  # niah_grid's keyword shadows the name
+
+
+@contextmanager
+def _sdpa(model) -> Iterator[None]:
+    """Run ``hf_model`` with SDPA inside the block (no N×N weights at long context)."""
+    previous = model.hf_model.config._attn_implementation
+    model.hf_model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        model.hf_model.set_attn_implementation(previous)
+
+
+def niah_grid(model, trials=None, ablate=None) -> pd.DataFrame:  # noqa: A002 - the public keyword
+    """Needle-in-a-haystack accuracy by context length and needle depth (Wu et al.'s causal test).
+
+    Args:
+        trials: as for `retrieval_scores`, each also with ``context_length`` and ``depth``.
+        ablate: heads to zero while answering (pairs or a `retrieval_scores` frame), or None.
+    Returns:
+        DataFrame ``context_length, depth, accuracy, n_trials``: greedy exact match of the
+        answer (teacher-forced, `workbench.demo.evaluate.accuracy`).
+    """
+    from workbench.demo.evaluate import accuracy
+
+    rows = read_trials(trials, required=("prompt", "answer", "context_length", "depth"))
+    encode_trials(model, rows)  # validates needles and lengths
+    heads = [] if ablate is None else check_heads(model, ablate)
+    with _sdpa(model), _ablate(model, heads):
+        hits = accuracy(model.hf_model, model.tokenizer, rows)
+    frame = pd.DataFrame({"context_length": [r["context_length"] for r in rows],
+                          "depth": [float(r["depth"]) for r in rows], "hit": hits})
+    return (frame.groupby(["context_length", "depth"], as_index=False)
+            .agg(accuracy=("hit", "mean"), n_trials=("hit", "size")))
+
+
+# -- registry -----------------------------------------------------------------------------
+DEMO_MAX_CONTEXT = 256  # the registered scores use the passkey trials up to this context (fast)
+
+
+def _passkey_rows(max_context: int | None = None) -> list[dict]:
+    rows = read_trials(None)
+    return [r for r in rows if max_context is None or int(r.get("context_length", 0)) <= max_context]
+
+
+def demo_retrieval(model, prompts=None) -> pd.DataFrame:
+    """The registered analysis: teacher-forced retrieval scores on the demo's passkey trials up
+    to `DEMO_MAX_CONTEXT` tokens (``prompts`` is not used: retrieval needs needle trials)."""
+    return retrieval_scores(model, _passkey_rows(DEMO_MAX_CONTEXT))
+
+
+def demo_niah(model, prompts=None) -> pd.DataFrame:
+    """The registered analysis: the passkey NIAH grid as is and with the retrieval heads found
+    by `demo_retrieval` zeroed. Columns ``condition, context_length, depth, accuracy, n_trials``
+    (condition ``"full"`` or ``"retrieval heads ablated"``)."""
+    heads = demo_retrieval(model)
+    frames = [niah_grid(model).assign(condition="full"),
+              niah_grid(model, ablate=heads).assign(condition="retrieval heads ablated")]
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["condition", "context_length", "depth", "accuracy", "n_trials"]]
+
+
+def _applies(model) -> str | None:
+    if not model.is_causal:
+        return "retrieval heads are defined on generation; this model is an encoder"
+    if model.source != "demo":
+        return ("needs needle-in-a-haystack trials (bundled only for the demo model): call "
+                "wb.retrieval_scores(model, trials) with yours")
+    return None
+
+
+def _score_figures(frame: pd.DataFrame) -> list:
+    from workbench.figures import retrieval_grid
+
+    return [retrieval_grid(frame)]
+
+
+def _niah_figures(frame: pd.DataFrame) -> list:
+    from workbench.figures import niah_heatmap
+
+    return [niah_heatmap(frame)]
+
+
+_WU = "Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality"
+register(Analyzer("retrieval_heads", demo_retrieval, "Retrieval heads (needle-in-a-haystack copying)",
+                  mode="stream", applies=_applies, figures=_score_figures, sources=(_WU,)))
+register(Analyzer("niah", demo_niah, "Needle-in-a-haystack accuracy, with and without the retrieval heads",
+                  mode="exact", applies=_applies, figures=_niah_figures, sources=(_WU,)))
