@@ -14,7 +14,7 @@ from dash import dcc, html, no_update
 from dashboards import data
 from workbench.analyzers import ANALYZERS
 from workbench.errors import WorkbenchError
-from workbench.figures import default_figures
+from workbench.figures import default_figures, score_columns
 
 GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -22,6 +22,16 @@ GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
 def message(text: str, kind: str = "note") -> html.Div:
     """A boxed message in the page (``kind``: note or error), never a stack trace."""
     return html.Div(text, className=f"wb-message wb-{kind}")
+
+
+def placeholder(text: str):
+    """An empty figure that says what to do instead of showing bare axes."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    return fig.update_layout(xaxis={"visible": False}, yaxis={"visible": False}, height=160,
+                             margin={"l": 20, "r": 20, "t": 20, "b": 20})
 
 
 def matching(names, keywords) -> list[str]:
@@ -32,6 +42,16 @@ def matching(names, keywords) -> list[str]:
 def title_of(name: str) -> str:
     analyzer = ANALYZERS.get(name)
     return analyzer.title if analyzer else name.replace("_", " ")
+
+
+#: Numeric columns that describe a head but are not scores to rank or grid.
+NOT_SCORES = frozenset({"cluster", "n_prompts", "n_trials", "n_queries", "umap_x", "umap_y"})
+
+
+def scores_of(frame) -> list[str]:
+    """The score columns of a per-head frame (`workbench.figures.score_columns` without counts,
+    cluster ids and UMAP coordinates)."""
+    return [c for c in score_columns(frame) if c not in NOT_SCORES]
 
 
 def figures_for(name: str, frame) -> list:

@@ -17,7 +17,7 @@ from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from dashboards import data, views
 from workbench.errors import WorkbenchError
-from workbench.figures import MAX_PATTERN_SIDE, attention_pattern, score_columns
+from workbench.figures import MAX_PATTERN_SIDE, attention_pattern
 
 dash.register_page(__name__, path="/head", name="Head", title="Head · Attention Workbench", order=1)
 
@@ -55,7 +55,7 @@ def head_scores(run, layer: int, head: int) -> list[dict]:
                 if len(hits):
                     rows.append({"table": label, "score": flag, "value": bool(hits.any()),
                                  "rank": f"{int(part.groupby(['layer', 'head'])[flag].max().sum())} heads"})
-            for score in score_columns(part):
+            for score in views.scores_of(part):
                 means = part.groupby(["layer", "head"])[score].mean()
                 if (layer, head) not in means.index:
                     continue
@@ -92,6 +92,9 @@ def reconcile(opening: bool, selection, layer, head, run_id):
         if None not in sel_pair:
             return sel_pair[0], sel_pair[1], no_update
         return (0 if layer is None else layer), (0 if head is None else head), no_update
+    if opening:  # values from the address: set them again, or Dash skips the callbacks that read them
+        return layer, head, (no_update if (layer, head) == sel_pair else
+                             {"run": run_id, "layer": int(layer), "head": int(head)})
     if layer is None or head is None or (layer, head) == sel_pair:
         return no_update, no_update, no_update
     return no_update, no_update, {"run": run_id, "layer": int(layer), "head": int(head)}
@@ -166,7 +169,8 @@ def layout(run=None, layer=None, head=None, **_):
             dcc.Slider(id="head-window", min=0, max=0, step=16, value=0, disabled=True, marks=None,
                        tooltip={"placement": "bottom"}),
             html.Div(id="head-error"),
-            dcc.Loading(dcc.Graph(id="head-pattern", config=views.GRAPH_CONFIG, figure={}), type="circle"),
+            dcc.Loading(dcc.Graph(id="head-pattern", config=views.GRAPH_CONFIG, figure=views.placeholder(
+                "choose a prompt of the run or type one and press compute")), type="circle"),
             html.Div(id="head-tokens"),
         ])
     return html.Div([html.H2("Head"), pick, html.H3("Scores"), html.Div(id="head-scores"),
@@ -217,4 +221,4 @@ def show_pattern(prompt, layer, head, view, start, click, run_id):
         source = data.run_model_source(data.served_root(), run_id)
         return (*pattern_view(source, prompt, layer, head, view, start, click, ctx.triggered_id), None)
     except WorkbenchError as exc:
-        return {}, None, 0, True, views.message(str(exc), "error")
+        return views.placeholder("no pattern"), None, 0, True, views.message(str(exc), "error")

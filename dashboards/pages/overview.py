@@ -10,7 +10,7 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import data, views
 from workbench.errors import WorkbenchError
-from workbench.figures import head_grid, score_columns
+from workbench.figures import head_grid
 
 dash.register_page(__name__, path="/", name="Overview", title="Overview · Attention Workbench", order=0)
 
@@ -28,7 +28,7 @@ def grid_choices(run) -> list[dict]:
             suffix = f" ({', '.join(where.values())})" if where else ""
             options += [{"label": f"{views.title_of(name)}: {score}{suffix}",
                          "value": json.dumps({"table": name, "score": score, "where": where}, sort_keys=True)}
-                        for score in score_columns(part)]
+                        for score in views.scores_of(part)]
     return options
 
 

@@ -127,6 +127,16 @@ def test_click_on_overview_selects_the_head_everywhere_and_latencies(browser, li
           + f" ms; median {statistics.median(switches.values()) * 1000:.0f} ms, max {max(switches.values()) * 1000:.0f} ms")
 
 
+def test_head_page_opens_the_head_named_in_the_address(browser, live_server):
+    browser.get(f"{live_server}/head?run=full&layer=2&head=6")
+    assert wait_for(lambda: browser.find_elements("id", "head-scores-table"), 30)
+    table = browser.find_element("id", "head-scores-table").text
+    sink = frames()["sink_scores"].set_index(["layer", "head"]).loc[(2, 6), "sink_score"]
+    assert f"sink_score {sink:.4g}" in table, table
+    assert "layer 2, head 6" in _selected(browser)  # and it becomes the app-wide selection
+    assert console_errors(browser) == []
+
+
 def test_click_on_the_head_map_selects_that_head(browser, live_server):
     browser.get(f"{live_server}/head-map?run=full")
     assert wait_for(_page_ready(browser, "Head map", expected_figures("/head-map")), 30)

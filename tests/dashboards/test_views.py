@@ -203,7 +203,8 @@ def test_reconcile_selection_and_dropdowns():
     sel = {"run": "full", "layer": 2, "head": 5}
     assert rec(True, sel, None, None, "full") == (2, 5, no_update)  # opening: the selection moves the dropdowns
     assert rec(True, None, None, None, "full") == (0, 0, no_update)  # nothing selected yet
-    assert rec(True, sel, 1, 3, "full") == (no_update, no_update, {"run": "full", "layer": 1, "head": 3})  # address wins
+    assert rec(True, sel, 1, 3, "full") == (1, 3, {"run": "full", "layer": 1, "head": 3})  # the address wins
+    assert rec(True, sel, 2, 5, "full") == (2, 5, no_update)
     assert rec(False, sel, 3, 5, "full") == (no_update, no_update, {"run": "full", "layer": 3, "head": 5})
     assert rec(False, sel, 2, 5, "full") == (no_update, no_update, no_update)  # already selected
 
@@ -240,7 +241,7 @@ def test_show_pattern_callback_computes_with_the_runs_own_model(request_ctx, tin
     assert out[4] is None
     out = in_callback(head.show_pattern, " ".join(["w1"] * 1100), 0, 0, "whole", 0, None, "tiny",
                       triggered=("head-prompt.value",))
-    assert out[0] == {} and _text(out[4]) == f"prompt 0 is 1101 tokens long; {tiny_dir.name} has a context of 1024 tokens"
+    assert not out[0].data and _text(out[4]) == f"prompt 0 is 1101 tokens long; {tiny_dir.name} has a context of 1024 tokens"
     # the model comes from the run's manifest on the server; the browser only names a run
     out = in_callback(head.show_pattern, "w1 w2", 0, 0, "whole", 0, None, "full", triggered=("head-prompt.value",))
     assert "this run's model cannot be loaded on this machine" in _text(out[4])
