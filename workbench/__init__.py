@@ -12,8 +12,12 @@ from workbench.analyzers.summary import head_summary
 from workbench.analyzers.circuits import circuit, circuit_agreement, circuit_faithfulness, circuit_overlap, task_metric
 from workbench.analyzers.retrieval import ablate, niah_grid, retrieval_scores
 from workbench.analyzers.saliency import saliency_alignment, token_attributions
+from workbench.analyzers.importance import head_importance, pruning_curve
+from workbench.analyzers.patterns import head_patterns
+from workbench.analyzers.sinks import hidden_sinks, massive_activations, secondary_sinks, sink_scores, sink_share, token_sinks
 from workbench.capture import capture_patterns, capture_stats
 from workbench.errors import WorkbenchError
+from workbench.heads import ablate_heads, head_mask, head_means
 from workbench.models import SOURCES, ModelHandle, load_model
 from workbench.prompts import load_prompts
 from workbench.report import report  # noqa: F401  (wb.report(run, "report.html"))
@@ -23,5 +27,6 @@ __all__ = [
     "ANALYZERS", "Analyzer", "ModelHandle", "Run", "SOURCES", "WorkbenchError", "analyze", "capture_patterns", "capture_stats",
     "head_summary", "load_model", "load_prompts", "register",
 ]
+__all__ += ["ablate_heads", "head_importance", "head_mask", "head_means", "head_patterns", "hidden_sinks", "massive_activations", "pruning_curve", "secondary_sinks", "sink_scores", "sink_share", "token_sinks"]
 __all__ += ["ablate", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap", "niah_grid", "retrieval_scores", "saliency_alignment", "task_metric", "token_attributions"]
 __version__ = "0.1.0"

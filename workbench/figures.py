@@ -53,6 +53,7 @@ def default_figures(frame: pd.DataFrame) -> list[go.Figure]:
         return []
     return [head_grid(frame, score) for score in score_columns(frame)]
 
+
 #: Most cells an attention-pattern heatmap carries along one axis (bertviz and CircuitsVis break
 #: near 512 tokens; longer patterns are block-averaged or windowed, never shipped whole).
 MAX_PATTERN_SIDE = 256
@@ -102,6 +103,172 @@ def attention_pattern(pattern, tokens, *, start: int | None = None, max_side: in
     fig.update_layout(title=(title or "attention pattern") + note, xaxis_title="key", yaxis_title="query",
                       yaxis={"autorange": "reversed", "type": "category"}, xaxis={"type": "category"},
                       margin={"l": 90, "r": 20, "t": 50, "b": 90}, height=620)
+    return fig
+
+
+# -- sinks, importance, patterns (issue 5) ------------------------------------------------------------
+def _head_labels(frame: pd.DataFrame) -> list[str]:
+    return [f"L{int(l)}H{int(h)}" for l, h in zip(frame["layer"], frame["head"])]
+
+
+def _empty(title: str, note: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=note, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title=title, xaxis={"visible": False}, yaxis={"visible": False}, height=200)
+    return fig
+
+
+def _require(frame: pd.DataFrame, columns, who: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise WorkbenchError(f"{who} needs column(s) {missing}; the frame has {list(frame.columns)}")
+
+
+def token_sink_view(frame: pd.DataFrame, prompt_id: int | None = None, *, max_positions: int = 512,
+                    title: str | None = None) -> go.Figure:
+    """Layer × token heatmap of the attention each token receives (a `token_sinks` frame).
+
+    Args:
+        frame: ``prompt_id, layer, head, position, token, alpha``.
+        prompt_id: which prompt (default: the first in the frame).
+        max_positions: longer prompts are downsampled to this many bins, keeping each bin's
+            largest α (a sink never disappears in the downsampling).
+    Returns:
+        A heatmap of α averaged over the heads of each layer; x: positions (token labels on hover),
+        ``customdata = [layer, position]`` (the bin's first position when downsampled).
+    """
+    _require(frame, ("prompt_id", "layer", "head", "position", "token", "alpha"), "token_sink_view")
+    if frame.empty:
+        return _empty(title or "Token sinks", "no tokens")
+    pid = int(frame["prompt_id"].iloc[0]) if prompt_id is None else int(prompt_id)
+    one = frame[frame["prompt_id"] == pid]
+    if one.empty:
+        raise WorkbenchError(f"prompt_id {pid} is not in the frame; it has {sorted(frame['prompt_id'].unique())[:10]}")
+    grid = one.groupby(["layer", "position"])["alpha"].mean().unstack("position").sort_index()  # (layer, pos)
+    tokens = one.drop_duplicates("position").set_index("position")["token"].reindex(grid.columns).astype(str)
+    z, positions = grid.to_numpy(dtype=float), grid.columns.to_numpy()
+    labels = [f"{p}: {t}" for p, t in zip(positions, tokens)]
+    if len(positions) > max_positions:  # downsample: max over bins
+        edges = np.linspace(0, len(positions), max_positions + 1).astype(int)
+        z = np.stack([z[:, a:b].max(1) for a, b in zip(edges[:-1], edges[1:])], axis=1)
+        labels = [f"{positions[a]}–{positions[b - 1]}: max of bin" for a, b in zip(edges[:-1], edges[1:])]
+        positions = positions[edges[:-1]]
+    layers = grid.index.to_numpy()
+    custom = np.stack(np.meshgrid(layers, positions, indexing="ij"), axis=-1)
+    text = np.tile(np.array(labels, dtype=object), (len(layers), 1))
+    fig = go.Figure(go.Heatmap(
+        z=z, x=positions, y=layers, customdata=custom, text=text, colorscale="Reds", colorbar={"title": "α"},
+        hovertemplate="layer %{y}<br>%{text}<br>α (mean over heads) %{z:.3f}<extra></extra>",
+    ))
+    fig.update_layout(title=title or f"Attention received per token (prompt {pid})", xaxis_title="position",
+                      yaxis_title="layer", yaxis={"autorange": "reversed", "dtick": 1},
+                      margin={"l": 50, "r": 20, "t": 50, "b": 40}, height=140 + 28 * len(layers))
+    return fig
+
+
+def importance_ranking(frame: pd.DataFrame, score: str = "importance", *, top: int | None = None,
+                       title: str | None = None) -> go.Figure:
+    """Heads sorted by a per-head score, most important first, as a bar chart.
+
+    Returns:
+        A bar trace with x = ``"L{layer}H{head}"``, y = the score (mean over repeated rows),
+        ``customdata = [layer, head]`` for click-to-select.
+    """
+    _require(frame, ("layer", "head", score), "importance_ranking")
+    per_head = frame.groupby(["layer", "head"], as_index=False)[score].mean()
+    per_head = per_head.sort_values([score, "layer", "head"], ascending=[False, True, True], ignore_index=True)
+    if top is not None:
+        per_head = per_head.head(top)
+    fig = go.Figure(go.Bar(
+        x=_head_labels(per_head), y=per_head[score].to_numpy(dtype=float),
+        customdata=per_head[["layer", "head"]].to_numpy(), marker={"color": per_head[score], "colorscale": "Viridis"},
+        hovertemplate="layer %{customdata[0]} head %{customdata[1]}<br>" + score + " %{y:.3f}<extra></extra>",
+    ))
+    fig.update_layout(title=title or f"Heads ranked by {score}", xaxis_title="head", yaxis_title=score,
+                      margin={"l": 50, "r": 20, "t": 50, "b": 60}, height=360)
+    return fig
+
+
+def pruning_curve_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Loss (left axis) and accuracy (right axis) against the fraction of heads pruned
+    (a `pruning_curve` frame: ``fraction_pruned, loss, accuracy, n_pruned, pruned``)."""
+    _require(frame, ("fraction_pruned", "loss"), "pruning_curve_figure")
+    x = frame["fraction_pruned"].to_numpy(dtype=float)
+    hover = frame["pruned"].astype(str).to_numpy() if "pruned" in frame.columns else None
+    fig = go.Figure(go.Scatter(x=x, y=frame["loss"].to_numpy(dtype=float), mode="lines+markers", name="loss",
+                               text=hover, hovertemplate="%{x:.0%} pruned<br>loss %{y:.3f}<br>%{text}<extra></extra>"))
+    if "accuracy" in frame.columns:
+        fig.add_trace(go.Scatter(x=x, y=frame["accuracy"].to_numpy(dtype=float), mode="lines+markers",
+                                 name="accuracy", yaxis="y2",
+                                 hovertemplate="%{x:.0%} pruned<br>accuracy %{y:.3f}<extra></extra>"))
+        fig.update_layout(yaxis2={"title": "accuracy", "overlaying": "y", "side": "right", "range": [0, 1]})
+    fig.update_layout(title=title or "Pruning curve (least important heads first)", xaxis_title="fraction of heads pruned",
+                      yaxis_title="loss", xaxis={"tickformat": ".0%"}, margin={"l": 50, "r": 50, "t": 50, "b": 40},
+                      height=360, legend={"orientation": "h"})
+    return fig
+
+
+def umap_scatter(frame: pd.DataFrame, *, color: str = "pattern", title: str | None = None) -> go.Figure:
+    """The UMAP head map of a `head_patterns` frame: one point per head, one trace per pattern type.
+
+    Returns:
+        Scatter traces (one per value of ``color``) whose points carry
+        ``customdata = [layer, head]`` and hover the head's descriptors.
+    """
+    _require(frame, ("layer", "head", "umap_x", "umap_y", color), "umap_scatter")
+    shown = [c for c in ("entropy", "max_prob", "sink_mass", "local_mass", "prev_token", "induction")
+             if c in frame.columns]
+    hover = "L%{customdata[0]}H%{customdata[1]}" + "".join(
+        f"<br>{c} %{{customdata[{i + 2}]:.2f}}" for i, c in enumerate(shown)) + "<extra>%{fullData.name}</extra>"
+    fig = go.Figure()
+    for value, group in frame.groupby(color, sort=True):
+        fig.add_trace(go.Scatter(
+            x=group["umap_x"].to_numpy(dtype=float), y=group["umap_y"].to_numpy(dtype=float), mode="markers+text",
+            name=str(value), text=_head_labels(group), textposition="top center",
+            customdata=group[["layer", "head", *shown]].to_numpy(dtype=float), hovertemplate=hover,
+            marker={"size": 11},
+        ))
+    fig.update_layout(title=title or "UMAP head map (pattern descriptors)", xaxis_title="UMAP 1", yaxis_title="UMAP 2",
+                      margin={"l": 50, "r": 20, "t": 50, "b": 40}, height=480, legend={"title": color})
+    return fig
+
+
+def massive_activations_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """|value| of each massive activation by layer (log scale), hover: token, position, dim
+    (a `massive_activations` frame); an annotated empty figure when there are none."""
+    _require(frame, ("prompt_id", "layer", "position", "token", "dim", "value", "ratio"), "massive_activations_figure")
+    title = title or "Massive activations"
+    if frame.empty:
+        return _empty(title, "no massive activations (|h| > 100 and > 1000× the median) in any layer")
+    custom = frame[["prompt_id", "position", "dim", "ratio"]].to_numpy(dtype=float)
+    fig = go.Figure(go.Scatter(
+        x=frame["layer"].to_numpy(), y=frame["value"].abs().to_numpy(dtype=float), mode="markers",
+        text=frame["token"].astype(str).to_numpy(), customdata=custom,
+        marker={"color": frame["dim"].to_numpy(), "colorscale": "Turbo", "colorbar": {"title": "dim"}},
+        hovertemplate="layer %{x} · prompt %{customdata[0]} position %{customdata[1]} (%{text})<br>"
+                      "dim %{customdata[2]} |h| %{y:.1f} (%{customdata[3]:.0f}× median)<extra></extra>",
+    ))
+    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="|h|", yaxis_type="log", xaxis={"dtick": 1},
+                      margin={"l": 50, "r": 20, "t": 50, "b": 40}, height=360)
+    return fig
+
+
+def secondary_sinks_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """How many secondary sinks last how many layers (a `secondary_sinks` frame), as bars;
+    hover lists example tokens."""
+    _require(frame, ("n_layers", "token"), "secondary_sinks_figure")
+    title = title or "Secondary sinks by lifetime"
+    if frame.empty:
+        return _empty(title, "no token's hidden state lines up with the first token's (|cos| > 0.9)")
+    groups = frame.groupby("n_layers")
+    lifetimes = np.array(sorted(groups.groups))
+    counts = np.array([len(groups.get_group(n)) for n in lifetimes])
+    examples = [", ".join(groups.get_group(n)["token"].astype(str).value_counts().index[:5]) for n in lifetimes]
+    fig = go.Figure(go.Bar(x=lifetimes, y=counts, text=examples, customdata=lifetimes,
+                           hovertemplate="lasts %{x} layer(s): %{y} sink(s)<br>e.g. %{text}<extra></extra>",
+                           textposition="none"))
+    fig.update_layout(title=title, xaxis_title="layers the sink lasts", yaxis_title="count", xaxis={"dtick": 1},
+                      margin={"l": 50, "r": 20, "t": 50, "b": 40}, height=320)
     return fig
 
 
