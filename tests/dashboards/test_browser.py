@@ -137,6 +137,21 @@ def test_head_page_opens_the_head_named_in_the_address(browser, live_server):
     assert console_errors(browser) == []
 
 
+def test_run_picker_switches_the_run_and_keeps_it_in_links(browser, live_server):
+    browser.get(f"{live_server}/sinks?run=full")
+    assert wait_for(_page_ready(browser, "Sinks", expected_figures("/sinks")), 30)
+    browser.find_element("id", "app-run").click()
+    options = wait_for(lambda: browser.find_elements("css selector", "[role='option']"), 10)  # in a popover
+    assert [o.text for o in options] == ["broken-table", "damaged", "full", "group/partial", "tiny"]
+    next(o for o in options if o.text == "group/partial").click()
+    page_text = lambda: browser.execute_script("return document.getElementById('_pages_content').innerText")  # noqa: E731
+    assert wait_for(lambda: "this run has no token_sinks table" in page_text(), 10), page_text()
+    assert browser.current_url.endswith("/sinks?run=group/partial") and _drawn(browser) == 1  # sink_scores only
+    hrefs = [a.get_attribute("href") for a in browser.find_elements("css selector", ".wb-nav a")]
+    assert all(h.endswith("?run=group/partial") for h in hrefs), hrefs
+    assert console_errors(browser) == []
+
+
 def test_click_on_the_head_map_selects_that_head(browser, live_server):
     browser.get(f"{live_server}/head-map?run=full")
     assert wait_for(_page_ready(browser, "Head map", expected_figures("/head-map")), 30)
