@@ -198,7 +198,7 @@ def run_prompts(run: Run) -> list[str]:
     return prompts if prompts_hash(prompts) == run.manifest.get("prompts_hash") else []
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)  # at most 4 patterns of up to n_ctx² floats (64 MB each at 4096 tokens)
 def head_pattern(source: str, prompt: str, layer: int, head: int) -> tuple[np.ndarray, tuple[str, ...]]:
     """The attention pattern of one head on one prompt, computed with the model from ``source``.
 
