@@ -20,6 +20,7 @@ def create_app(runs_root_or_run: str | Path) -> dash.Dash:
                     assets_folder=str(HERE / "assets"), title="Attention Workbench",
                     suppress_callback_exceptions=True)  # pages add components the shell lacks
     app.server.config[data.ROOT_KEY] = str(root)
+    data.warm(root)
     pages = sorted(dash.page_registry.values(), key=lambda page: page["order"])
     app.layout = shell.layout_factory([(page["name"], page["relative_path"]) for page in pages])
     shell.register_callbacks(app)

@@ -3,10 +3,10 @@
 A served folder (the *root*) is one run or a folder of runs. Pages name a run by its id, the
 run's path relative to the root as it appears in the URL (``?run=demo``; ``.`` is the root
 itself). `resolve_run` turns an id into a path and refuses anything outside the root, so a URL
-cannot read other directories. Tables are read through an LRU cache keyed by (run path, table,
-file mtime and size), so a re-analysed table is read again. The only other state is three more
-small LRU caches for what is computed on demand: loaded models, single-head attention patterns
-and token attributions of typed prompts.
+cannot read other directories. Tables, and the figures made from them, are kept in LRU caches
+keyed by (run path, table, file mtime and size), so a re-analysed table is read again. The only
+other state is three more small LRU caches for what is computed on demand: loaded models,
+single-head attention patterns and token attributions of typed prompts.
 """
 
 from __future__ import annotations
@@ -106,23 +106,56 @@ def open_run(root: str | Path, run_id: str | None) -> Run:
     return Run.open(path)
 
 
-def table(run: Run, name: str) -> pd.DataFrame:
-    """Table ``name`` of ``run`` (a copy of the cached frame; WorkbenchError if missing or damaged)."""
+def _stamp(run: Run, name: str) -> tuple[int, int]:
+    """(mtime, size) of a table's file: part of every cache key, so a rewritten table is re-read."""
     entry = run.manifest["tables"].get(name)
     if entry is None:
-        return run.table(name)  # raises the run store's "has no table" error
-    file = run.path / str(entry.get("file", ""))
+        run.table(name)  # raises the run store's "has no table" error
     try:
-        stat = file.stat()
-        key = (stat.st_mtime_ns, stat.st_size)
+        stat = (run.path / str(entry.get("file", ""))).stat()
+        return stat.st_mtime_ns, stat.st_size
     except OSError:
-        key = (0, 0)  # missing file: let Run.table raise its message
-    return _cached_table(str(run.path), name, key).copy()
+        return 0, 0  # missing file: Run.table raises its message
+
+
+def table(run: Run, name: str) -> pd.DataFrame:
+    """Table ``name`` of ``run`` (a copy of the cached frame; WorkbenchError if missing or damaged)."""
+    return _cached_table(str(run.path), name, _stamp(run, name)).copy()
+
+
+def figures(run: Run, name: str) -> tuple:
+    """The figures of table ``name``: its analyzer's ``make_figures`` (default grids when the name
+    is not registered), cached like the table. The figures are shared: do not modify them."""
+    return _cached_figures(str(run.path), name, _stamp(run, name))
 
 
 @lru_cache(maxsize=64)
 def _cached_table(path: str, name: str, stamp: tuple[int, int]) -> pd.DataFrame:
     return Run.open(path).table(name)
+
+
+@lru_cache(maxsize=64)
+def _cached_figures(path: str, name: str, stamp: tuple[int, int]) -> tuple:
+    from workbench.analyzers import ANALYZERS
+    from workbench.figures import default_figures
+
+    frame = _cached_table(path, name, stamp).copy()
+    analyzer = ANALYZERS.get(name)
+    return tuple(analyzer.make_figures(frame) if analyzer else default_figures(frame))
+
+
+def warm(root: str | Path) -> None:
+    """Read the first run's tables and make their figures now, so first page visits are quick.
+    Problems are left for the pages to report."""
+    try:
+        run = open_run(root, None)
+    except WorkbenchError:
+        return
+    for name in run.tables:
+        try:
+            figures(run, name)
+        except Exception:  # noqa: BLE001 - the page that shows this table says what is wrong
+            continue
 
 
 def per_head(frame: pd.DataFrame) -> pd.DataFrame | None:

@@ -14,7 +14,7 @@ from dash import dcc, html, no_update
 from dashboards import data
 from workbench.analyzers import ANALYZERS
 from workbench.errors import WorkbenchError
-from workbench.figures import default_figures, score_columns
+from workbench.figures import score_columns
 
 GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -54,10 +54,6 @@ def scores_of(frame) -> list[str]:
     return [c for c in score_columns(frame) if c not in NOT_SCORES]
 
 
-def figures_for(name: str, frame) -> list:
-    """The figures of one table: its analyzer's ``make_figures`` (default grids if unregistered)."""
-    analyzer = ANALYZERS.get(name)
-    return analyzer.make_figures(frame) if analyzer else default_figures(frame)
 
 
 def analyze_hint(run, names) -> str:
@@ -129,7 +125,7 @@ def run_query(run_id: str | None, **extra) -> str:
     return "?" + "&".join(parts) if parts else ""
 
 
-def analysis_page(root, run_id: str | None, prefix: str, label: str, keywords, *, extra=None) -> list:
+def analysis_page(root, run_id: str | None, prefix: str, label: str, keywords) -> list:
     """The body of an analysis page: every figure of every table of the run whose name matches
     ``keywords``, and a clear message for each registered matching analysis the run lacks.
 
@@ -139,19 +135,18 @@ def analysis_page(root, run_id: str | None, prefix: str, label: str, keywords, *
             (a click selects the head), other figures ``{"type": f"{prefix}-figure", ...}``.
         label: what the page shows, for messages ("retrieval").
         keywords: table-name fragments that belong to the page.
-        extra: ``extra(run, frames) -> list`` of further components (e.g. overlap numbers).
     """
     try:
         run = data.open_run(root, run_id)
     except WorkbenchError as exc:
         return [message(str(exc), "error")]
     names = matching(run.tables, keywords)
-    out, frames = [], {}
+    out = []
     for name in names:
         out.append(html.H3(title_of(name)))
         try:
-            frames[name] = frame = data.table(run, name)
-            figures = figures_for(name, frame)
+            frame = data.table(run, name)
+            figures = data.figures(run, name)
         except WorkbenchError as exc:
             out.append(message(str(exc), "error"))
             continue
@@ -163,8 +158,6 @@ def analysis_page(root, run_id: str | None, prefix: str, label: str, keywords, *
         for i, fig in enumerate(figures):  # only figures of heads get the id that selects a head
             kind = f"{prefix}-graph" if names_heads(fig) else f"{prefix}-figure"
             out.append(dcc.Graph(id={"type": kind, "index": f"{name}-{i}"}, figure=fig, config=GRAPH_CONFIG))
-    if extra is not None and frames:
-        out.extend(extra(run, frames))
     skipped = run.manifest.get("skipped") or {}
     lacking = [n for n in matching(ANALYZERS, keywords) if n not in run]
     for name in lacking:

@@ -77,6 +77,16 @@ def test_table_cache_rereads_a_rewritten_table_and_hands_out_copies(tmp_path):
     pd.testing.assert_frame_equal(data.table(run, "head_summary"), new)
 
 
+def test_figures_are_cached_per_table_version(tmp_path):
+    run = make_run(tmp_path / "r", ["sink_scores"])
+    first = data.figures(run, "sink_scores")
+    assert data.figures(run, "sink_scores") is first  # made once
+    np.testing.assert_allclose(np.asarray(first[0].data[0].z).ravel(), frames()["sink_scores"]["sink_score"])
+    run.add_table("sink_scores", frames(seed=2)["sink_scores"])
+    again = data.figures(run, "sink_scores")
+    np.testing.assert_allclose(np.asarray(again[0].data[0].z).ravel(), frames(seed=2)["sink_scores"]["sink_score"])
+
+
 def test_table_errors_are_workbench_errors(runs_root):
     run = data.open_run(runs_root, "broken-table")
     with pytest.raises(WorkbenchError, match="table 'sink_scores' of run .* is damaged or missing"):

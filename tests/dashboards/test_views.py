@@ -10,7 +10,7 @@ from dash import html, no_update
 
 from dashboards import data, shell, views
 from tests.dashboards.conftest import page
-from tests.dashboards.fixtures import frames
+from tests.dashboards.fixtures import frames, make_run
 from workbench.analyzers import ANALYZERS
 from workbench.errors import WorkbenchError
 from workbench.figures import attention_pattern
@@ -143,14 +143,15 @@ def test_analysis_page_messages_for_missing_skipped_damaged(runs_root):
         assert expected in _text(body) and not _graphs(body)
 
 
-def test_analysis_page_survives_a_failing_figure_function(runs_root, monkeypatch):
+def test_analysis_page_survives_a_failing_figure_function(tmp_path, monkeypatch):
     from workbench.analyzers import Analyzer
 
     def broken(frame):
         raise KeyError("umap_x")
 
     monkeypatch.setitem(ANALYZERS, "head_patterns", Analyzer("head_patterns", lambda m, p: None, "Head map", figures=broken))
-    text = _text(views.analysis_page(runs_root, "full", "headmap", "head map", ("pattern",)))
+    make_run(tmp_path / "r", ["head_patterns"])  # a run of its own: figures are cached per run and table
+    text = _text(views.analysis_page(tmp_path, "r", "headmap", "head map", ("pattern",)))
     assert "could not draw table 'head_patterns': KeyError: 'umap_x'" in text
 
 
