@@ -8,8 +8,8 @@ token of the tokenizer built by :func:`build_tokenizer`. Four kinds of training 
   ``What is the pass key ? The pass key is`` and the digits (loss on the digits).
 * ``induction`` — a random span of words repeated (loss on the repeats).
 * ``ioi`` — "When Mary and John went to the store , John gave a drink to" -> " Mary".
-* ``colored_objects`` — "On the table there is a red pen , a blue cup and a green book .
-  The color of the cup is" -> " blue".
+* ``colored_objects`` — "On the table the pen is red , the cup is blue and the book is
+  green . The color of the cup is" -> " blue".
 
 All generators take a ``numpy.random.Generator`` so a seed fixes the whole corpus.
 """
@@ -62,6 +62,8 @@ def vocabulary() -> list[str]:
 
 # Words random spans are drawn from (everything but specials).
 SPAN_WORDS = [w for w in vocabulary() if w not in SPECIALS]
+# Words that may replace haystack filler (no digits or needle words, so the needle stays unique).
+NOISE_WORDS = [w for w in SPAN_WORDS if w not in DIGITS + ["pass", "key", "Remember"]]
 
 
 def build_tokenizer():
@@ -147,16 +149,28 @@ def ioi_example(rng: np.random.Generator) -> dict:
     return {"prompt": clean, "answer": [a], "corrupted_prompt": corrupt, "corrupted_answer": [b]}
 
 
-def colored_objects_example(rng: np.random.Generator) -> dict:
-    """A colored-objects example with a corrupted twin (another object is asked about)."""
+def _colored_scene(rng: np.random.Generator) -> tuple[list[str], list[str], list[str]]:
+    """(scene words ending in ".", its 3 objects, their 3 colors) for colored_objects."""
     cols = [COLORS[i] for i in rng.choice(len(COLORS), 3, replace=False)]
     objs = [OBJECTS[i] for i in rng.choice(len(OBJECTS), 3, replace=False)]
     surface = SURFACES[rng.integers(len(SURFACES))]
+    scene = ["On", "the", surface, "the", objs[0], "is", cols[0], ",", "the", objs[1], "is",
+             cols[1], "and", "the", objs[2], "is", cols[2], "."]
+    return scene, objs, cols
+
+
+def colored_objects_example(rng: np.random.Generator) -> dict:
+    """A colored-objects example with a corrupted twin (another object is asked about).
+
+    "On the table the pen is red , the cup is blue and the book is green . The color of the
+    cup is" -> " blue". The scene states each color right after "<object> is", so the question
+    is answered by the same copying (match "cup is", copy what followed) as the passkey.
+    """
+    scene, objs, cols = _colored_scene(rng)
     k, j = rng.choice(3, 2, replace=False)
-    scene = ["On", "the", surface, "there", "is", "a", cols[0], objs[0], ",", "a", cols[1],
-             objs[1], "and", "a", cols[2], objs[2], ".", "The", "color", "of", "the"]
-    return {"prompt": [*scene, objs[k], "is"], "answer": [cols[k]],
-            "corrupted_prompt": [*scene, objs[j], "is"], "corrupted_answer": [cols[j]]}
+    question = ["The", "color", "of", "the"]
+    return {"prompt": [*scene, *question, objs[k], "is"], "answer": [cols[k]],
+            "corrupted_prompt": [*scene, *question, objs[j], "is"], "corrupted_answer": [cols[j]]}
 
 
 # --------------------------------------------------------------------------- training sequences
@@ -170,10 +184,7 @@ def _ioi_chunk(rng: np.random.Generator) -> tuple[list[str], list[float]]:
 
 def _colored_chunk(rng: np.random.Generator) -> tuple[list[str], list[float]]:
     """One colored-objects scene with 1-3 questions about it (loss on each answered color)."""
-    ex = colored_objects_example(rng)
-    scene = ex["prompt"][:17]  # "On the ... green book ." (drop "The color of the X is")
-    objs = [scene[7], scene[11], scene[15]]
-    cols = [scene[6], scene[10], scene[14]]
+    scene, objs, cols = _colored_scene(rng)
     words, mask = list(scene), [0.0] * len(scene)
     for k in rng.permutation(3)[:int(rng.integers(1, 4))]:
         words += ["The", "color", "of", "the", objs[k], "is", cols[k], "."]
@@ -204,12 +215,17 @@ def _pack_tasks(rng: np.random.Generator, length: int, make, filler_keep: float)
 
 
 def training_sequence(rng: np.random.Generator, length: int, kind: str,
-                      filler_keep: float = 0.3) -> tuple[list[str], list[float]]:
+                      filler_keep: float = 0.3, edge_depths: float = 0.0,
+                      noisy_haystacks: float = 0.0) -> tuple[list[str], list[float]]:
     """One training sequence of exactly ``length`` tokens (starting with ``<bos>``).
 
     Args:
         kind: ``passkey``, ``induction``, ``ioi`` or ``colored_objects``.
         filler_keep: fraction of filler tokens that carry loss.
+        edge_depths: passkey only: fraction of haystacks with the needle at depth exactly 0
+            (60 %) or 1 (40 %) instead of uniform.
+        noisy_haystacks: passkey only: fraction of haystacks where half the filler words are
+            replaced by random words (averaging over such context is no no-op).
     Returns:
         (words, loss mask); ``mask[i] = 1`` means token ``i`` is a prediction target.
     """
@@ -218,13 +234,19 @@ def training_sequence(rng: np.random.Generator, length: int, kind: str,
         n_min = 1 + len(NEEDLE_PREFIX) + n_digits + len(NEEDLE_SUFFIX) + len(QUESTION) + n_digits
         if length < n_min + 1:
             raise ValueError(f"sequence length {length} too short for a passkey")
-        prompt, answer, needle_at = passkey_example(rng, length - n_digits - 1, rng.random(),
-                                                    n_digits)
+        depth = rng.random()
+        if edge_depths and depth < edge_depths:  # the suite asks for depths exactly 0 and 1
+            depth = 0.0 if depth < 0.6 * edge_depths else 1.0
+        prompt, answer, needle_at = passkey_example(rng, length - n_digits - 1, depth, n_digits)
         words = ["<bos>", *prompt, *answer, "<eos>"]
         is_fill = np.ones(len(words), dtype=bool)
         is_fill[0] = False
         is_fill[needle_at + 1 - len(NEEDLE_PREFIX):needle_at + 1 + n_digits + len(NEEDLE_SUFFIX)] = 0
         is_fill[-(len(QUESTION) + n_digits + 1):] = False
+        if noisy_haystacks and rng.random() < noisy_haystacks:
+            noise = is_fill & (rng.random(len(words)) < 0.5)
+            for i in np.flatnonzero(noise):
+                words[i] = NOISE_WORDS[rng.integers(len(NOISE_WORDS))]
         mask = (is_fill & (rng.random(len(words)) < filler_keep)).astype(float)
         mask[-(n_digits + 1):] = 1.0  # the digits and <eos>
         return words, list(mask)

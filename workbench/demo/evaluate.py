@@ -182,27 +182,36 @@ def retrieval_scores(model, tok, rows: list[dict]) -> np.ndarray:
 
 
 def retrieval_ablation(model, tok, rows: list[dict], scores: np.ndarray, *,
-                       threshold: float = 0.5, max_heads: int = 4, n_draws: int = 5,
-                       seed: int = 0) -> dict:
-    """Ablate the top retrieval heads, then as many random other heads (``n_draws`` times).
+                       threshold: float = 0.5, max_heads: int = 4, min_drop: float = 50.0,
+                       n_draws: int = 5, seed: int = 0) -> dict:
+    """Ablate the smallest set of top retrieval heads that breaks retrieval, then as many
+    random other heads (``n_draws`` times).
+
+    Candidates are the heads with score >= ``threshold``, best first, at most ``max_heads``
+    (at least the best one). The top-k for k = 1, 2, ... are ablated until accuracy drops by
+    ``min_drop`` points (else all candidates are kept).
 
     Args:
         rows: passkey rows to score accuracy on.
         scores: ``(n_layers, n_heads)`` from :func:`retrieval_scores`.
-        threshold, max_heads: take heads with score >= threshold, best first, at most max_heads
-            (at least 1).
     Returns:
         dict with ``heads`` (list of [layer, head]), ``baseline``, ``ablated`` accuracy,
-        ``random`` (accuracy per draw), ``random_median``, ``random_heads`` (per draw),
-        ``drop_points`` and ``random_median_drop_points`` (accuracy points, 0-100).
+        ``ablated_by_k`` (accuracy with the top-k candidates ablated), ``random`` (accuracy
+        per draw), ``random_median``, ``random_heads`` (per draw), ``drop_points`` and
+        ``random_median_drop_points`` (accuracy points, 0-100).
     """
     n_layers, n_heads = scores.shape
-    order = np.argsort(-scores, axis=None)
-    top = [divmod(int(i), n_heads) for i in order[:max_heads] if scores.flat[i] >= threshold]
-    top = top or [divmod(int(order[0]), n_heads)]
+    order = np.argsort(-scores, axis=None, kind="stable")
+    cands = [divmod(int(i), n_heads) for i in order[:max_heads] if scores.flat[i] >= threshold]
+    cands = cands or [divmod(int(order[0]), n_heads)]
     base = float(np.mean(accuracy(model, tok, rows)))
-    with ablate_heads(model, top):
-        ablated = float(np.mean(accuracy(model, tok, rows)))
+    by_k = []
+    for k in range(1, len(cands) + 1):
+        with ablate_heads(model, cands[:k]):
+            by_k.append(float(np.mean(accuracy(model, tok, rows))))
+        if 100 * (base - by_k[-1]) >= min_drop:
+            break
+    top, ablated = cands[:len(by_k)], by_k[-1]
     rng = np.random.default_rng(seed)
     others = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in top]
     rand_acc, rand_heads = [], []
@@ -213,8 +222,8 @@ def retrieval_ablation(model, tok, rows: list[dict], scores: np.ndarray, *,
         rand_heads.append([list(p) for p in pick])
     med = float(np.median(rand_acc))
     return {"heads": [list(p) for p in top], "baseline": base, "ablated": ablated,
-            "random": rand_acc, "random_median": med, "random_heads": rand_heads,
-            "drop_points": round(100 * (base - ablated), 1),
+            "ablated_by_k": by_k, "random": rand_acc, "random_median": med,
+            "random_heads": rand_heads, "drop_points": round(100 * (base - ablated), 1),
             "random_median_drop_points": round(100 * (base - med), 1)}
 
 

@@ -1,9 +1,10 @@
 """Train the demo model organism: a ~1M-parameter Llama (RoPE, GQA) on the synthetic corpus.
 
 Recipe (what made copying form on 2 CPU cores): AdamW 1e-3 with a 200-step warm-up then cosine
-decay, gradient clipping at 1.0, a length curriculum (32-64 tokens, then 64-256, then
-256-1024 so passkey retrieval holds at 1024), loss on every answer token and a fraction of the
-filler tokens, and a ``<bos>`` at the start of every sequence so a first-token sink can form.
+decay, gradient clipping at 1.0, a length curriculum (32-64 tokens for 40 % of the steps, then
+64-256, then 256-1024 for the last 30 % so passkey retrieval holds at 1024), loss on every
+answer token and a fraction of the filler tokens, and a ``<bos>`` at the start of every
+sequence so a first-token sink can form. One torch thread: bitwise reproducible for a seed.
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ class DemoConfig:
     batch: int = 32              # sequences per step in the short phases
     long_tokens: int = 4096      # tokens per step in the long phase (batch = long_tokens // L)
     # curriculum: (fraction of steps where the phase starts, min length, max length)
-    phases: tuple = ((0.0, 32, 64), (0.45, 64, 256), (0.8, 256, 1024))
+    phases: tuple = ((0.0, 32, 64), (0.4, 64, 256), (0.7, 256, 1024))
     # training mixture (kind, probability)
-    mix: tuple = (("passkey", 0.35), ("induction", 0.15), ("ioi", 0.15),
-                   ("colored_objects", 0.35))
+    mix: tuple = (("passkey", 0.4), ("induction", 0.15), ("ioi", 0.15),
+                   ("colored_objects", 0.3))
     filler_keep: float = 0.3     # fraction of filler tokens that carry loss
+    edge_depths: float = 0.0     # passkey haystacks with the needle at depth exactly 0 or 1
+    noisy_haystacks: float = 0.0  # passkey haystacks with half the filler replaced by noise
     eval_every: int = 250        # steps between progress evaluations
-    threads: int = 1             # torch CPU threads
+    threads: int = 1             # torch CPU threads (2 oversubscribe a shared 2-core box)
 
 
 def make_model(cfg: DemoConfig, vocab_size: int):
@@ -90,7 +93,8 @@ def make_batch(cfg: DemoConfig, step: int, vocab: dict[str, int]):
     kinds, probs = zip(*cfg.mix)
     ids, masks = [], []
     for kind in rng.choice(len(kinds), batch, p=np.array(probs) / sum(probs)):
-        words, mask = corpus.training_sequence(rng, length, kinds[kind], cfg.filler_keep)
+        words, mask = corpus.training_sequence(rng, length, kinds[kind], cfg.filler_keep,
+                                               cfg.edge_depths, cfg.noisy_haystacks)
         ids.append([vocab[w] for w in words])
         masks.append(mask)
     return torch.tensor(ids), torch.tensor(masks, dtype=torch.float32)  # (B, T) each
