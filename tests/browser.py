@@ -52,6 +52,7 @@ def start_chromium(user_data_dir: str | Path):
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
+    driver.get("about:blank")  # leave the new-tab page, which loads chrome:// resources of its own
     return driver
 
 
@@ -87,13 +88,16 @@ def console_errors(driver, level: str = "SEVERE") -> list[dict]:
     return [e for e in driver.get_log("browser") if e.get("level") == level]
 
 
-def requests_made(driver) -> list[str]:
-    """URLs the page requested since the last call (from the DevTools performance log)."""
+def requests_made(driver, document: str | None = None) -> list[str]:
+    """URLs requested since the last call (from the DevTools performance log); with ``document``,
+    only those the page at that URL made (not the browser's own chrome:// pages)."""
     urls = []
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
         if message.get("method") == "Network.requestWillBeSent":
-            urls.append(message["params"]["request"]["url"])
+            params = message["params"]
+            if document is None or params.get("documentURL") == document:
+                urls.append(params["request"]["url"])
     return urls
 
 

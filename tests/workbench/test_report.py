@@ -5,6 +5,7 @@ rendering in headless Chromium from file://, and one-line CLI errors that leave 
 from __future__ import annotations
 
 import html
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from tests import tiny_models
 from tests.browser import browser, console_errors, requests_made, wait_for  # noqa: F401  (fixture)
 from workbench.analyzers import ANALYZERS, Analyzer
 from workbench.cli import main
-from workbench.report import render
+from workbench.report import page, render
 from workbench.report.figures import downsample_heatmaps
 
 CAUSAL_ONLY = "needs a causal model: an encoder's first token is not a shared prefix"
@@ -76,6 +77,24 @@ def build(model, prompts, folder: Path) -> Built:
         run = wb.analyze(model, prompts, out=folder / "run", progress=False)
         path = wb.report(run, folder / "report.html", model=model, prompts=prompts, progress=False)
         return Built(model, run, path, expected_figures(run), names, {n: a.title for n, a in ANALYZERS.items()})
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory):
+    """The README's main job: `workbench report --out report.html` with no other argument, from a
+    fresh folder (the demo model, its default prompts, a cached run in runs/demo)."""
+    folder = tmp_path_factory.mktemp("demo")
+    cwd = Path.cwd()
+    os.chdir(folder)
+    try:
+        with pytest.raises(SystemExit) as done:
+            main(["report", "--out", "report.html"])
+    finally:
+        os.chdir(cwd)
+    assert done.value.code in (0, None)
+    run = wb.Run.open(folder / "runs" / "demo")
+    return Built(run.manifest["model"]["name"], run, folder / "report.html", expected_figures(run),
+                 list(ANALYZERS), {n: a.title for n, a in ANALYZERS.items()})
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +157,25 @@ def test_downsampling_is_a_block_mean_and_leaves_head_grids_alone():
     assert downsample_heatmaps(grid)[1] == 1 and grid.data[0].customdata is not None
 
 
+def test_top_heads_rank_real_scores_per_task_and_skip_flags_counts_and_coordinates():
+    import pandas as pd
+
+    rows = []
+    for task, sign in (("ioi", 1.0), ("colors", -1.0)):
+        for layer in range(2):
+            for head in range(3):
+                rows.append({"task": task, "layer": layer, "head": head, "pattern": f"type{head}",
+                             "effect": sign * (3 * layer + head), "cluster": head, "umap_x": float(head),
+                             "in_circuit": sign * (3 * layer + head) > 3})
+    frame = pd.DataFrame(rows + [{"task": "ioi", "layer": -1, "head": -1, "pattern": "all", "effect": 99.0,
+                                  "cluster": 0, "umap_x": 0.0, "in_circuit": True}])
+    got = page.top_heads("circuits", frame, k=3)
+    assert got == [["circuits [ioi]", "effect", "L1.H2 (5)", "L1.H1 (4)", "L1.H0 (3)"],  # layer -1 aggregate left out
+                   ["circuits [colors]", "effect", "L0.H0 (0)", "L0.H1 (-1)", "L0.H2 (-2)"]]
+    assert page.flags(frame) == "<p>in_circuit [ioi]: 2 of 6 heads; in_circuit [colors]: 0 of 6 heads</p>"
+    assert page.top_heads("tokens", frame.assign(position=0)) == []  # token-level tables are not ranked
+
+
 @pytest.mark.parametrize("kind", ["llama", "bert"])
 def test_tiny_report_sections_top_heads_and_skips(tiny_reports, kind):
     built = tiny_reports[kind]
@@ -174,6 +212,20 @@ def test_tiny_report_sections_top_heads_and_skips(tiny_reports, kind):
     assert re.findall(r"<td>(.*?)</td>", row) == want
     heavy = int((mass > 0.5).sum())
     assert f"is_heavy: {heavy} of {model.n_layers * model.n_heads} heads" in section
+
+
+def test_demo_report_default_path(demo_report):
+    text = demo_report.path.read_text()
+    check_self_contained(text)
+    assert demo_report.path.stat().st_size < 15e6
+    sections = re.findall(r'<section id="analysis-(\w+)"', text)
+    assert sections == demo_report.analyses and demo_report.model == "demo"
+    assert set(demo_report.run.tables) | set(demo_report.run.manifest.get("skipped", {})) >= set(ANALYZERS)
+    assert text.count('class="wb-figure"') == demo_report.n_figures > len(ANALYZERS)
+    provenance = re.search(r'<section id="provenance".*?</section>', text, re.S).group(0)
+    manifest = demo_report.run.manifest
+    for fact in (manifest["prompts_hash"], manifest["versions"]["torch"], "LlamaForCausalLM"):
+        assert fact in provenance
 
 
 def test_missing_analyses_are_computed_or_reported_as_missing(tmp_path):
@@ -246,6 +298,14 @@ def test_cli_reports_an_existing_run(tmp_path, capsys):
 
 # -- rendered in Chromium -------------------------------------------------------------------
 @pytest.mark.browser
+def test_demo_report_renders_every_figure_offline(demo_report, browser):  # noqa: F811
+    assert rendered_figures(browser, demo_report.path.as_uri(), demo_report.n_figures) == demo_report.n_figures
+    assert console_errors(browser) == []
+    made = requests_made(browser, demo_report.path.as_uri())
+    assert demo_report.path.as_uri() in made and all(u.startswith(("file:", "data:")) for u in made)
+
+
+@pytest.mark.browser
 def test_tiny_and_minilm_reports_render_offline(tiny_reports, minilm, browser, tmp_path):  # noqa: F811
     reports = [tiny_reports["llama"], tiny_reports["bert"],
                build(minilm, wb.load_prompts(model=minilm)[:2], tmp_path)]
@@ -254,7 +314,8 @@ def test_tiny_and_minilm_reports_render_offline(tiny_reports, minilm, browser, t
         assert built.n_figures >= len(stored)  # at least one figure per computed analysis
         assert rendered_figures(browser, built.path.as_uri(), built.n_figures) == built.n_figures
         assert console_errors(browser) == []
-        assert all(u.startswith(("file:", "data:")) for u in requests_made(browser))  # nothing fetched
+        made = requests_made(browser, built.path.as_uri())
+        assert built.path.as_uri() in made and all(u.startswith(("file:", "data:")) for u in made)  # nothing fetched
         with registry():
             assert render(built.run)[1] == built.n_figures
     text = browser.find_element("id", "analysis-first_key_mass").text  # the MiniLM page, still open

@@ -96,48 +96,73 @@ def table(rows: list[list], header: list[str]) -> str:
 
 def fmt(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value + 0.0:.4g}"  # + 0.0 turns -0.0 into 0
     return "—" if value is None else str(value)
 
 
-def per_head(frame: pd.DataFrame) -> pd.DataFrame | None:
-    """The frame as one row per real (layer, head), or None if it is not a head-level table.
+def per_head(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The frame as one row per real (layer, head), for each combination of its label columns.
 
-    Token-level tables (with ``position``) are not; a ``view`` column keeps only ``view == "head"``;
-    rows with layer or head < 0 (layer/model aggregates) are dropped; several rows per head
-    (e.g. per prompt) are averaged.
+    Token-level tables (with ``position``) give nothing; a ``view`` column keeps only
+    ``view == "head"``; rows with layer or head < 0 (layer/model aggregates) are dropped; text
+    columns that vary within a head (e.g. ``task``, ``method``) split the frame into groups
+    labelled by their values;
+    within a group several rows per head (e.g. per prompt) are averaged.
+
+    Returns:
+        ``[(label, heads)]`` where ``heads`` has ``layer, head`` and the numeric and boolean
+        columns (booleans become the share of rows that are true); label is "" without groups.
     """
     if not {"layer", "head"} <= set(frame.columns) or "position" in frame.columns:
-        return None
+        return []
     if "view" in frame.columns:
-        frame = frame[frame["view"] == "head"]
+        frame = frame[frame["view"] == "head"].drop(columns="view")
     frame = frame[(frame["layer"] >= 0) & (frame["head"] >= 0)]
-    cols = score_columns(frame) + [c for c in frame.columns if pd.api.types.is_bool_dtype(frame[c])]
+    bools = [c for c in frame.columns if pd.api.types.is_bool_dtype(frame[c])]
+    cols = score_columns(frame) + bools
     if frame.empty or not cols:
-        return None
-    return frame.groupby(["layer", "head"])[cols].mean().reset_index()
+        return []
+    text = [c for c in frame.columns if c not in cols and c not in ("layer", "head", "token")
+            and not pd.api.types.is_numeric_dtype(frame[c])]
+    # a text column that varies within one head (task, method) splits the frame; one that is a
+    # property of the head (its pattern type) does not
+    labels = [c for c in text if frame.groupby(["layer", "head"])[c].nunique().max() > 1]
+    frame = frame.astype({c: float for c in bools})
+    groups = frame.groupby(labels, sort=False) if labels else [((), frame)]
+    out = []
+    for key, part in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        out.append((", ".join(map(str, key)), part.groupby(["layer", "head"])[cols].mean().reset_index()))
+    return out
+
+
+def ranked_scores(heads: pd.DataFrame, skip: set[str]) -> list[str]:
+    """Score columns worth ranking heads by: real-valued ones (not ``skip``: the frame's boolean
+    and integer columns, i.e. flags, counts and cluster ids), no map coordinates, not constant."""
+    return [c for c in score_columns(heads) if c not in skip and not c.startswith("umap")
+            and heads[c].nunique(dropna=True) > 1]
 
 
 def top_heads(name: str, frame: pd.DataFrame, k: int = TOP_K) -> list[list]:
-    """Rows ``[analysis, score, head 1, ..., head k]``: the k heads with the highest mean of each score."""
-    heads = per_head(frame)
-    if heads is None:
-        return []
+    """Rows ``[analysis, score, head 1, ..., head k]``: the k heads with the highest mean of each
+    real-valued score (within each group of label columns, e.g. per task and method)."""
+    skip = {c for c in frame.columns if pd.api.types.is_bool_dtype(frame[c]) or pd.api.types.is_integer_dtype(frame[c])}
     rows = []
-    for score in score_columns(heads):
-        best = heads.dropna(subset=[score]).nlargest(k, score)
-        cells = [f"L{int(r.layer)}.H{int(r.head)} ({fmt(float(getattr(r, score)))})" for r in best.itertuples()]
-        rows.append([name, score] + cells + [""] * (k - len(cells)))
+    for label, heads in per_head(frame):
+        for score in ranked_scores(heads, skip):
+            best = heads.dropna(subset=[score]).nlargest(k, score)
+            cells = [f"L{int(r.layer)}.H{int(r.head)} ({fmt(float(getattr(r, score)))})" for r in best.itertuples()]
+            rows.append([name + (f" [{label}]" if label else ""), score] + cells + [""] * (k - len(cells)))
     return rows
 
 
 def flags(frame: pd.DataFrame) -> str:
-    """'is_sink: 5 of 64 heads' for each boolean per-head column."""
-    heads = per_head(frame)
-    if heads is None:
-        return ""
-    bools = [c for c in frame.columns if pd.api.types.is_bool_dtype(frame[c]) and c in heads]
-    out = [f"{c}: {int((heads[c] > 0.5).sum())} of {len(heads)} heads" for c in bools]
+    """'is_sink: 5 of 64 heads' for each boolean per-head column (a head counts if true in most rows)."""
+    bools = [c for c in frame.columns if pd.api.types.is_bool_dtype(frame[c])]
+    out = []
+    for label, heads in per_head(frame):
+        out += [f"{c}{f' [{label}]' if label else ''}: {int((heads[c] > 0.5).sum())} of {len(heads)} heads"
+                for c in bools]
     return f'<p>{html.escape("; ".join(out))}</p>' if out else ""
 
 
