@@ -27,6 +27,7 @@ from workbench.errors import WorkbenchError
 TASKS = ("ioi", "colored_objects")
 METHODS = ("attribution_patching", "activation_patching")
 FIELDS = ("prompt", "answer", "corrupted_prompt", "corrupted_answer")
+ABLATIONS = ("mean", "corrupted")
 THRESHOLD = 0.1  # default membership: |effect| >= 10% of the clean–corrupted LD gap
 
 
@@ -240,29 +241,35 @@ def select(effect: pd.Series, *, top_n: int | None = None, threshold: float | No
 
 
 # -- faithfulness, agreement, overlap -----------------------------------------------------
-def circuit_faithfulness(model, task, circuit_frame) -> dict:
-    """Task metric with every head outside the circuit mean-ablated, relative to the full model.
-
-    Mean ablation (Wang et al. 2022): a head's ``z`` is replaced, at each position, by its mean
-    over the task's clean and corrupted prompts (per group of equal token length).
+def circuit_faithfulness(model, task, circuit_frame, *, ablation: str = "mean") -> dict:
+    """Task metric with every head outside the circuit ablated, relative to the full model.
 
     Args:
         circuit_frame: a `circuit` frame (rows with ``in_circuit``) or ``(layer, head)`` pairs.
+        ablation: what an ablated head's ``z`` becomes: ``"mean"`` — its mean at each position
+            over the task's clean and corrupted prompts (per group of equal token length; mean
+            ablation, Wang et al. 2022); ``"corrupted"`` — its value in the same example's
+            corrupted run (resample ablation, as ACDC measures faithfulness, Conmy et al. 2023),
+            which keeps what clean and corrupted prompts share, so it tests exactly the
+            difference the patching effects measured.
     Returns:
         dict ``faithfulness`` = LD(circuit only) / LD(full model) (Wang et al.'s F(C)/F(M)),
         ``normalized`` = (LD(C) − LD(∅)) / (LD(M) − LD(∅)), and the logit differences
         ``metric_full``, ``metric_circuit`` (complement ablated), ``metric_without_circuit``
         (circuit ablated), ``metric_empty`` (all heads ablated), and ``n_heads``.
     """
+    if ablation not in ABLATIONS:
+        raise WorkbenchError(f"unknown ablation {ablation!r}: expected one of {list(ABLATIONS)}")
     groups = encode_task(model, task)
     members = set(check_heads(model, circuit_frame))
     if not members:
         raise WorkbenchError("the circuit is empty: expected at least one (layer, head) in it")
     every = {(l, h) for l in range(model.n_layers) for h in range(model.n_heads)}
-    means = []
+    refs = []  # per group: {layer: (batch or 1, pos, head, d_head)}
     for g in groups:
         clean, corrupt = _record(model, g.clean), _record(model, g.corrupt)
-        means.append({l: torch.cat([clean[l], corrupt[l]]).mean(0) for l in clean})  # (pos, head, d_head)
+        refs.append(corrupt if ablation == "corrupted" else
+                    {l: torch.cat([clean[l], corrupt[l]]).mean(0, keepdim=True) for l in clean})
 
     def ablated(heads):
         by_layer = defaultdict(list)
@@ -274,7 +281,7 @@ def circuit_faithfulness(model, task, circuit_frame) -> dict:
                 if layer not in by_layer:
                     return None
                 z = z.clone()
-                z[:, :, by_layer[layer]] = means[g][layer][:, by_layer[layer]]
+                z[:, :, by_layer[layer]] = refs[g][layer][:, :, by_layer[layer]]
                 return z
             return edit
         return _mean_ld(model, groups, "clean", edit_for)
