@@ -28,7 +28,7 @@ def test_round_trip(tmp_path):
 
 def test_manifest_records_the_model(tiny, tmp_path):
     model, _ = tiny
-    run = wb.analyze(model, ["w1 w2 w3", "w4 w5"], out=tmp_path / "r", progress=False)
+    run = wb.analyze(model, ["w1 w2 w3", "w4 w5"], out=tmp_path / "r", analyses=["head_summary"], progress=False)
     info = run.manifest["model"]
     assert info["name"] == model.name and info["n_heads"] == 4 and info["is_causal"] == model.is_causal
     assert run.manifest["tables"]["head_summary"]["capture_mode"] == "exact"
@@ -43,19 +43,19 @@ def test_interrupted_run_keeps_finished_tables_and_resumes(tiny, tmp_path, monke
         raise KeyboardInterrupt
 
     monkeypatch.setitem(ANALYZERS, "zz_explode", Analyzer("zz_explode", explode, "boom"))
-    prompts = ["w1 w2 w3", "w4 w5"]
+    prompts, names = ["w1 w2 w3", "w4 w5"], ["head_summary", "zz_explode"]
     with pytest.raises(KeyboardInterrupt):
-        wb.analyze(model, prompts, out=tmp_path / "r", progress=False)
+        wb.analyze(model, prompts, out=tmp_path / "r", analyses=names, progress=False)
     reopened = Run.open(tmp_path / "r")
     assert reopened.tables == ["head_summary"]
     finished = reopened.table("head_summary")
     # resuming recomputes only what is missing
     monkeypatch.setitem(ANALYZERS, "zz_explode", Analyzer("zz_explode", lambda m, p: _frame(), "ok"))
-    resumed = wb.analyze(model, prompts, out=tmp_path / "r", progress=False)
+    resumed = wb.analyze(model, prompts, out=tmp_path / "r", analyses=names, progress=False)
     assert resumed.tables == ["head_summary", "zz_explode"]
     pd.testing.assert_frame_equal(resumed.table("head_summary"), finished)
     with pytest.raises(wb.WorkbenchError, match="holds a run over other prompts"):
-        wb.analyze(model, ["w9"], out=tmp_path / "r", progress=False)
+        wb.analyze(model, ["w9"], out=tmp_path / "r", analyses=names, progress=False)
 
 
 def test_bad_runs(tmp_path):
