@@ -278,42 +278,62 @@ needs_demo = pytest.mark.skipif(not (DEMO / "config.json").exists(), reason="dat
 
 @pytest.fixture(scope="module")
 def demo():
+    """The demo model on its default prompts, with the task loss (their suite answers): the demo
+    is trained on answers, not on its template tokens (next-token loss over the IOI template is
+    ~7 nats, above uniform; the answer loss is ~0.04)."""
     model = wb.load_model("demo")
     prompts = wb.load_prompts(model=model)
-    return model, prompts, {m: wb.head_importance(model, prompts, method=m) for m in imp.METHODS}
+    answers = imp.suite_answers(prompts)
+    assert answers is not None and len(answers) == len(prompts)
+    frames = {m: wb.head_importance(model, prompts, method=m, answers=answers, n_steps=8) for m in imp.METHODS}
+    return model, prompts, answers, frames
 
 
 @needs_demo
 @pytest.mark.slow
 def test_demo_ablating_the_most_important_heads_hurts_more_than_the_least(demo):
-    model, prompts, frames = demo
-    ranked = frames["gradient"].sort_values("importance", ascending=False)
-    top = list(zip(ranked["layer"].head(3), ranked["head"].head(3)))
-    bottom = list(zip(ranked["layer"].tail(3), ranked["head"].tail(3)))
-    batches = imp._batches(model, prompts, 8, 0)
-    clean = imp._mean_loss(model, batches)
+    """Ranked by the gradient importance E|∂L/∂ξ| over all heads (the ``raw`` column). The
+    default ``importance`` column is normalised per layer (Michel et al.), which ranks heads
+    within their layer: its top three are one head from each of three layers by construction,
+    so it is not a global ranking (printed for the record)."""
+    model, prompts, answers, frames = demo
     from workbench.heads import mask_without
 
-    hurt_top = imp._mean_loss(model, batches, mask_without(model, top)) - clean
-    hurt_bottom = imp._mean_loss(model, batches, mask_without(model, bottom)) - clean
-    print(f"demo ablation: top-3 {top} Δloss {hurt_top:.4f}; bottom-3 {bottom} Δloss {hurt_bottom:.4f}")
-    assert hurt_top > hurt_bottom
-    assert hurt_top > 0.05  # the top heads matter in nats, not in rounding
+    sets = {}
+    for column in ("raw", "importance"):
+        ranked = frames["gradient"].sort_values(column, ascending=False)
+        sets[column] = [list(zip(ranked["layer"].head(3), ranked["head"].head(3))),
+                        list(zip(ranked["layer"].tail(3), ranked["head"].tail(3)))]
+    masks = torch.stack([mask_without(model, [])] + [mask_without(model, h) for pair in sets.values() for h in pair])
+    batches = imp._batches(model, prompts, 8, 0, answers)
+    with torch.no_grad():
+        loss = (imp._masked_totals(model, batches, masks)[0] / len(prompts)).tolist()  # one tiled pass
+    clean, hurt = loss[0], {}
+    for i, (column, (top, bottom)) in enumerate(sets.items()):
+        hurt[column] = [loss[1 + 2 * i] - clean, loss[2 + 2 * i] - clean]
+        print(f"demo ablation by gradient {column}: top-3 {top} Δloss {hurt[column][0]:.4f}; "
+              f"bottom-3 {bottom} Δloss {hurt[column][1]:.4f} (clean answer loss {clean:.4f})")
+    top_hurt, bottom_hurt = hurt["raw"]
+    assert top_hurt > bottom_hurt
+    assert top_hurt > 0.1  # nats: the top heads carry the tasks
 
 
 @needs_demo
 @pytest.mark.slow
 def test_demo_importance_methods_agree_in_rank(demo):
-    """Spearman ρ over the 32 heads > 0.5 for every pair: at n = 32 a ρ of 0.5 has p ≈ 0.004, so
-    agreement by chance is ruled out; the methods measure different things (a local slope,
-    a knock-out, a path integral), so near-perfect agreement is not expected either."""
+    """Spearman ρ of the importance magnitudes (|∂L/∂ξ|, |Δloss|, |IG|) over the 32 heads > 0.5
+    for every pair. Magnitudes, because the gradient score is unsigned (Michel et al.) while
+    ablation and IG carry a direction. At n = 32, ρ = 0.5 has p ≈ 0.002, so the bar rules out
+    chance agreement; the methods measure different things (a local slope at ξ = 1, a single
+    knock-out, a path integral from no heads), so near-perfect agreement is not expected.
+    Measured on the demo: 0.74–0.97 (see the printed values)."""
     from scipy.stats import spearmanr
 
-    _, _, frames = demo
+    _, _, _, frames = demo
     names = list(frames)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            rho = spearmanr(frames[a].importance, frames[b].importance).statistic
-            raw = spearmanr(frames[a].raw, frames[b].raw).statistic
-            print(f"demo spearman {a} vs {b}: {rho:.3f} (raw scores {raw:.3f})")
+            rho = spearmanr(frames[a].raw.abs(), frames[b].raw.abs()).statistic
+            signed = spearmanr(frames[a].raw, frames[b].raw).statistic
+            print(f"demo spearman {a} vs {b}: |scores| {rho:.3f}, signed {signed:.3f}")
             assert rho > 0.5, (a, b, rho)

@@ -99,7 +99,8 @@ def handmade():
 
 @pytest.fixture(scope="module")
 def handmade_frame(handmade):
-    return wb.head_patterns(handmade, handmade_prompts())
+    # four kinds of head by construction: previous-token, sink, induction, fixed offset (self, t-2, t-3)
+    return wb.head_patterns(handmade, handmade_prompts(), n_clusters=4)
 
 
 def _score(frame, layer, head, col):
@@ -206,15 +207,25 @@ def test_head_patterns_on_every_tiny_architecture(tiny):
     assert all(len(v) == 1 for v in names)  # one name per cluster
 
 
-def test_name_clusters_reads_the_cluster_means():
+def test_name_clusters_reads_what_stands_out_in_each_cluster():
     import pandas as pd
 
     rows = []
     for cluster, values in enumerate([dict(induction=0.6), dict(prev_token=0.9), dict(sink_mass=0.9),
-                                      dict(sink_mass=0.8), dict(local_mass=0.9), {}]):
-        rows.append({f: 0.0 for f in pat.FEATURES} | values | {"cluster": cluster})
+                                      dict(sink_mass=0.8), dict(local_mass=0.9), dict(entropy=3.0),
+                                      dict(induction=0.05, entropy=0.1)]):  # too weak for any name
+        for _ in range(2):
+            rows.append({f: 0.0 for f in pat.FEATURES} | dict(entropy=1.0) | values | {"cluster": cluster})
     names = pat.name_clusters(pd.DataFrame(rows))
-    assert names == {0: "induction", 1: "previous-token", 2: "sink", 3: "sink 2", 4: "local", 5: "broad"}
+    assert names == {0: "induction", 1: "previous-token", 2: "sink", 3: "sink 2", 4: "local", 5: "broad", 6: "mixed"}
+
+
+def test_handmade_clusters_are_named_after_their_heads(handmade_frame):
+    named = dict(zip(zip(handmade_frame["layer"], handmade_frame["head"]), handmade_frame["pattern"]))
+    assert named[0, SINK] == "sink"
+    assert named[0, PREV] == "previous-token"
+    assert named[1, INDUCTION] == "induction"
+    assert {named[0, SELF], named[0, BACK2], named[1, SELF1], named[1, BACK3]} == {"local"}
 
 
 def test_umap_embedding_of_few_heads():

@@ -187,6 +187,8 @@ def test_demo_first_token_sink_share_matches_the_training_report():
     # the report's share counts heads past layer 0
     share = float((frame[frame.layer > 0].sink_score > threshold).mean())
     n = int((frame.layer > 0).sum())
+    print(f"demo sink share past layer 0: {share:.3f} here, {report['share']:.3f} in the training report; "
+          f"max alpha0 {ours.max():.3f}")
     assert abs(share - report["share"]) <= 1 / n + 1e-9, (share, report["share"])
 
 

@@ -1,12 +1,19 @@
 """Head importance (gradient, ablation, integrated gradients) and the pruning curve.
 
 All three methods act on the head mask ξ of `workbench.heads.head_mask` (``hook_z``) and
-measure the model's own training loss:
+measure a loss L:
 
-- causal LMs: the next-token cross-entropy over every real position of each prompt;
+- with ``answers=`` (one per prompt): the cross-entropy of the answer tokens appended to the
+  prompt (teacher forced), i.e. the task loss Michel et al. 2019 prune against. The registered
+  analyses use it whenever the prompts come from the bundled suites (the demo's defaults): the
+  demo model is trained on the answers of its templated tasks, not on their template tokens;
+- causal LMs otherwise: the next-token cross-entropy over every real position of each prompt;
 - encoders: masked-LM cross-entropy on a seeded 15% of the non-special tokens replaced by the
   mask token (Devlin et al. 2019). It is only meaningful with a trained MLM head; the bundled
   MiniLM ships without one (its MLM head is random), so the registered analyses skip it.
+
+Ablation and integrated gradients run many masks over the same prompts; each forward carries
+several masks at once (the batch tiled, one mask per copy), up to ``MAX_ROWS`` sequences.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ import torch
 from workbench.analyzers import Analyzer, register
 from workbench.capture import run_bridge
 from workbench.errors import WorkbenchError
-from workbench.heads import ABLATION_MODES, head_mask, head_means, mask_without
+from workbench.heads import ABLATION_MODES, head_mask, head_means
 
 METHODS = ("gradient", "ablation", "integrated_gradients")
 #: Devlin et al. 2019: 15% of the tokens are masked for the MLM objective.
 MLM_FRACTION = 0.15
 IGNORE = -100
+#: Most sequences in one forward when several head masks share it (ablation, IG).
+MAX_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -35,12 +44,39 @@ class _Batch:
     labels: torch.Tensor  # (batch, pos) target id of each position's logits, IGNORE where none
 
 
-def _batches(model, prompts, batch_size: int, seed: int) -> list[_Batch]:
+def _with_answers(model, prompts, answers) -> tuple[list[list[int]], list[int]]:
+    """Token ids of each prompt followed by its answer's tokens (no special tokens in between),
+    and the number of answer tokens of each."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts, answers = list(prompts), list(answers)
+    if len(answers) != len(prompts):
+        raise WorkbenchError(f"answers must give one answer per prompt: {len(prompts)} prompt(s), {len(answers)} answer(s)")
+    if not model.is_causal:
+        raise WorkbenchError(f"answers= needs a causal model (the answer is appended and predicted); {model.name} is an encoder")
+    model.to_tokens(prompts)  # the usual checks (empty prompts, context)
+    rows, sizes = [], []
+    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+        if not isinstance(answer, str) or not answer.strip():
+            raise WorkbenchError(f"answer {i} must be non-empty text; got {answer!r}")
+        head = model.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else [int(t) for t in prompt]
+        tail = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        rows.append(list(head) + list(tail))
+        sizes.append(len(tail))
+    return rows, sizes
+
+
+def _batches(model, prompts, batch_size: int, seed: int, answers=None) -> list[_Batch]:
     """Tokenize, sort by length (less padding), cut into batches, and attach loss targets."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise WorkbenchError(f"batch_size must be a positive int; got {batch_size!r}")
+    answer_len = None
+    if answers is not None:
+        prompts, sizes = _with_answers(model, prompts, answers)
+        answer_len = torch.tensor(sizes)
     ids, mask = model.to_tokens(prompts)
-    order = torch.argsort(mask.sum(-1).cpu(), descending=True, stable=True).tolist()
+    lengths = mask.sum(-1).cpu()
+    order = torch.argsort(lengths, descending=True, stable=True).tolist()
     generator = torch.Generator().manual_seed(seed)
     specials = torch.tensor(sorted(set(model.tokenizer.all_special_ids)), dtype=torch.long)
     out = []
@@ -52,6 +88,11 @@ def _batches(model, prompts, batch_size: int, seed: int) -> list[_Batch]:
         labels = torch.full_like(chunk, IGNORE)
         if model.is_causal:
             labels[:, :-1] = torch.where(chunk_mask[:, 1:].bool(), chunk[:, 1:], IGNORE)  # next token
+            if answer_len is not None:  # keep only the logits that predict the answer
+                pos = torch.arange(width, device=chunk.device)[None, :]  # (1, pos)
+                end = lengths[rows].to(chunk.device)[:, None]  # (batch, 1)
+                first = end - 1 - answer_len[rows].to(chunk.device)[:, None]
+                labels = torch.where((pos >= first) & (pos < end - 1), labels, IGNORE)
             inputs = chunk
         else:
             candidate = chunk_mask.bool().cpu() & ~torch.isin(chunk.cpu(), specials)  # (batch, pos)
@@ -68,16 +109,40 @@ def _batches(model, prompts, batch_size: int, seed: int) -> list[_Batch]:
     return out
 
 
+def _tile(batch: _Batch, k: int) -> _Batch:
+    """The batch repeated k times along the batch axis (copy j holds rows j·B .. j·B + B − 1)."""
+    return _Batch(batch.ids.repeat(k, 1), batch.mask.repeat(k, 1), batch.labels.repeat(k, 1))
+
+
+def _masked_totals(model, batches, masks: torch.Tensor, baseline=None):
+    """Σ over prompts of the per-prompt loss under each mask ``[k, layer, head]`` -> ``[k]``, and
+    the correct predictions and targets under each ``[k]`` (several masks per forward: the batch
+    is tiled, one mask per copy)."""
+    loss, right, total = [], [], []
+    for batch in batches:
+        n = batch.ids.shape[0]
+        per_forward = max(1, MAX_ROWS // n)
+        parts = []
+        for start in range(0, masks.shape[0], per_forward):
+            chunk = masks[start:start + per_forward]  # (k', layer, head)
+            with head_mask(model, chunk.repeat_interleave(n, 0), baseline=baseline):
+                out = _losses(model, _tile(batch, chunk.shape[0]))  # 3 x (k' * n,)
+            parts.append([x.view(chunk.shape[0], n).sum(1) for x in out])
+        for store, i in ((loss, 0), (right, 1), (total, 2)):
+            store.append(torch.cat([p[i] for p in parts]))
+    return torch.stack(loss).sum(0), torch.stack(right).sum(0), torch.stack(total).sum(0)
+
+
 def _losses(model, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward: per-prompt mean loss ``[batch]``, correct-prediction count and target count."""
+    """One forward: per-prompt mean loss, correct top-1 predictions and targets, each ``[batch]``."""
     logits = run_bridge(model, batch.ids, batch.mask)  # (batch, pos, vocab)
     logits = logits if logits.dtype == torch.float64 else logits.float()
     token_loss = torch.nn.functional.cross_entropy(
         logits.transpose(1, 2), batch.labels, ignore_index=IGNORE, reduction="none")  # (batch, pos)
     valid = batch.labels != IGNORE
-    counts = valid.sum(-1).clamp(min=1)
-    correct = ((logits.argmax(-1) == batch.labels) & valid).sum()
-    return (token_loss * valid).sum(-1) / counts, correct, valid.sum()
+    counts = valid.sum(-1)
+    correct = ((logits.argmax(-1) == batch.labels) & valid).sum(-1)
+    return (token_loss * valid).sum(-1) / counts.clamp(min=1), correct, counts
 
 
 def _check_method(method) -> str:
@@ -113,7 +178,7 @@ def _gradient(model, batches, base: torch.Tensor) -> tuple[torch.Tensor, float, 
         total += grad.abs().double().sum(0).cpu()
         loss_sum += float(losses.detach().sum())
         n_prompts += losses.shape[0]
-        correct, targets = correct + int(right), targets + int(count)
+        correct, targets = correct + int(right.sum()), targets + int(count.sum())
     return total / n_prompts, loss_sum / n_prompts, correct / max(targets, 1)
 
 
@@ -135,12 +200,13 @@ def _ablation(model, batches, prompts, mode: str, batch_size: int) -> torch.Tens
     if mode not in ABLATION_MODES:
         raise WorkbenchError(f"unknown ablation mode {mode!r}: expected one of {list(ABLATION_MODES)}")
     means = head_means(model, prompts, batch_size=batch_size) if mode == "mean" else None
-    clean = _mean_loss(model, batches)
-    delta = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
-    for layer in range(model.n_layers):
-        for head in range(model.n_heads):
-            delta[layer, head] = _mean_loss(model, batches, mask_without(model, [(layer, head)]), means) - clean
-    return delta
+    n_heads = model.n_layers * model.n_heads
+    masks = torch.ones(n_heads + 1, model.n_layers, model.n_heads)  # one head off each; the last: none
+    masks[torch.arange(n_heads), torch.arange(n_heads) // model.n_heads, torch.arange(n_heads) % model.n_heads] = 0.0
+    with torch.no_grad():
+        totals = _masked_totals(model, batches, masks, means)[0].double()
+    n_prompts = sum(b.ids.shape[0] for b in batches)
+    return ((totals[:-1] - totals[-1]) / n_prompts).view(model.n_layers, model.n_heads)
 
 
 def _integrated_gradients(model, batches, n_steps: int) -> torch.Tensor:
@@ -149,20 +215,17 @@ def _integrated_gradients(model, batches, n_steps: int) -> torch.Tensor:
 
     n_prompts = sum(b.ids.shape[0] for b in batches)
 
-    def forward(masks):  # (steps, layer, head) -> (steps,)
-        out = []
-        for xi in masks:
-            with head_mask(model, xi):
-                out.append(sum(_losses(model, b)[0].sum() for b in batches) / n_prompts)
-        return torch.stack(out)
+    def forward(masks):  # (steps, layer, head) -> (steps,) mean loss under each mask
+        return _masked_totals(model, batches, masks)[0] / n_prompts
 
     ones = torch.ones(1, model.n_layers, model.n_heads)
+    widest = max(b.ids.shape[0] for b in batches)
     attributions = IntegratedGradients(forward).attribute(ones, baselines=torch.zeros_like(ones), n_steps=n_steps,
-                                                          internal_batch_size=1)
+                                                          internal_batch_size=max(1, MAX_ROWS // widest))
     return -attributions[0].detach().double()  # positive: the head lowers the loss
 
 
-def head_importance(model, prompts, method: str = "gradient", *, normalize_layers: bool | None = None,
+def head_importance(model, prompts, method: str = "gradient", *, answers=None, normalize_layers: bool | None = None,
                     min_max: bool | None = None, ablation: str = "zero", n_steps: int = 16, batch_size: int = 8,
                     seed: int = 0) -> pd.DataFrame:
     """How much the model's loss depends on each attention head.
@@ -179,10 +242,12 @@ def head_importance(model, prompts, method: str = "gradient", *, normalize_layer
       the scores sum to L(no heads) − L(all heads).
 
     Args:
-        model: a `ModelHandle`. The loss is next-token cross-entropy (causal) or masked-LM
-            cross-entropy on a seeded 15% of tokens (encoders; see the module docstring).
+        model: a `ModelHandle`.
         prompts: strings or token ids.
         method: one of ``"gradient"``, ``"ablation"``, ``"integrated_gradients"``.
+        answers: one answer string per prompt: the loss is then the answer tokens' cross-entropy
+            after the prompt (task loss). Default: next-token loss over the prompt (causal) or
+            masked-LM loss on a seeded 15% of tokens (encoders); see the module docstring.
         normalize_layers: divide each layer's scores by their L2 norm. Default: True for
             ``"gradient"`` (Michel et al.), False otherwise (keeps Δloss in nats).
         min_max: rescale all scores to [0, 1]. Default: True for ``"gradient"``, False otherwise.
@@ -200,7 +265,7 @@ def head_importance(model, prompts, method: str = "gradient", *, normalize_layer
         raise WorkbenchError(f"n_steps must be an int >= 2; got {n_steps!r}")
     if ablation not in ABLATION_MODES:
         raise WorkbenchError(f"unknown ablation mode {ablation!r}: expected one of {list(ABLATION_MODES)}")
-    batches = _batches(model, prompts, batch_size, seed)
+    batches = _batches(model, prompts, batch_size, seed, answers)
     if method == "gradient":
         raw = _gradient(model, batches, torch.ones(1, model.n_layers, model.n_heads))[0]
     elif method == "ablation":
@@ -212,15 +277,18 @@ def head_importance(model, prompts, method: str = "gradient", *, normalize_layer
                   default if min_max is None else min_max)
 
 
-def pruning_curve(model, prompts, *, step: float = 0.1, importance: pd.DataFrame | None = None,
-                  batch_size: int = 8, seed: int = 0) -> pd.DataFrame:
+def pruning_curve(model, prompts, *, answers=None, step: float = 0.1, importance: pd.DataFrame | None = None,
+                  recompute: bool = False, batch_size: int = 8, seed: int = 0) -> pd.DataFrame:
     """Loss and accuracy as the least important heads are masked, ``step`` of all heads at a time.
 
-    By default the order is Michel et al. 2019's iterative pruning: at every step the gradient
-    importance (per-layer L2 normalised) is recomputed with the heads pruned so far masked, and
-    the least important ``step`` fraction of all heads (10%, Michel et al.) is zeroed next. With
-    ``importance`` (a `head_importance` frame, any method) the order is fixed by it instead.
+    Heads are zeroed in order of increasing gradient importance (per-layer L2 normalised), the
+    least important ``step`` fraction of all heads (10%) at each step, as in Michel et al. 2019's
+    pruning experiment. ``recompute=True`` re-estimates the importance with the heads pruned so
+    far masked before every step (slower: one backward pass a step). With ``importance`` (a
+    `head_importance` frame, any method) the order is that frame's instead.
 
+    Args:
+        answers: as in `head_importance` (task loss and answer accuracy).
     Returns:
         DataFrame ``step, n_pruned, fraction_pruned, loss, accuracy, pruned``: one row per step
         from no head to all heads pruned; ``pruned`` lists the heads masked at that step
@@ -228,40 +296,79 @@ def pruning_curve(model, prompts, *, step: float = 0.1, importance: pd.DataFrame
     """
     if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
         raise WorkbenchError(f"step must be a fraction in (0, 1]; got {step!r}")
-    batches = _batches(model, prompts, batch_size, seed)
+    batches = _batches(model, prompts, batch_size, seed, answers)
     n_total = model.n_layers * model.n_heads
     per_step = max(1, math.ceil(step * n_total - 1e-9))
-    fixed = None
     if importance is not None:
         if not {"layer", "head", "importance"} <= set(importance.columns) or len(importance) != n_total:
             raise WorkbenchError(f"importance must be a head_importance frame with {n_total} rows "
                                  f"(layer, head, importance); got {len(importance)} rows {list(importance.columns)}")
-        fixed = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
+        scores = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
         for row in importance.itertuples():
-            fixed[int(row.layer), int(row.head)] = float(row.importance)
-    mask = torch.ones(model.n_layers, model.n_heads)
-    rows, pruned_now, k = [], [], 0
-    while True:
-        scores, loss, accuracy = _gradient(model, batches, mask[None])
-        rows.append({"step": k, "n_pruned": int((mask == 0).sum()), "fraction_pruned": float((mask == 0).float().mean()),
-                     "loss": loss, "accuracy": accuracy, "pruned": " ".join(f"L{l}H{h}" for l, h in pruned_now)})
-        alive = (mask > 0).nonzero().tolist()
-        if not alive:
-            break
-        if fixed is not None:
-            scores = fixed
-        else:
+            scores[int(row.layer), int(row.head)] = float(row.importance)
+        recompute = False
+    else:
+        scores = _gradient(model, batches, torch.ones(1, model.n_layers, model.n_heads))[0]
+
+    def order_of(scores, mask):  # alive heads, least important first (per-layer L2 for gradients)
+        if importance is None:
             norms = scores.norm(dim=-1, keepdim=True)
             scores = torch.where(norms > 0, scores / norms, scores)
-        alive.sort(key=lambda lh: (float(scores[lh[0], lh[1]]), lh[0], lh[1]))
-        pruned_now = [tuple(lh) for lh in alive[:per_step]]
-        for layer, head in pruned_now:
+        alive = (mask > 0).nonzero().tolist()
+        return sorted(alive, key=lambda lh: (float(scores[lh[0], lh[1]]), lh[0], lh[1]))
+
+    masks, pruned = [torch.ones(model.n_layers, model.n_heads)], [[]]
+    while masks[-1].any():
+        mask = masks[-1].clone()
+        if recompute:
+            scores = _gradient(model, batches, mask[None])[0]
+        chosen = [tuple(lh) for lh in order_of(scores, mask)[:per_step]]
+        for layer, head in chosen:
             mask[layer, head] = 0.0
-        k += 1
-    return pd.DataFrame(rows)
+        masks.append(mask)
+        pruned.append(chosen)
+    with torch.no_grad():
+        loss, right, total = _masked_totals(model, batches, torch.stack(masks))  # (steps,) each
+    n_prompts = sum(b.ids.shape[0] for b in batches)
+    return pd.DataFrame({
+        "step": range(len(masks)),
+        "n_pruned": [int((m == 0).sum()) for m in masks],
+        "fraction_pruned": [float((m == 0).float().mean()) for m in masks],
+        "loss": (loss.double() / n_prompts).tolist(),
+        "accuracy": (right.double() / total.clamp(min=1).double()).tolist(),
+        "pruned": [" ".join(f"L{l}H{h}" for l, h in heads) for heads in pruned],
+    })
 
 
 # -- registry ---------------------------------------------------------------------------------------
+def suite_answers(prompts) -> list[str] | None:
+    """The answers of prompts taken from the bundled suites (``data/suites/*.jsonl``), or None
+    unless every prompt is found there (then the registered analyses use the task loss)."""
+    from workbench.models import data_dir
+    from workbench.prompts import read_jsonl
+
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        return None
+    known = {}
+    for path in sorted((data_dir() / "suites").glob("*.jsonl")):
+        try:
+            known.update({r["prompt"]: r["answer"] for r in read_jsonl(path, ("prompt", "answer"))})
+        except WorkbenchError:
+            continue
+    answers = [known.get(p) for p in prompts]
+    return None if not answers or any(a is None for a in answers) else answers
+
+
+def _registered_importance(model, prompts) -> pd.DataFrame:
+    """`head_importance` (gradient) with the task loss when the prompts come from the bundled suites."""
+    return head_importance(model, prompts, answers=suite_answers(prompts) if model.is_causal else None)
+
+
+def _registered_pruning(model, prompts) -> pd.DataFrame:
+    """`pruning_curve` with the task loss when the prompts come from the bundled suites."""
+    return pruning_curve(model, prompts, answers=suite_answers(prompts) if model.is_causal else None)
+
+
 def _skip_untrained_mlm(model) -> str | None:
     if model.source == "minilm":
         return ("the bundled MiniLM has no trained MLM head, so there is no loss whose change measures a head; "
@@ -272,7 +379,9 @@ def _skip_untrained_mlm(model) -> str | None:
 def _importance_figures(frame):
     from workbench.figures import head_grid, importance_ranking
 
-    return [importance_ranking(frame), head_grid(frame, "importance", title="Head importance (gradient, Michel et al.)")]
+    return [importance_ranking(frame, "raw", title="Heads by gradient importance E|∂L/∂ξ| (global, not normalised)"),
+            importance_ranking(frame, title="Heads by importance normalised per layer (Michel et al.), then min-max"),
+            head_grid(frame, "importance", title="Head importance (gradient, per-layer L2 + min-max)")]
 
 
 def _pruning_figures(frame):
@@ -281,10 +390,10 @@ def _pruning_figures(frame):
     return [pruning_curve_figure(frame)]
 
 
-register(Analyzer("head_importance", head_importance, "Head importance (gradient)", mode="exact",
+register(Analyzer("head_importance", _registered_importance, "Head importance (gradient)", mode="exact",
                   applies=_skip_untrained_mlm, figures=_importance_figures,
                   sources=("Michel et al. 2019, Are Sixteen Heads Really Better than One? (|∂L/∂ξ|, per-layer L2)",
                            "Li et al. 2023, pruning-based head importance metrics (min-max)")))
-register(Analyzer("pruning_curve", pruning_curve, "Pruning curve (least important heads first)", mode="exact",
+register(Analyzer("pruning_curve", _registered_pruning, "Pruning curve (least important heads first)", mode="exact",
                   applies=_skip_untrained_mlm, figures=_pruning_figures,
                   sources=("Michel et al. 2019, iterative pruning of 10% of heads by gradient importance",)))

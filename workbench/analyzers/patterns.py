@@ -27,14 +27,18 @@ from workbench.errors import WorkbenchError
 STAT_FEATURES = ("entropy", "max_prob", "sink_mass", "local_mass", "mean_distance")
 DETECTOR_FEATURES = ("prev_token", "duplicate", "induction")
 FEATURES = STAT_FEATURES + DETECTOR_FEATURES
-#: How a cluster is named from its mean descriptors: the first rule that holds wins.
-PATTERN_RULES = (
-    ("induction", "induction", 0.3),
-    ("previous-token", "prev_token", 0.4),
-    ("duplicate-token", "duplicate", 0.3),
-    ("sink", "sink_mass", 0.5),
+#: How a cluster is named: (name, descriptor, floor). A cluster takes the name of the descriptor
+#: on which its mean stands out most from all heads (z-score > `NAME_Z`), among those whose
+#: cluster mean also reaches the floor; "mixed" when none does.
+PATTERN_TRAITS = (
+    ("induction", "induction", 0.1),
+    ("previous-token", "prev_token", 0.15),
+    ("duplicate-token", "duplicate", 0.1),
+    ("sink", "sink_mass", 0.3),
     ("local", "local_mass", 0.5),
+    ("broad", "entropy", 0.0),
 )
+NAME_Z = 0.5
 
 
 # -- descriptors from the streaming statistics ---------------------------------------------------------
@@ -186,7 +190,8 @@ def umap_embedding(features: np.ndarray, *, n_neighbors: int | None = None, seed
 
 
 def cluster_heads(features: np.ndarray, *, n_clusters: int | None = None, seed: int = 0) -> np.ndarray:
-    """K-means clusters of standardized descriptors; k by the best silhouette in 2..6 unless given."""
+    """K-means clusters of standardized descriptors; k by the best silhouette in 2..min(6, heads/2)
+    unless given (at least two heads a cluster on average, so few heads do not split into singletons)."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
@@ -197,7 +202,7 @@ def cluster_heads(features: np.ndarray, *, n_clusters: int | None = None, seed: 
             raise WorkbenchError(f"n_clusters must be an int in [1, {n}] (the number of heads); got {n_clusters!r}")
         candidates = [n_clusters]
     else:
-        candidates = list(range(2, min(6, n - 1) + 1))
+        candidates = list(range(2, min(6, n // 2) + 1))
     if not candidates or np.allclose(x, x[0]):
         return np.zeros(n, dtype=int)
     best, best_score = None, -np.inf
@@ -214,14 +219,22 @@ def cluster_heads(features: np.ndarray, *, n_clusters: int | None = None, seed: 
 
 
 def name_clusters(frame: pd.DataFrame) -> dict[int, str]:
-    """A readable pattern name per cluster from its mean descriptors (`PATTERN_RULES`, else "broad");
+    """A readable pattern name per cluster (`PATTERN_TRAITS`): the trait on which the cluster's
+    mean is highest relative to all heads (z-score), if above `NAME_Z` and the trait's floor;
     clusters that get the same name are numbered ("sink", "sink 2")."""
-    means = frame.groupby("cluster")[list(FEATURES)].mean()
+    cols = [col for _, col, _ in PATTERN_TRAITS]
+    spread = frame[cols].std(ddof=0).replace(0.0, np.nan)
+    z = (frame.groupby("cluster")[cols].mean() - frame[cols].mean()) / spread  # (cluster, trait)
+    means = frame.groupby("cluster")[cols].mean()
     names, seen = {}, {}
-    for cluster, row in means.iterrows():
-        name = next((label for label, col, bar in PATTERN_RULES if row[col] >= bar), "broad")
-        seen[name] = seen.get(name, 0) + 1
-        names[int(cluster)] = name if seen[name] == 1 else f"{name} {seen[name]}"
+    for cluster in means.index:
+        best, best_z = "mixed", NAME_Z
+        for name, col, floor in PATTERN_TRAITS:
+            score = z.loc[cluster, col]
+            if pd.notna(score) and score > best_z and means.loc[cluster, col] >= floor:
+                best, best_z = name, score
+        seen[best] = seen.get(best, 0) + 1
+        names[int(cluster)] = best if seen[best] == 1 else f"{best} {seen[best]}"
     return names
 
 
@@ -239,13 +252,13 @@ def head_patterns(model, prompts, *, local_window: int = 4, n_probes: int = 8, p
         n_probes, probe_len, seed: the repeated random-token probes of the detector scores
             (TransformerLens ``head_detector``; induction needs a repeated sequence).
         n_neighbors: UMAP neighbours (default min(15, heads − 1); McInnes et al. 2018).
-        n_clusters: k-means clusters (default: the best silhouette over 2..6).
+        n_clusters: k-means clusters (default: the best silhouette over 2..min(6, heads/2)).
         batch_size, backend: streaming capture settings.
     Returns:
         DataFrame ``layer, head, entropy, max_prob, sink_mass, local_mass, mean_distance,
         prev_token, duplicate, induction, umap_x, umap_y, cluster, pattern`` with one row per
         head; ``pattern`` is the cluster's readable name (induction, previous-token,
-        duplicate-token, sink, local or broad; see `PATTERN_RULES`).
+        duplicate-token, sink, local, broad or mixed; see `PATTERN_TRAITS`).
     Raises:
         WorkbenchError: empty prompts, bad probe settings, bad n_neighbors / n_clusters.
     """
