@@ -237,6 +237,10 @@ def test_missing_analyses_are_computed_or_reported_as_missing(tmp_path):
         assert not (tmp_path / "a.html").exists()
         text = wb.report(run, tmp_path / "a.html", compute=False).read_text()
         assert "Not computed in this run" in re.search('id="analysis-first_key_mass".*?</section>', text, re.S).group(0)
+        other = wb.load_model("tiny-llama", hf_model=tiny_models.hf_model("llama"),
+                              tokenizer=tiny_models.tokenizer("llama"))
+        with pytest.raises(wb.WorkbenchError, match="was made with model 'tiny-gpt2', not 'tiny-llama'"):
+            wb.report(run, tmp_path / "b.html", model=other, prompts=tiny_models.PROMPTS)
         with pytest.raises(wb.WorkbenchError, match="was made from other prompts than the prompts given"):
             wb.report(run, tmp_path / "b.html", model=model, prompts=["w1 w2"])
         wb.report(tmp_path / "run", tmp_path / "b.html", model=model, prompts=tiny_models.PROMPTS, progress=False)
