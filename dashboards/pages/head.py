@@ -55,13 +55,14 @@ def head_scores(run, layer: int, head: int) -> list[dict]:
                 if len(hits):
                     rows.append({"table": label, "score": flag, "value": bool(hits.any()),
                                  "rank": f"{int(part.groupby(['layer', 'head'])[flag].max().sum())} heads"})
-            for score in views.scores_of(part):
-                means = part.groupby(["layer", "head"])[score].mean()
-                if (layer, head) not in means.index:
-                    continue
-                value = float(means.loc[(layer, head)])
-                rank = int((means > value).sum()) + 1
-                rows.append({"table": label, "score": score, "value": value, "rank": f"{rank} of {len(means)}"})
+            scores = views.scores_of(part)
+            means = part.groupby(["layer", "head"])[scores].mean()  # (head, score), one groupby per part
+            if not scores or (layer, head) not in means.index:
+                continue
+            values = means.loc[(layer, head)]
+            ranks = (means > values).sum() + 1
+            rows += [{"table": label, "score": s, "value": float(values[s]), "rank": f"{int(ranks[s])} of {len(means)}"}
+                     for s in scores]
     return rows
 
 
