@@ -227,6 +227,38 @@ def test_encoders_use_a_seeded_masked_lm_loss():
     assert 0.05 < chosen[0].float().sum() / 40 < 0.3  # about 15% of the long prompt
     frame = wb.head_importance(model, PROMPTS)
     assert len(frame) == 8 and np.isfinite(frame.importance).all()
+    with pytest.raises(wb.WorkbenchError, match="answers= needs a causal model"):
+        wb.head_importance(model, PROMPTS, answers=["w1", "w2", "w3"])
+
+
+def test_answer_loss_is_the_cross_entropy_of_the_answer_tokens(causal_tiny):
+    model, oracle = causal_tiny
+    answers = ["w5 w6", "w7", "w8 w9 w10"]
+    batches = imp._batches(model, PROMPTS, 2, 0, answers)
+    losses = {}
+    for batch in batches:
+        with torch.no_grad():
+            per_prompt = imp._losses(model, batch)[0]
+        for row, value in zip(batch.ids, per_prompt):
+            losses[len(row[row != 0])] = float(value)  # keyed by length (all differ here)
+    for prompt, answer in zip(PROMPTS, answers):
+        ids = torch.tensor([model.tokenizer(prompt + " " + answer)["input_ids"]])  # (1, pos)
+        n_answer = len(answer.split())
+        with torch.no_grad():
+            logits = oracle(input_ids=ids).logits[0]  # (pos, vocab)
+        expected = torch.nn.functional.cross_entropy(logits[-n_answer - 1:-1].double(), ids[0, -n_answer:])
+        assert losses[ids.shape[1]] == pytest.approx(float(expected), rel=1e-5)
+    frame = wb.head_importance(model, PROMPTS, answers=answers)
+    assert len(frame) == model.n_layers * model.n_heads
+
+
+def test_suite_answers_only_for_suite_prompts():
+    from workbench.prompts import read_jsonl
+
+    rows = read_jsonl(data_dir() / "suites" / "ioi.jsonl")[:3]
+    assert imp.suite_answers([r["prompt"] for r in rows]) == [r["answer"] for r in rows]
+    assert imp.suite_answers([rows[0]["prompt"], "not a suite prompt"]) is None
+    assert imp.suite_answers([[2, 5, 6]]) is None
 
 
 def test_registered_importance_skips_the_bundled_minilm():
@@ -252,6 +284,10 @@ def test_importance_bad_inputs(causal_tiny):
         wb.pruning_curve(model, [])
     with pytest.raises(wb.WorkbenchError, match="unknown ablation mode 'half'"):
         wb.head_importance(model, PROMPTS, method="ablation", ablation="half")
+    with pytest.raises(wb.WorkbenchError, match=r"answers must give one answer per prompt: 3 prompt\(s\), 1 answer"):
+        wb.head_importance(model, PROMPTS, answers=["w1"])
+    with pytest.raises(wb.WorkbenchError, match="answer 1 must be non-empty text; got ''"):
+        wb.pruning_curve(model, PROMPTS, answers=["w1", "", "w2"])
     with pytest.raises(wb.WorkbenchError, match=r"step must be a fraction in \(0, 1\]; got 0"):
         wb.pruning_curve(model, PROMPTS, step=0)
     with pytest.raises(wb.WorkbenchError, match="n_steps must be an int >= 2; got 1"):
