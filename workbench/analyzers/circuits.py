@@ -148,20 +148,36 @@ def task_metric(model, task, *, ablate=None) -> dict:
 
 
 # -- effects ------------------------------------------------------------------------------
+PATCH_BATCH = 512  # sequences per patching forward: several heads' patches ride in one batch
+
+
 def _activation_effects(model, groups, clean_z) -> np.ndarray:
-    effects = np.zeros((model.n_layers, model.n_heads))
-    for layer in range(model.n_layers):
-        for head in range(model.n_heads):
-            def edit_for(g, layer=layer, head=head):
-                def edit(lay, z):  # z: (batch, pos, head, d_head)
-                    if lay != layer:
-                        return None
-                    z = z.clone()
-                    z[:, :, head] = clean_z[g][layer][:, :, head]
-                    return z
-                return edit
-            effects[layer, head] = _mean_ld(model, groups, "corrupt", edit_for)
-    return effects  # patched LD, not yet relative
+    """Patched mean LD of every head; each forward stacks copies of a group's corrupted batch,
+    copy i patching head ``heads[i]`` (one large forward instead of one per head)."""
+    heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
+    sums = np.zeros(len(heads))
+    for g, group in enumerate(groups):
+        b = len(group.corrupt)
+        per = max(1, PATCH_BATCH // b)
+        for start in range(0, len(heads), per):
+            chunk = heads[start:start + per]  # copy i of the batch patches chunk[i]
+
+            def edit(layer, z, chunk=chunk):  # z: (copies * b, pos, head, d_head)
+                mine = [(i, h) for i, (l, h) in enumerate(chunk) if l == layer]
+                if not mine:
+                    return None
+                z = z.clone()
+                for i, h in mine:
+                    z[i * b:(i + 1) * b, :, h] = clean_z[g][layer][:, :, h]
+                return z
+
+            ids = group.corrupt.repeat(len(chunk), 1)  # (copies * b, pos)
+            stacked = _Group(ids, ids, group.answer.repeat(len(chunk)), group.wrong.repeat(len(chunk)))
+            with torch.no_grad(), edit_heads(model, edit):
+                ld = _logit_diff(model, ids, stacked).view(len(chunk), b)  # (copies, b)
+            sums[start:start + len(chunk)] += ld.sum(1).double().cpu().numpy()
+    count = sum(len(g.corrupt) for g in groups)
+    return (sums / count).reshape(model.n_layers, model.n_heads)  # patched LD, not yet relative
 
 
 def _attribution_effects(model, groups, clean_z) -> np.ndarray:
