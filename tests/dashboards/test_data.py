@@ -78,12 +78,13 @@ def test_table_cache_rereads_a_rewritten_table_and_hands_out_copies(tmp_path):
 
 
 def test_figures_are_cached_per_table_version(tmp_path):
-    run = make_run(tmp_path / "r", ["sink_scores"])
-    first = data.figures(run, "sink_scores")
-    assert data.figures(run, "sink_scores") is first  # made once
+    run = make_run(tmp_path / "r", [])
+    run.add_table("my_scores", frames()["sink_scores"])  # not registered: the default layer × head grids
+    first = data.figures(run, "my_scores")
+    assert data.figures(run, "my_scores") is first  # made once
     np.testing.assert_allclose(np.asarray(first[0].data[0].z).ravel(), frames()["sink_scores"]["sink_score"])
-    run.add_table("sink_scores", frames(seed=2)["sink_scores"])
-    again = data.figures(run, "sink_scores")
+    run.add_table("my_scores", frames(seed=2)["sink_scores"])
+    again = data.figures(run, "my_scores")
     np.testing.assert_allclose(np.asarray(again[0].data[0].z).ravel(), frames(seed=2)["sink_scores"]["sink_score"])
 
 
