@@ -175,6 +175,14 @@ def umap_embedding(features: np.ndarray, *, n_neighbors: int | None = None, seed
     k = min(15 if n_neighbors is None else n_neighbors, n - 1)
     if k < 2:
         raise WorkbenchError(f"n_neighbors must be at least 2; got {n_neighbors!r}")
+    threads = torch.get_num_threads()  # umap/numba start-up changes torch's thread count
+    try:
+        return _fit_umap(x, k, n, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_umap(x: np.ndarray, k: int, n: int, seed: int) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import umap
