@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from tests import tiny_models
 from tests.browser import browser, console_errors, requests_made, wait_for  # noqa: F401  (fixture)
 from workbench.analyzers import ANALYZERS, Analyzer
 from workbench.cli import main
-from workbench.report import page, render
+from workbench.report import page, render, report_model
 from workbench.report.figures import downsample_heatmaps
 
 CAUSAL_ONLY = "needs a causal model: an encoder's first token is not a shared prefix"
@@ -298,6 +299,26 @@ def test_cli_reports_an_existing_run(tmp_path, capsys):
     run = wb.Run.open(tmp_path / "run")
     assert run.tables == names  # the missing test analysis was computed, with the run's own model
     check_self_contained((tmp_path / "r.html").read_text())
+
+
+def test_the_cached_run_is_reused_until_the_weights_change(tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_models.hf_model("llama").save_pretrained(model_dir)
+    tiny_models.tokenizer("llama").save_pretrained(model_dir)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(tiny_models.PROMPTS) + "\n")
+    with registry("head_summary"):
+        report_model(str(model_dir), tmp_path / "a.html", prompts=prompts, runs=tmp_path / "runs", progress=False)
+        (cached,) = (tmp_path / "runs").iterdir()
+        assert cached.name == f"model-{wb.run.prompts_hash(tiny_models.PROMPTS)[:8]}"
+        written = (cached / "head_summary.parquet").stat().st_mtime_ns
+        report_model(str(model_dir), tmp_path / "b.html", prompts=prompts, runs=tmp_path / "runs", progress=False)
+        assert (cached / "head_summary.parquet").stat().st_mtime_ns == written  # reused, not recomputed
+        later = time.time() + 120
+        os.utime(model_dir / "model.safetensors", (later, later))  # as if the model were retrained
+        with pytest.raises(wb.WorkbenchError, match=f"the cached run '{cached}' was made before the weights"):
+            report_model(str(model_dir), tmp_path / "c.html", prompts=prompts, runs=tmp_path / "runs")
+    assert not (tmp_path / "c.html").exists()
 
 
 # -- rendered in Chromium -------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import os
 import tempfile
-import time
+from datetime import datetime
 from pathlib import Path
 
 from workbench.analyzers import ANALYZERS
@@ -185,6 +185,23 @@ def report(run: Run | str | Path, out: str | Path = "report.html", *, model=None
     return out
 
 
+def _check_not_stale(cached: Path, model) -> None:
+    """Refuse a cached run made before the model's weights last changed (e.g. a retrained demo)."""
+    manifest = cached / "manifest.json"
+    folder = (getattr(model, "meta", None) or {}).get("path")
+    if not manifest.exists() or not folder:
+        return
+    weights = [p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin")]
+    created = Run.open(cached).manifest.get("created")
+    try:
+        made = datetime.strptime(created, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except (TypeError, ValueError):
+        return
+    if weights and max(p.stat().st_mtime for p in weights) > made + 1:
+        raise WorkbenchError(f"the cached run {str(cached)!r} was made before the weights in {folder!r} changed: "
+                             f"delete {str(cached)!r} to analyse the model again, or pass it as RUN to report it as is")
+
+
 def report_model(source: str = "demo", out: str | Path = "report.html", *, prompts=None, runs: str | Path = "runs",
                  progress: bool = True) -> Path:
     """Analyse a model into a cached run directory and report it (what ``workbench report`` does
@@ -201,5 +218,7 @@ def report_model(source: str = "demo", out: str | Path = "report.html", *, promp
     texts = load_prompts(prompts) if prompts is not None else None  # fail before loading the model
     model = load_model(source)
     suffix = "" if texts is None else f"-{prompts_hash(texts)[:8]}"
-    run = analyze(model, texts, out=Path(runs) / f"{Path(source).name}{suffix}", progress=progress)
+    cached = Path(runs) / f"{Path(source).name}{suffix}"
+    _check_not_stale(cached, model)
+    run = analyze(model, texts, out=cached, progress=progress)
     return report(run, out, model=model, prompts=texts, progress=progress)
