@@ -31,7 +31,7 @@ class DemoConfig:
     n_heads: int = 8             # query heads (d_head = d_model / n_heads = 16)
     n_kv_heads: int = 2          # key/value heads (GQA: 4 query heads share one KV head)
     d_mlp: int = 384             # SwiGLU hidden width
-    max_positions: int = 4096    # max_position_embeddings in config.json
+    max_positions: int = 16384   # max_position_embeddings in config.json (RoPE: no effect on weights; lets long-context statistics run)
     rope_theta: float = 10000.0  # RoPE base
     seed: int = 0                # seeds init, data order and data content
     steps: int = 3200            # optimizer steps
