@@ -20,13 +20,16 @@ from workbench.errors import WorkbenchError
 from workbench.heads import ablate_heads, head_mask, head_means
 from workbench.models import SOURCES, ModelHandle, load_model
 from workbench.prompts import load_prompts
-from workbench.report import report  # noqa: F401  (wb.report(run, "report.html"))
+from workbench.report import report  # wb.report(run, "report.html")
 from workbench.run import Run
 
 __all__ = [
-    "ANALYZERS", "Analyzer", "ModelHandle", "Run", "SOURCES", "WorkbenchError", "analyze", "capture_patterns", "capture_stats",
-    "head_summary", "load_model", "load_prompts", "register",
+    "ANALYZERS", "SOURCES", "ablate", "ablate_heads", "analyze", "Analyzer", "capture_patterns",
+    "capture_stats", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap",
+    "head_importance", "head_mask", "head_means", "head_patterns", "head_summary", "hidden_sinks",
+    "load_model", "load_prompts", "massive_activations", "ModelHandle", "niah_grid",
+    "pruning_curve", "register", "report", "retrieval_scores", "Run", "saliency_alignment",
+    "secondary_sinks", "sink_scores", "sink_share", "task_metric", "token_attributions",
+    "token_sinks", "WorkbenchError",
 ]
-__all__ += ["ablate_heads", "head_importance", "head_mask", "head_means", "head_patterns", "hidden_sinks", "massive_activations", "pruning_curve", "secondary_sinks", "sink_scores", "sink_share", "token_sinks"]
-__all__ += ["ablate", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap", "niah_grid", "retrieval_scores", "saliency_alignment", "task_metric", "token_attributions"]
 __version__ = "0.1.0"
