@@ -6,7 +6,11 @@ Every head's output passes through the bridge's ``blocks.{L}.attn.hook_z``
 Really Better than One?"): ξ = 1 is the model, ξ_h = 0 removes head h, and because the product
 is differentiable ∂L/∂ξ_h is the head's gradient importance and Captum can integrate over ξ.
 With a ``baseline`` (per-head mean outputs, `head_means`) a masked head is replaced by its mean
-instead of zero: z' = b + ξ (z − b).
+instead of zero: z' = b + ξ (z − b). These act on bridge forwards.
+
+`edit_heads` does the same job for forwards of the plain HF twin (``ModelHandle.hf_model``:
+generation, greedy accuracy): a forward pre-hook on each layer's attention output projection
+sees the concatenated head outputs ``z`` and may replace them.
 
     >>> with ablate_heads(model, [(1, 3), (2, 0)]):           # zero two heads
     ...     logits = model.bridge(ids)
@@ -18,6 +22,7 @@ instead of zero: z' = b + ξ (z − b).
 from __future__ import annotations
 
 import operator
+import re
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -98,16 +103,30 @@ def head_mask(model, mask: torch.Tensor, *, baseline: torch.Tensor | None = None
         yield mask
 
 
-def check_heads(model, heads: Iterable[Head]) -> list[Head]:
-    """Validate ``(layer, head)`` pairs (ints, numpy ints or a frame's rows) against the model."""
-    out = []
+def check_heads(model, heads) -> list[Head]:
+    """Validate ``heads`` (pairs ``(layer, head)``, or a frame with ``layer, head`` and optionally
+    a boolean selection column) and return them as sorted unique int pairs."""
+    import pandas as pd
+
+    if isinstance(heads, pd.DataFrame):
+        missing = {"layer", "head"} - set(heads.columns)
+        if missing:
+            raise WorkbenchError(f"a head frame needs columns 'layer' and 'head'; it has {list(heads.columns)}")
+        for flag in ("in_circuit", "is_retrieval"):
+            if flag in heads.columns:
+                heads = heads[heads[flag].astype(bool)]
+                break
+        heads = list(zip(heads["layer"].astype(int), heads["head"].astype(int)))
+    pairs = []
     for item in heads:
         try:
             layer, head = (operator.index(v) for v in item)
         except (TypeError, ValueError):
             raise WorkbenchError(f"heads must be (layer, head) pairs of ints; got {item!r}") from None
-        out.append((model.check_layer(layer), model.check_head(head)))
-    return out
+        model.check_layer(layer)
+        model.check_head(head)
+        pairs.append((layer, head))
+    return sorted(set(pairs))
 
 
 def mask_without(model, heads: Iterable[Head]) -> torch.Tensor:
@@ -170,3 +189,56 @@ def head_means(model, prompts, *, batch_size: int = 8) -> torch.Tensor:
         with hooks(model, fns):
             run_bridge(model, chunk, chunk_mask, return_type=None)
     return (sums / count).float()
+
+
+# -- the plain HF model (ModelHandle.hf_model): generation, accuracy, gradients --------------
+# module-name suffixes of the per-layer attention output projection, after "<layer index>."
+_OUT_PROJ = re.compile(r"(?:^|\.)(\d+)\.(?:self_attn\.o_proj|attn\.c_proj|attention\.output\.dense|"
+                       r"self_attn\.out_proj|attn\.out_proj|attention\.dense)$")
+
+#: ``edit(layer, z) -> z or None`` with ``z [batch, pos, head, d_head]``; None keeps z.
+Edit = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+
+
+def out_projections(model) -> dict[int, torch.nn.Module]:
+    """``{layer: the module whose input is that layer's concatenated head outputs}``."""
+    found: dict[int, torch.nn.Module] = {}
+    for name, module in model.hf_model.named_modules():
+        match = _OUT_PROJ.search(name)
+        if match:
+            found.setdefault(int(match.group(1)), module)
+    if sorted(found) != list(range(model.n_layers)):
+        raise WorkbenchError(
+            f"cannot find one attention output projection per layer in {model.name} "
+            f"(found layers {sorted(found)} of {model.n_layers}); supported: Llama o_proj, GPT-2 "
+            "attn.c_proj, BERT attention.output.dense"
+        )
+    return found
+
+
+@contextmanager
+def edit_heads(model, edit: Edit) -> Iterator[None]:
+    """Run ``hf_model`` forwards inside the block with ``edit`` applied to every layer's ``z``.
+
+    Hooks are removed on exit, also when the forward raises.
+    """
+    heads, d_head = model.n_heads, model.d_head
+
+    def make_hook(layer: int):
+        def hook(module, args):
+            flat = args[0]  # (batch, pos, head * d_head)
+            z = flat.view(*flat.shape[:-1], heads, d_head)  # (batch, pos, head, d_head)
+            new = edit(layer, z)
+            if new is None:
+                return None
+            return (new.reshape(flat.shape), *args[1:])
+        return hook
+
+    handles = []
+    try:
+        for layer, module in out_projections(model).items():
+            handles.append(module.register_forward_pre_hook(make_hook(layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
-from workbench.analyzers._headio import check_heads, edit_heads
+from workbench.heads import check_heads, edit_heads
 from workbench.errors import WorkbenchError
 
 TASKS = ("ioi", "colored_objects")

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
-from workbench.analyzers._headio import check_heads, edit_heads
+from workbench.heads import check_heads, edit_heads
 from workbench.errors import WorkbenchError
 
 THRESHOLD = 0.1  # Wu et al. 2024: a retrieval head has retrieval score > 0.1
