@@ -78,47 +78,56 @@ def streaming(model, *, key_padding_mask: torch.Tensor | None = None, sink_token
 
 @dataclass(frozen=True)
 class StreamCapture:
-    """Per-layer statistics of a batch of prompts from one streaming forward.
+    """Per-layer statistics of a batch of equal-length prompts from one streaming forward.
 
     Attributes:
         stats: ``{layer: HeadStats}`` with row tensors ``[batch, head, query]`` and
             ``col_mass [batch, head, key]``.
-        lengths: real length of each prompt (positions past it are padding).
         prompt_ids: the id of each batch row in the caller's prompt list.
     """
 
     stats: dict[int, HeadStats]
-    lengths: tuple[int, ...]
     prompt_ids: tuple[int, ...]
 
     def to_frame(self) -> pd.DataFrame:
-        """Means over each prompt's real query rows: columns ``prompt_id, layer, head, entropy,
+        """Means over each prompt's query rows: columns ``prompt_id, layer, head, entropy,
         max_prob, sink_mass, local_mass, n_queries``."""
+        fields = ("entropy", "max_prob", "sink_mass", "local_mass")
         rows = []
         for layer, st in self.stats.items():
-            for b, (pid, n) in enumerate(zip(self.prompt_ids, self.lengths)):
-                means = {f: getattr(st, f)[b, :, :n].double().mean(-1) for f in ("entropy", "max_prob", "sink_mass", "local_mass")}
+            n = st.lse.shape[-1]
+            means = {f: getattr(st, f).double().mean(-1) for f in fields}  # (batch, head)
+            for b, pid in enumerate(self.prompt_ids):
                 for head in range(st.lse.shape[1]):
                     rows.append({"prompt_id": pid, "layer": layer, "head": head,
-                                 **{f: float(v[head]) for f, v in means.items()}, "n_queries": n})
+                                 **{f: float(v[b, head]) for f, v in means.items()}, "n_queries": n})
         return pd.DataFrame(rows)
 
     def column_frame(self) -> pd.DataFrame:
-        """Attention received by each real key: ``prompt_id, layer, head, position, col_mass``."""
+        """Attention received by each key: ``prompt_id, layer, head, position, col_mass``."""
         parts = []
         for layer, st in self.stats.items():
             if st.col_mass is None:
                 continue
-            for b, (pid, n) in enumerate(zip(self.prompt_ids, self.lengths)):
-                heads, positions = st.col_mass.shape[1], n
-                grid = st.col_mass[b, :, :n]  # (head, key)
+            heads, positions = st.col_mass.shape[1:]
+            for b, pid in enumerate(self.prompt_ids):
                 parts.append(pd.DataFrame({
                     "prompt_id": pid, "layer": layer,
                     "head": torch.arange(heads).repeat_interleave(positions).numpy(),
                     "position": torch.arange(positions).repeat(heads).numpy(),
-                    "col_mass": grid.reshape(-1).numpy(),
+                    "col_mass": st.col_mass[b].reshape(-1).numpy(),  # (head, key) flattened
                 }))
         return pd.concat(parts, ignore_index=True)
+
+
+def equal_length_batches(mask: torch.Tensor, batch_size: int) -> Iterator[tuple[list[int], int]]:
+    """Group the rows of a padded batch by real length: yields ``(row indices, length)`` with at
+    most ``batch_size`` rows each, shortest first, so each group runs with no padding at all."""
+    lengths = mask.sum(-1).tolist()
+    for n in sorted(set(lengths)):
+        same = [i for i, length in enumerate(lengths) if length == n]
+        for start in range(0, len(same), batch_size):
+            yield same[start:start + batch_size], int(n)
 
 
 def stream_capture(model, ids: torch.Tensor, *, prompt_ids=None, **options) -> StreamCapture:
@@ -132,6 +141,5 @@ def stream_capture(model, ids: torch.Tensor, *, prompt_ids=None, **options) -> S
         model.hf_model(input_ids=ids)
     if len(stats) != model.n_layers:
         raise RuntimeError(f"streaming capture saw {len(stats)} attention calls for {model.n_layers} layers")
-    lengths = (ids.shape[1],) * ids.shape[0]
     prompt_ids = tuple(range(ids.shape[0])) if prompt_ids is None else tuple(prompt_ids)
-    return StreamCapture(dict(enumerate(stats)), lengths, prompt_ids)
+    return StreamCapture(dict(enumerate(stats)), prompt_ids)

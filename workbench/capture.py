@@ -81,21 +81,17 @@ def capture_stats(model, prompts, *, batch_size: int = 4, sink_tokens: int = 1, 
     """
     import pandas as pd
 
-    from probes.streaming import stream_capture
+    from probes.streaming import equal_length_batches, stream_capture
 
     ids, mask = model.to_tokens(prompts)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise WorkbenchError(f"batch_size must be a positive int; got {batch_size!r}")
-    lengths = mask.sum(-1).tolist()
     frames, cols = [], []
-    for n in sorted(set(lengths)):  # equal-length batches: no padding anywhere
-        same = [i for i, length in enumerate(lengths) if length == n]
-        for start in range(0, len(same), batch_size):
-            chosen = same[start:start + batch_size]
-            cap = stream_capture(model, ids[chosen, :n], prompt_ids=chosen, sink_tokens=sink_tokens,
-                                 window=window, column_mass=columns, backend=backend)
-            frames.append(cap.to_frame())
-            if columns:
-                cols.append(cap.column_frame())
+    for chosen, n in equal_length_batches(mask, batch_size):  # no padding anywhere
+        cap = stream_capture(model, ids[chosen, :n], prompt_ids=chosen, sink_tokens=sink_tokens,
+                             window=window, column_mass=columns, backend=backend)
+        frames.append(cap.to_frame())
+        if columns:
+            cols.append(cap.column_frame())
     frame = pd.concat(frames, ignore_index=True).sort_values(["prompt_id", "layer", "head"], ignore_index=True)
     return (frame, pd.concat(cols, ignore_index=True)) if columns else frame

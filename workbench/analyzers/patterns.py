@@ -44,29 +44,25 @@ NAME_Z = 0.5
 # -- descriptors from the streaming statistics ---------------------------------------------------------
 def _stream_descriptors(model, prompts, *, local_window: int, batch_size: int, backend: str) -> pd.DataFrame:
     """Per (prompt, layer, head): the streaming row means plus mean_distance."""
-    from probes.streaming import stream_capture
+    from probes.streaming import equal_length_batches, stream_capture
 
     ids, mask = model.to_tokens(prompts)
-    lengths = mask.sum(-1).tolist()
     parts = []
-    for n in sorted(set(lengths)):  # equal-length batches: no padding, column sums are exact
-        same = [i for i, length in enumerate(lengths) if length == n]
-        for start in range(0, len(same), batch_size):
-            chosen = same[start:start + batch_size]
-            cap = stream_capture(model, ids[chosen, :n], prompt_ids=chosen, sink_tokens=1, window=local_window,
-                                 column_mass=model.is_causal, backend=backend)
-            frame = cap.to_frame()
-            if model.is_causal:
-                pos = torch.arange(n, dtype=torch.float64)
-                dist = {layer: (n - 1) / 2 - (st.col_mass.double() @ pos) / n  # (batch, head)
-                        for layer, st in cap.stats.items()}
-            else:
-                patterns = patterns_for_batch(model, ids[chosen, :n], mask[chosen, :n], range(model.n_layers))
-                offset = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs().double()  # (query, key)
-                dist = {layer: (p.double() * offset).sum(-1).mean(-1) for layer, p in patterns.items()}
-            row = {pid: b for b, pid in enumerate(chosen)}
-            frame["mean_distance"] = [float(dist[r.layer][row[r.prompt_id], r.head]) for r in frame.itertuples()]
-            parts.append(frame)
+    for chosen, n in equal_length_batches(mask, batch_size):  # no padding: column sums are exact
+        cap = stream_capture(model, ids[chosen, :n], prompt_ids=chosen, sink_tokens=1, window=local_window,
+                             column_mass=model.is_causal, backend=backend)
+        frame = cap.to_frame()
+        if model.is_causal:
+            pos = torch.arange(n, dtype=torch.float64)
+            dist = {layer: (n - 1) / 2 - (st.col_mass.double() @ pos) / n  # (batch, head)
+                    for layer, st in cap.stats.items()}
+        else:
+            patterns = patterns_for_batch(model, ids[chosen, :n], mask[chosen, :n], range(model.n_layers))
+            offset = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs().double()  # (query, key)
+            dist = {layer: (p.double() * offset).sum(-1).mean(-1) for layer, p in patterns.items()}
+        row = {pid: b for b, pid in enumerate(chosen)}
+        frame["mean_distance"] = [float(dist[r.layer][row[r.prompt_id], r.head]) for r in frame.itertuples()]
+        parts.append(frame)
     return pd.concat(parts, ignore_index=True)
 
 
