@@ -55,14 +55,14 @@ print(json.dumps({"times_ms": times[a["warmup"]:], "peak_extra_bytes": rss() - b
 """
 
 
-def _commit() -> str:
-    """Short git commit of the repo, '+dirty' when kernels/ has uncommitted changes."""
+def git_commit(scope: str = "kernels") -> str:
+    """Short git commit of the repo, '+dirty' when ``scope`` has uncommitted changes."""
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "kernels"], cwd=REPO, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--", scope], cwd=REPO, capture_output=True, text=True
         ).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -222,7 +222,7 @@ def bench_kernels(
     df["device"] = torch.cuda.get_device_name(dev) if on_cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     df["torch_version"] = torch.__version__
     df["triton_version"] = _triton_version()
-    df["commit"] = _commit()
+    df["commit"] = git_commit()
     return df[COLUMNS]
 
 

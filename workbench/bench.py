@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kernels.bench import git_commit
 from workbench.run import package_versions
 
 PATHS = {
@@ -64,14 +65,6 @@ print(json.dumps({"seconds": seconds, "peak_rss": peak, "rss_before": before}))
 """
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def _run_case(path: str, n: int, source: str, seed: int, timeout: float) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     try:
@@ -94,7 +87,7 @@ def bench_capture(source: str = "demo", sizes=DEFAULT_SIZES, paths=tuple(PATHS),
         machine, commit`` plus package versions; ``delta_gib`` is peak minus the resident
         memory just before the measured forward.
     """
-    rows, versions, commit = [], package_versions(), _commit()
+    rows, versions, commit = [], package_versions(), git_commit(".")
     for path in paths:
         history: list[tuple[int, float]] = []
         for n in sorted(sizes):
