@@ -198,6 +198,9 @@ def test_training_smoke_cli_end_to_end(tmp_path):
     assert model.config.num_key_value_heads == 2 and tok("the sky").input_ids[0] == 2
     info = json.loads((out / "training_report.json").read_text())
     assert info["steps"] == 20 and info["seed"] == 0 and info["loss_curve"]
+    last = info["monitor"][-1]  # the final progress evaluation also watches the shortcut and sink
+    assert last["step"] == 19 and 0.0 <= last["ioi_swapped"] <= 1.0
+    assert 0.0 <= last["sink_share"] <= 1.0
     assert {p.name for p in suites_out.iterdir()} == {f"{t}.jsonl" for t in TASKS}
 
 
@@ -211,3 +214,18 @@ def test_training_is_seeded_and_reproducible():
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_ioi_training_chunks_use_both_name_orders():
+    # trained on one order only, "answer the first name" solves every example (a shortcut)
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    first = 0
+    for _ in range(200):
+        words, mask = corpus._ioi_chunk(rng, swap=0.5)
+        answer = words[mask.index(1.0)]
+        names = [w for w in words if w in corpus.NAMES]  # A, B, S2 (then the answer)
+        assert names[2] != answer and answer in names[:2] and names[:2].count(answer) == 1
+        first += answer == names[0]
+    assert 70 <= first <= 130  # about half each way

@@ -175,11 +175,20 @@ def colored_objects_example(rng: np.random.Generator) -> dict:
 
 # --------------------------------------------------------------------------- training sequences
 
-def _ioi_chunk(rng: np.random.Generator) -> tuple[list[str], list[float]]:
-    """One ioi example + answer + "." as training words and loss mask (loss on the answer)."""
+def _ioi_chunk(rng: np.random.Generator, swap: float = 0.0) -> tuple[list[str], list[float]]:
+    """One ioi example + answer + "." as training words and loss mask (loss on the answer).
+
+    A fraction ``swap`` of the chunks use the swapped twin (S2 is the first name, so the answer
+    is the second). Trained on one order only, the model learns "answer the first name", a
+    shortcut that solves the clean prompts without finding the non-repeated name and fails every
+    corrupted one. ``swap=0`` draws no extra random number (the committed model's data).
+    """
     ex = ioi_example(rng)
-    return ([*ex["prompt"], *ex["answer"], "."],
-            [0.0] * len(ex["prompt"]) + [1.0] * len(ex["answer"]) + [0.0])
+    if swap and rng.random() < swap:
+        prompt, answer = ex["corrupted_prompt"], ex["corrupted_answer"]
+    else:
+        prompt, answer = ex["prompt"], ex["answer"]
+    return [*prompt, *answer, "."], [0.0] * len(prompt) + [1.0] * len(answer) + [0.0]
 
 
 def _colored_chunk(rng: np.random.Generator) -> tuple[list[str], list[float]]:
@@ -216,7 +225,8 @@ def _pack_tasks(rng: np.random.Generator, length: int, make, filler_keep: float)
 
 def training_sequence(rng: np.random.Generator, length: int, kind: str,
                       filler_keep: float = 0.3, edge_depths: float = 0.0,
-                      noisy_haystacks: float = 0.0) -> tuple[list[str], list[float]]:
+                      noisy_haystacks: float = 0.0,
+                      ioi_swap: float = 0.0) -> tuple[list[str], list[float]]:
     """One training sequence of exactly ``length`` tokens (starting with ``<bos>``).
 
     Args:
@@ -226,6 +236,7 @@ def training_sequence(rng: np.random.Generator, length: int, kind: str,
             (60 %) or 1 (40 %) instead of uniform.
         noisy_haystacks: passkey only: fraction of haystacks where half the filler words are
             replaced by random words (averaging over such context is no no-op).
+        ioi_swap: ioi only: fraction of examples in the swapped name order (see _ioi_chunk).
     Returns:
         (words, loss mask); ``mask[i] = 1`` means token ``i`` is a prediction target.
     """
@@ -265,7 +276,7 @@ def training_sequence(rng: np.random.Generator, length: int, kind: str,
             mask += [0.0] + [1.0] * (span - 1)  # first repeated token is not predictable
         return words[:length], mask[:length]
     if kind == "ioi":
-        return _pack_tasks(rng, length, _ioi_chunk, filler_keep)
+        return _pack_tasks(rng, length, lambda r: _ioi_chunk(r, ioi_swap), filler_keep)
     if kind == "colored_objects":
         return _pack_tasks(rng, length, _colored_chunk, filler_keep)
     raise ValueError(f"unknown sequence kind {kind!r}; expected passkey, induction, ioi or "

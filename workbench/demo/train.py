@@ -50,6 +50,7 @@ class DemoConfig:
     filler_keep: float = 0.3     # fraction of filler tokens that carry loss
     edge_depths: float = 0.0     # passkey haystacks with the needle at depth exactly 0 or 1
     noisy_haystacks: float = 0.0  # passkey haystacks with half the filler replaced by noise
+    ioi_swap: float = 0.0        # ioi examples in the swapped name order (0: first name always)
     eval_every: int = 250        # steps between progress evaluations
     threads: int = 1             # torch CPU threads (2 oversubscribe a shared 2-core box)
 
@@ -94,7 +95,8 @@ def make_batch(cfg: DemoConfig, step: int, vocab: dict[str, int]):
     ids, masks = [], []
     for kind in rng.choice(len(kinds), batch, p=np.array(probs) / sum(probs)):
         words, mask = corpus.training_sequence(rng, length, kinds[kind], cfg.filler_keep,
-                                               cfg.edge_depths, cfg.noisy_haystacks)
+                                               cfg.edge_depths, cfg.noisy_haystacks,
+                                               cfg.ioi_swap)
         ids.append([vocab[w] for w in words])
         masks.append(mask)
     return torch.tensor(ids), torch.tensor(masks, dtype=torch.float32)  # (B, T) each
@@ -132,9 +134,27 @@ def _monitor_rows(seed: int) -> dict[str, list[dict]]:
                                               "answer": " " + " ".join(answer)})
     for name, make in (("ioi", corpus.ioi_example), ("colored_objects",
                                                      corpus.colored_objects_example)):
+        examples = [make(rng) for _ in range(12)]
         rows[name] = [{"prompt": " ".join(e["prompt"]), "answer": " " + " ".join(e["answer"])}
-                      for e in (make(rng) for _ in range(12))]
+                      for e in examples]
+        if name == "ioi":  # the swapped order catches a "copy the first name" shortcut
+            rows["ioi_swapped"] = [{"prompt": " ".join(e["corrupted_prompt"]),
+                                    "answer": " " + " ".join(e["corrupted_answer"])}
+                                   for e in examples]
     return rows
+
+
+@torch.no_grad()
+def _monitor_sink_share(model, tok, rows: list[dict]) -> float:
+    """Share of heads past layer 0 with α₀ > 0.3 on ``rows``' prompts (eager attention)."""
+    from workbench.demo.evaluate import sink_scores, sink_share
+
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        return sink_share(sink_scores(model, tok, [r["prompt"] for r in rows]))
+    finally:
+        model.set_attn_implementation(before)
 
 
 def train(cfg: DemoConfig, out_dir: str | Path | None = None,
@@ -182,6 +202,8 @@ def train(cfg: DemoConfig, out_dir: str | Path | None = None,
             accs = {k: round(float(np.mean(accuracy(model, tok, rows))), 3)
                     for k, rows in monitor_rows.items() if not (k == "passkey@1024" and
                                                                 cfg.d_model < 64)}
+            accs["sink_share"] = round(_monitor_sink_share(model, tok,
+                                                           monitor_rows["passkey@256"]), 3)
             model.train()
             monitor.append({"step": step, "seconds": round(time.time() - t0, 1), **accs})
             log(f"step {step:5d}  loss {ema:.3f}  len {ids.shape[1]:4d}x{ids.shape[0]:2d}  "
