@@ -286,6 +286,11 @@ def training_sequence(rng: np.random.Generator, length: int, kind: str,
 # --------------------------------------------------------------------------- suites
 
 SUITE_LENGTHS = (128, 256, 512, 1024)
+
+
+def suite_row(prompt: list[str], answer: list[str], **extra) -> dict:
+    """A suite row from word lists: ``prompt`` joined by spaces, ``answer`` with a leading space."""
+    return {"prompt": " ".join(prompt), "answer": " " + " ".join(answer), **extra}
 SUITE_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -304,14 +309,15 @@ def make_suites(seed: int = 12345, n_per_cell: int = 2, n_task: int = 40) -> dic
         for depth in SUITE_DEPTHS:
             for _ in range(n_per_cell):
                 prompt, answer, _ = passkey_example(rng, length, depth)
-                passkey.append({"prompt": " ".join(prompt), "answer": " " + " ".join(answer),
-                                "context_length": length, "depth": depth})
+                passkey.append(suite_row(prompt, answer, context_length=length, depth=depth))
 
     def task(make) -> list[dict]:
         rows = []
         for _ in range(n_task):
             ex = make(rng)
-            rows.append({k: (" " if "answer" in k else "") + " ".join(v) for k, v in ex.items()})
+            rows.append({**suite_row(ex["prompt"], ex["answer"]),
+                         **{f"corrupted_{k}": v for k, v in
+                            suite_row(ex["corrupted_prompt"], ex["corrupted_answer"]).items()}})
         return rows
 
     return {"passkey": passkey, "ioi": task(ioi_example),

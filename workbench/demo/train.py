@@ -94,9 +94,9 @@ def make_batch(cfg: DemoConfig, step: int, vocab: dict[str, int]):
     kinds, probs = zip(*cfg.mix)
     ids, masks = [], []
     for kind in rng.choice(len(kinds), batch, p=np.array(probs) / sum(probs)):
-        words, mask = corpus.training_sequence(rng, length, kinds[kind], cfg.filler_keep,
-                                               cfg.edge_depths, cfg.noisy_haystacks,
-                                               cfg.ioi_swap)
+        words, mask = corpus.training_sequence(
+            rng, length, kinds[kind], filler_keep=cfg.filler_keep, edge_depths=cfg.edge_depths,
+            noisy_haystacks=cfg.noisy_haystacks, ioi_swap=cfg.ioi_swap)
         ids.append([vocab[w] for w in words])
         masks.append(mask)
     return torch.tensor(ids), torch.tensor(masks, dtype=torch.float32)  # (B, T) each
@@ -127,19 +127,15 @@ def _monitor_rows(seed: int) -> dict[str, list[dict]]:
     rng = np.random.default_rng([seed, 4242])
     rows: dict[str, list[dict]] = {}
     for length in (128, 256, 512, 1024):
-        rows[f"passkey@{length}"] = []
-        for depth in (0.1, 0.5, 0.9):
-            prompt, answer, _ = corpus.passkey_example(rng, length, depth)
-            rows[f"passkey@{length}"].append({"prompt": " ".join(prompt),
-                                              "answer": " " + " ".join(answer)})
+        examples = [corpus.passkey_example(rng, length, depth) for depth in (0.1, 0.5, 0.9)]
+        rows[f"passkey@{length}"] = [corpus.suite_row(prompt, answer)
+                                     for prompt, answer, _ in examples]
     for name, make in (("ioi", corpus.ioi_example), ("colored_objects",
                                                      corpus.colored_objects_example)):
         examples = [make(rng) for _ in range(12)]
-        rows[name] = [{"prompt": " ".join(e["prompt"]), "answer": " " + " ".join(e["answer"])}
-                      for e in examples]
+        rows[name] = [corpus.suite_row(e["prompt"], e["answer"]) for e in examples]
         if name == "ioi":  # the swapped order catches a "copy the first name" shortcut
-            rows["ioi_swapped"] = [{"prompt": " ".join(e["corrupted_prompt"]),
-                                    "answer": " " + " ".join(e["corrupted_answer"])}
+            rows["ioi_swapped"] = [corpus.suite_row(e["corrupted_prompt"], e["corrupted_answer"])
                                    for e in examples]
     return rows
 
