@@ -12,6 +12,7 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import numpy as np
 import pytest
 import torch
 
@@ -229,3 +230,48 @@ def test_ioi_training_chunks_use_both_name_orders():
         assert names[2] != answer and answer in names[:2] and names[:2].count(answer) == 1
         first += answer == names[0]
     assert 70 <= first <= 130  # about half each way
+
+
+def test_sink_tracking_attention_matches_eager_attention():
+    # ground truth: α₀ read off the full eager attention matrix; the tracked value comes from the
+    # P x P corner only, and the attention output itself must be plain SDPA's
+    from workbench.demo.train import (SINK_ATTENTION, DemoConfig, _register_sink_attention,
+                                      make_model)
+
+    torch.manual_seed(0)
+    model = make_model(DemoConfig(**TINY), len(corpus.vocabulary())).eval()
+    ids = torch.randint(4, len(corpus.vocabulary()), (3, 40))
+    ids[:, 0] = 2
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        eager = model(input_ids=ids, output_attentions=True)
+        model.set_attn_implementation("sdpa")
+        plain = model(input_ids=ids).logits
+        _register_sink_attention()
+        model.set_attn_implementation(SINK_ATTENTION)
+        for layer in model.model.layers:
+            layer.self_attn._wb_sink_prefix = 16
+        tracked = model(input_ids=ids).logits
+    torch.testing.assert_close(tracked, plain)
+    for layer, att in zip(model.model.layers, eager.attentions):
+        want = att[:, :, 1:16, 0].mean(dim=(0, 2))  # (H,): queries 1..15, mean over batch
+        torch.testing.assert_close(layer.self_attn._wb_alpha0, want, rtol=1e-4, atol=1e-5)
+
+
+def test_sink_term_grows_a_first_token_sink_and_exports_a_plain_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from workbench.demo.train import DemoConfig, train
+
+    cfg = replace(DemoConfig(**TINY), steps=120, lr=3e-3, sink_target=0.6)
+    on, tok, _ = train(replace(cfg, sink_weight=1.0), tmp_path / "on", log=lambda s: None)
+    off, _, _ = train(replace(cfg, sink_weight=0.0), None, log=lambda s: None)
+    prompts = [" ".join(corpus.filler(np.random.default_rng(i), 60)) for i in range(3)]
+    alpha = {}
+    for name, model in (("on", on), ("off", off)):
+        model.set_attn_implementation("eager")
+        alpha[name] = sink_scores(model, tok, prompts)[1:]  # heads past layer 0
+    assert alpha["on"].min() > 0.3 and alpha["off"].max() < 0.3
+    assert not hasattr(on.model.layers[1].self_attn, "_wb_sink_prefix")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "on")  # plain transformers
+    assert loaded.config._attn_implementation == "sdpa"

@@ -51,6 +51,9 @@ class DemoConfig:
     edge_depths: float = 0.0     # passkey haystacks with the needle at depth exactly 0 or 1
     noisy_haystacks: float = 0.0  # passkey haystacks with half the filler replaced by noise
     ioi_swap: float = 0.0        # ioi examples in the swapped name order (0: first name always)
+    sink_weight: float = 0.0     # weight of the sink term (0: off; see sink_penalty)
+    sink_target: float = 0.5     # per-head mean α₀ the sink term asks for
+    sink_prefix: int = 128       # queries 1..sink_prefix-1 of each sequence enter the sink term
     eval_every: int = 250        # steps between progress evaluations
     threads: int = 1             # torch CPU threads (2 oversubscribe a shared 2-core box)
 
@@ -108,6 +111,48 @@ def lr_at(cfg: DemoConfig, step: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+SINK_ATTENTION = "workbench_sink_train"
+
+
+def _sink_tracking_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA attention that also records α₀ of the first queries (training only).
+
+    ``query`` ``(B, H, T, D)`` and ``key`` ``(B, KV, T, D)`` come after RoPE. Causal attention
+    of query ``q`` only sees keys ``0..q``, so α₀ of the first ``P`` queries needs just the
+    ``P x P`` corner of the score matrix; it is recomputed there (with gradients) and stored on
+    the module as ``_wb_alpha0`` ``(H,)``: mean over the batch and queries ``1..P-1``.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    prefix = getattr(module, "_wb_sink_prefix", 0)
+    if prefix:
+        p = min(prefix, query.shape[2])
+        k = key[:, :, :p].repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # (B, H, p, D)
+        scores = query[:, :, :p] @ k.transpose(-1, -2) * kwargs.get("scaling", module.scaling)
+        causal = torch.ones(p, p, dtype=torch.bool, device=query.device).triu(1)
+        probs = scores.masked_fill(causal, float("-inf")).softmax(-1)  # (B, H, p, p)
+        module._wb_alpha0 = probs[:, :, 1:, 0].mean(dim=(0, 2))  # (H,)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _register_sink_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SINK_ATTENTION, _sink_tracking_attention)
+
+
+def sink_penalty(model, target: float) -> torch.Tensor:
+    """Mean over heads past layer 0 of ``relu(target - α₀)`` from the last forward.
+
+    The sink term of the recipe. A head meets it by parking, on average over the first
+    queries, ``target`` of its attention on ``<bos>``; which queries it parks is left to the
+    model (heads keep their sharp lookups on the few task positions and park on the filler).
+    Reads the α₀ that :func:`_sink_tracking_attention` stored during the forward.
+    """
+    per_layer = [layer.self_attn._wb_alpha0 for layer in model.model.layers[1:]]
+    return torch.relu(target - torch.stack(per_layer)).mean()
 
 
 def masked_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -178,15 +223,22 @@ def train(cfg: DemoConfig, out_dir: str | Path | None = None,
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params:,} parameters; {cfg.steps} steps; seed {cfg.seed}")
     monitor_rows = _monitor_rows(cfg.seed)
+    if cfg.sink_weight:
+        _register_sink_attention()
+        model.set_attn_implementation(SINK_ATTENTION)
+        for layer in model.model.layers[1:]:
+            layer.self_attn._wb_sink_prefix = cfg.sink_prefix
     curve, monitor, ema = [], [], None
     t0 = time.time()
     for step in range(cfg.steps):
         ids, mask = make_batch(cfg, step, vocab)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
-        loss = masked_loss(model(input_ids=ids).logits, ids, mask)
+        loss = masked_loss(model(input_ids=ids).logits, ids, mask)  # logged: the task loss
+        total = loss + cfg.sink_weight * sink_penalty(model, cfg.sink_target) \
+            if cfg.sink_weight else loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
@@ -208,6 +260,10 @@ def train(cfg: DemoConfig, out_dir: str | Path | None = None,
             log(f"step {step:5d}  loss {ema:.3f}  len {ids.shape[1]:4d}x{ids.shape[0]:2d}  "
                 f"{time.time() - t0:6.0f}s")
     model.eval()
+    if cfg.sink_weight:  # export a plain model: default attention, no training attributes
+        model.set_attn_implementation("sdpa")
+        for layer in model.model.layers[1:]:
+            del layer.self_attn._wb_sink_prefix, layer.self_attn._wb_alpha0
     seconds = time.time() - t0
     stride = max(1, len(curve) // 200)
     info = {"steps": cfg.steps, "seconds": round(seconds, 1), "seed": cfg.seed,
