@@ -254,8 +254,8 @@ def test_sink_tracking_attention_matches_eager_attention():
         tracked = model(input_ids=ids).logits
     torch.testing.assert_close(tracked, plain)
     for layer, att in zip(model.model.layers, eager.attentions):
-        want = att[:, :, 1:16, 0].mean(dim=(0, 2))  # (H,): queries 1..15, mean over batch
-        torch.testing.assert_close(layer.self_attn._wb_alpha0, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(layer.self_attn._wb_alpha0, att[:, :, 1:16, 0].mean(2),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_sink_term_grows_a_first_token_sink_and_exports_a_plain_model(tmp_path):
@@ -275,3 +275,15 @@ def test_sink_term_grows_a_first_token_sink_and_exports_a_plain_model(tmp_path):
     assert not hasattr(on.model.layers[1].self_attn, "_wb_sink_prefix")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "on")  # plain transformers
     assert loaded.config._attn_implementation == "sdpa"
+
+
+def test_sink_penalty_reads_only_the_selected_rows():
+    from workbench.demo.train import DemoConfig, make_model, sink_penalty
+
+    model = make_model(DemoConfig(**TINY), len(corpus.vocabulary()))
+    # layer 1 (the only layer past 0): row 0 parks 0.9 on <bos> in every head, row 1 only 0.1
+    model.model.layers[1].self_attn._wb_alpha0 = torch.tensor([[0.9] * 4, [0.1] * 4])
+    assert float(sink_penalty(model, 0.5, torch.tensor([True, False]))) == 0.0
+    assert float(sink_penalty(model, 0.5, torch.tensor([False, True]))) == pytest.approx(0.4)
+    assert float(sink_penalty(model, 0.5, torch.tensor([True, True]))) == pytest.approx(0.0, abs=1e-6)
+    assert float(sink_penalty(model, 0.5, torch.tensor([False, False]))) == 0.0

@@ -54,6 +54,8 @@ class DemoConfig:
     sink_weight: float = 0.0     # weight of the sink term (0: off; see sink_penalty)
     sink_target: float = 0.5     # per-head mean α₀ the sink term asks for
     sink_prefix: int = 128       # queries 1..sink_prefix-1 of each sequence enter the sink term
+    sink_kinds: tuple = ("passkey",)  # sequence kinds whose first queries enter the sink term
+    sink_from_layer: int = 1     # the sink term covers layers sink_from_layer.. (0: all)
     eval_every: int = 250        # steps between progress evaluations
     threads: int = 1             # torch CPU threads (2 oversubscribe a shared 2-core box)
 
@@ -87,7 +89,7 @@ def make_batch(cfg: DemoConfig, step: int, vocab: dict[str, int]):
     """The training batch of ``step`` (a pure function of seed and step).
 
     Returns:
-        ids ``(B, T)`` long, loss mask ``(B, T)`` float.
+        ids ``(B, T)`` long, loss mask ``(B, T)`` float, and the kind of each row.
     """
     rng = np.random.default_rng([cfg.seed, step])
     lo, hi, batch = phase_for(cfg, step)
@@ -95,14 +97,15 @@ def make_batch(cfg: DemoConfig, step: int, vocab: dict[str, int]):
     if hi > 256:  # long phase: constant tokens per step
         batch = max(2, cfg.long_tokens // length)
     kinds, probs = zip(*cfg.mix)
-    ids, masks = [], []
+    ids, masks, row_kinds = [], [], []
     for kind in rng.choice(len(kinds), batch, p=np.array(probs) / sum(probs)):
         words, mask = corpus.training_sequence(
             rng, length, kinds[kind], filler_keep=cfg.filler_keep, edge_depths=cfg.edge_depths,
             noisy_haystacks=cfg.noisy_haystacks, ioi_swap=cfg.ioi_swap)
         ids.append([vocab[w] for w in words])
         masks.append(mask)
-    return torch.tensor(ids), torch.tensor(masks, dtype=torch.float32)  # (B, T) each
+        row_kinds.append(kinds[kind])
+    return torch.tensor(ids), torch.tensor(masks, dtype=torch.float32), row_kinds  # (B, T) each
 
 
 def lr_at(cfg: DemoConfig, step: int) -> float:
@@ -122,7 +125,7 @@ def _sink_tracking_attention(module, query, key, value, attention_mask, **kwargs
     ``query`` ``(B, H, T, D)`` and ``key`` ``(B, KV, T, D)`` come after RoPE. Causal attention
     of query ``q`` only sees keys ``0..q``, so α₀ of the first ``P`` queries needs just the
     ``P x P`` corner of the score matrix; it is recomputed there (with gradients) and stored on
-    the module as ``_wb_alpha0`` ``(H,)``: mean over the batch and queries ``1..P-1``.
+    the module as ``_wb_alpha0`` ``(B, H)``: mean over queries ``1..P-1``.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -133,7 +136,7 @@ def _sink_tracking_attention(module, query, key, value, attention_mask, **kwargs
         scores = query[:, :, :p] @ k.transpose(-1, -2) * kwargs.get("scaling", module.scaling)
         causal = torch.ones(p, p, dtype=torch.bool, device=query.device).triu(1)
         probs = scores.masked_fill(causal, float("-inf")).softmax(-1)  # (B, H, p, p)
-        module._wb_alpha0 = probs[:, :, 1:, 0].mean(dim=(0, 2))  # (H,)
+        module._wb_alpha0 = probs[:, :, 1:, 0].mean(dim=2)  # (B, H)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -143,15 +146,20 @@ def _register_sink_attention() -> None:
     AttentionInterface.register(SINK_ATTENTION, _sink_tracking_attention)
 
 
-def sink_penalty(model, target: float) -> torch.Tensor:
-    """Mean over heads past layer 0 of ``relu(target - α₀)`` from the last forward.
+def sink_penalty(model, target: float, rows: torch.Tensor, from_layer: int = 1) -> torch.Tensor:
+    """Mean over heads of layers ``from_layer..`` of ``relu(target - α₀)`` from the last forward.
 
-    The sink term of the recipe. A head meets it by parking, on average over the first
-    queries, ``target`` of its attention on ``<bos>``; which queries it parks is left to the
-    model (heads keep their sharp lookups on the few task positions and park on the filler).
-    Reads the α₀ that :func:`_sink_tracking_attention` stored during the forward.
+    The sink term of the recipe. ``α₀`` of a head is its attention on ``<bos>`` averaged over
+    the first queries of the batch rows selected by ``rows`` (``(B,)`` bool: the haystack
+    rows, whose first queries are filler where a head has nothing to look up). A head meets
+    the term by parking ``target`` of that attention on ``<bos>``; which filler queries it
+    parks is left to the model, and task rows are left alone. Reads the α₀ that
+    :func:`_sink_tracking_attention` stored during the forward; 0 when no row is selected.
     """
-    per_layer = [layer.self_attn._wb_alpha0 for layer in model.model.layers[1:]]
+    if not bool(rows.any()):
+        return torch.zeros(())
+    per_layer = [layer.self_attn._wb_alpha0[rows].mean(0)
+                 for layer in model.model.layers[from_layer:]]
     return torch.relu(target - torch.stack(per_layer)).mean()
 
 
@@ -226,17 +234,21 @@ def train(cfg: DemoConfig, out_dir: str | Path | None = None,
     if cfg.sink_weight:
         _register_sink_attention()
         model.set_attn_implementation(SINK_ATTENTION)
-        for layer in model.model.layers[1:]:
+        for layer in model.model.layers[cfg.sink_from_layer:]:
             layer.self_attn._wb_sink_prefix = cfg.sink_prefix
     curve, monitor, ema = [], [], None
     t0 = time.time()
     for step in range(cfg.steps):
-        ids, mask = make_batch(cfg, step, vocab)
+        ids, mask, kinds = make_batch(cfg, step, vocab)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         loss = masked_loss(model(input_ids=ids).logits, ids, mask)  # logged: the task loss
-        total = loss + cfg.sink_weight * sink_penalty(model, cfg.sink_target) \
-            if cfg.sink_weight else loss
+        if cfg.sink_weight:
+            rows = torch.tensor([k in cfg.sink_kinds for k in kinds])
+            total = loss + cfg.sink_weight * sink_penalty(model, cfg.sink_target, rows,
+                                                          cfg.sink_from_layer)
+        else:
+            total = loss
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -262,7 +274,7 @@ def train(cfg: DemoConfig, out_dir: str | Path | None = None,
     model.eval()
     if cfg.sink_weight:  # export a plain model: default attention, no training attributes
         model.set_attn_implementation("sdpa")
-        for layer in model.model.layers[1:]:
+        for layer in model.model.layers[cfg.sink_from_layer:]:
             del layer.self_attn._wb_sink_prefix, layer.self_attn._wb_alpha0
     seconds = time.time() - t0
     stride = max(1, len(curve) // 200)
