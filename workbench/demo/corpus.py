@@ -286,12 +286,12 @@ def training_sequence(rng: np.random.Generator, length: int, kind: str,
 # --------------------------------------------------------------------------- suites
 
 SUITE_LENGTHS = (128, 256, 512, 1024)
+SUITE_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def suite_row(prompt: list[str], answer: list[str], **extra) -> dict:
     """A suite row from word lists: ``prompt`` joined by spaces, ``answer`` with a leading space."""
     return {"prompt": " ".join(prompt), "answer": " " + " ".join(answer), **extra}
-SUITE_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def make_suites(seed: int = 12345, n_per_cell: int = 2, n_task: int = 40) -> dict[str, list[dict]]:

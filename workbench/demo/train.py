@@ -146,21 +146,41 @@ def _register_sink_attention() -> None:
     AttentionInterface.register(SINK_ATTENTION, _sink_tracking_attention)
 
 
-def sink_penalty(model, target: float, rows: torch.Tensor, from_layer: int = 1) -> torch.Tensor:
-    """Mean over heads of layers ``from_layer..`` of ``relu(target - α₀)`` from the last forward.
+def sink_penalty(model, target: float, rows: torch.Tensor) -> torch.Tensor:
+    """Mean over the tracked heads of ``relu(target - α₀)`` from the last forward.
 
     The sink term of the recipe. ``α₀`` of a head is its attention on ``<bos>`` averaged over
     the first queries of the batch rows selected by ``rows`` (``(B,)`` bool: the haystack
     rows, whose first queries are filler where a head has nothing to look up). A head meets
     the term by parking ``target`` of that attention on ``<bos>``; which filler queries it
     parks is left to the model, and task rows are left alone. Reads the α₀ that
-    :func:`_sink_tracking_attention` stored during the forward; 0 when no row is selected.
+    :func:`_sink_tracking_attention` stored during the forward in the layers it tracks (see
+    :func:`_track_sinks`); 0 when no row is selected.
     """
     if not bool(rows.any()):
         return torch.zeros(())
-    per_layer = [layer.self_attn._wb_alpha0[rows].mean(0)
-                 for layer in model.model.layers[from_layer:]]
+    per_layer = [layer.self_attn._wb_alpha0[rows].mean(0) for layer in model.model.layers
+                 if hasattr(layer.self_attn, "_wb_alpha0")]
     return torch.relu(target - torch.stack(per_layer)).mean()
+
+
+def _track_sinks(model, from_layer: int, prefix: int) -> str:
+    """Switch to the α₀-tracking attention in layers ``from_layer..``; returns the previous
+    attention implementation for :func:`_untrack_sinks`."""
+    before = model.config._attn_implementation
+    _register_sink_attention()
+    model.set_attn_implementation(SINK_ATTENTION)
+    for layer in model.model.layers[from_layer:]:
+        layer.self_attn._wb_sink_prefix = prefix
+    return before
+
+
+def _untrack_sinks(model, before: str) -> None:
+    """Undo :func:`_track_sinks`: the previous attention and no training attributes."""
+    model.set_attn_implementation(before)
+    for layer in model.model.layers:
+        for name in ("_wb_sink_prefix", "_wb_alpha0"):
+            layer.self_attn.__dict__.pop(name, None)
 
 
 def masked_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -232,10 +252,7 @@ def train(cfg: DemoConfig, out_dir: str | Path | None = None,
     log(f"model: {n_params:,} parameters; {cfg.steps} steps; seed {cfg.seed}")
     monitor_rows = _monitor_rows(cfg.seed)
     if cfg.sink_weight:
-        _register_sink_attention()
-        model.set_attn_implementation(SINK_ATTENTION)
-        for layer in model.model.layers[cfg.sink_from_layer:]:
-            layer.self_attn._wb_sink_prefix = cfg.sink_prefix
+        attn_before = _track_sinks(model, cfg.sink_from_layer, cfg.sink_prefix)
     curve, monitor, ema = [], [], None
     t0 = time.time()
     for step in range(cfg.steps):
@@ -245,8 +262,7 @@ def train(cfg: DemoConfig, out_dir: str | Path | None = None,
         loss = masked_loss(model(input_ids=ids).logits, ids, mask)  # logged: the task loss
         if cfg.sink_weight:
             rows = torch.tensor([k in cfg.sink_kinds for k in kinds])
-            total = loss + cfg.sink_weight * sink_penalty(model, cfg.sink_target, rows,
-                                                          cfg.sink_from_layer)
+            total = loss + cfg.sink_weight * sink_penalty(model, cfg.sink_target, rows)
         else:
             total = loss
         opt.zero_grad(set_to_none=True)
@@ -273,9 +289,7 @@ def train(cfg: DemoConfig, out_dir: str | Path | None = None,
                 f"{time.time() - t0:6.0f}s")
     model.eval()
     if cfg.sink_weight:  # export a plain model: default attention, no training attributes
-        model.set_attn_implementation("sdpa")
-        for layer in model.model.layers[cfg.sink_from_layer:]:
-            del layer.self_attn._wb_sink_prefix, layer.self_attn._wb_alpha0
+        _untrack_sinks(model, attn_before)
     seconds = time.time() - t0
     stride = max(1, len(curve) // 200)
     info = {"steps": cfg.steps, "seconds": round(seconds, 1), "seed": cfg.seed,
