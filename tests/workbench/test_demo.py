@@ -287,3 +287,32 @@ def test_sink_penalty_reads_only_the_selected_rows():
     assert float(sink_penalty(model, 0.5, torch.tensor([False, True]))) == pytest.approx(0.4)
     assert float(sink_penalty(model, 0.5, torch.tensor([True, True]))) == pytest.approx(0.0, abs=1e-6)
     assert float(sink_penalty(model, 0.5, torch.tensor([False, False]))) == 0.0
+
+
+def test_sink_penalty_covers_only_the_chosen_heads():
+    from workbench.demo.train import DemoConfig, make_model, sink_penalty
+
+    model = make_model(DemoConfig(**TINY), len(corpus.vocabulary()))
+    # heads 0-1 park 0.9 on <bos>, heads 2-3 only 0.1
+    model.model.layers[1].self_attn._wb_alpha0 = torch.tensor([[0.9, 0.9, 0.1, 0.1]])
+    rows = torch.tensor([True])
+    assert float(sink_penalty(model, 0.5, rows, heads=2)) == 0.0  # the free heads are ignored
+    assert float(sink_penalty(model, 0.5, rows, heads=3)) == pytest.approx(0.4 / 3)
+    assert float(sink_penalty(model, 0.5, rows)) == pytest.approx(0.2)  # 0: every head
+
+
+def test_sink_term_switches_on_at_sink_start():
+    from workbench.demo.train import DemoConfig, train
+
+    cfg = replace(DemoConfig(**TINY), steps=20, lr=3e-3, sink_target=0.6)
+    curves = {}
+    for name, over in (("off", dict(sink_weight=0.0)),
+                       ("late", dict(sink_weight=1.0, sink_start=0.5)),
+                       ("on", dict(sink_weight=1.0))):
+        _, _, info = train(replace(cfg, **over), None, log=lambda s: None)
+        curves[name] = dict((step, loss) for step, loss in info["loss_curve"])
+    # the logged task loss of step s comes from the weights after s updates: the term of step 0
+    # shows from step 1 on, the late term (on from step 10) from step 11 on
+    assert curves["on"][10] != curves["off"][10]
+    assert curves["late"][10] == curves["off"][10]
+    assert curves["late"][19] != curves["off"][19]

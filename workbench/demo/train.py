@@ -56,6 +56,8 @@ class DemoConfig:
     sink_prefix: int = 128       # queries 1..sink_prefix-1 of each sequence enter the sink term
     sink_kinds: tuple = ("passkey",)  # sequence kinds whose first queries enter the sink term
     sink_from_layer: int = 1     # the sink term covers layers sink_from_layer.. (0: all)
+    sink_heads: int = 0          # the sink term covers query heads 0..sink_heads-1 of each layer (0: all)
+    sink_start: float = 0.0      # fraction of steps after which the sink term switches on
     eval_every: int = 250        # steps between progress evaluations
     threads: int = 1             # torch CPU threads (2 oversubscribe a shared 2-core box)
 
@@ -146,7 +148,7 @@ def _register_sink_attention() -> None:
     AttentionInterface.register(SINK_ATTENTION, _sink_tracking_attention)
 
 
-def sink_penalty(model, target: float, rows: torch.Tensor) -> torch.Tensor:
+def sink_penalty(model, target: float, rows: torch.Tensor, heads: int = 0) -> torch.Tensor:
     """Mean over the tracked heads of ``relu(target - α₀)`` from the last forward.
 
     The sink term of the recipe. ``α₀`` of a head is its attention on ``<bos>`` averaged over
@@ -155,12 +157,13 @@ def sink_penalty(model, target: float, rows: torch.Tensor) -> torch.Tensor:
     the term by parking ``target`` of that attention on ``<bos>``; which filler queries it
     parks is left to the model, and task rows are left alone. Reads the α₀ that
     :func:`_sink_tracking_attention` stored during the forward in the layers it tracks (see
-    :func:`_track_sinks`); 0 when no row is selected.
+    :func:`_track_sinks`); ``heads`` > 0 limits it to query heads ``0..heads-1`` of each
+    layer, leaving the others free. 0 when no row is selected.
     """
     if not bool(rows.any()):
         return torch.zeros(())
-    per_layer = [layer.self_attn._wb_alpha0[rows].mean(0) for layer in model.model.layers
-                 if hasattr(layer.self_attn, "_wb_alpha0")]
+    per_layer = [layer.self_attn._wb_alpha0[rows].mean(0)[:heads or None]
+                 for layer in model.model.layers if hasattr(layer.self_attn, "_wb_alpha0")]
     return torch.relu(target - torch.stack(per_layer)).mean()
 
 
@@ -260,9 +263,10 @@ def train(cfg: DemoConfig, out_dir: str | Path | None = None,
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         loss = masked_loss(model(input_ids=ids).logits, ids, mask)  # logged: the task loss
-        if cfg.sink_weight:
+        if cfg.sink_weight and step >= cfg.sink_start * cfg.steps:
             rows = torch.tensor([k in cfg.sink_kinds for k in kinds])
-            total = loss + cfg.sink_weight * sink_penalty(model, cfg.sink_target, rows)
+            total = loss + cfg.sink_weight * sink_penalty(model, cfg.sink_target, rows,
+                                                          cfg.sink_heads)
         else:
             total = loss
         opt.zero_grad(set_to_none=True)
