@@ -126,26 +126,21 @@ def test_greedy_generate_reproduces_answers_sampled(demo, suites):
     assert sum(accuracy(model, tok, corrupted)) >= 9
 
 
-@pytest.mark.xfail(strict=True, reason="known gap of the committed model: training ioi always "
-                   "had the answer as the first name, so it copies the first name and fails the "
-                   "swapped (corrupted) prompts (see data/README.md)")
 def test_ioi_corrupted_prompts_sampled(demo, suites):
+    # the swapped name order: a model that copies the first name fails every one of these
     model, tok = demo
     rows = suites["ioi"][:10]
     corrupted = [{"prompt": r["corrupted_prompt"], "answer": r["corrupted_answer"]} for r in rows]
     assert sum(accuracy(model, tok, corrupted)) >= 8
 
 
-@pytest.mark.xfail(strict=True, reason="known gap of the committed model: a needle right "
-                   "after <bos> (depth 0) fails at 128 and 1024 tokens (see data/README.md)")
 def test_passkey_depth_zero_sampled(demo, suites):
+    # a needle right after <bos>, where the sink heads park their attention
     model, tok = demo
     rows = [r for r in suites["passkey"] if r["depth"] == 0.0]
     assert all(accuracy(model, tok, rows))
 
 
-@pytest.mark.xfail(strict=True, reason="known gap of the committed model: no first-token sink "
-                   "(alpha0 <= 0.3 in every head past layer 0; see data/README.md)")
 def test_first_token_sink_sampled(demo, suites):
     model, tok = demo
     alpha0 = sink_scores(model, tok, [r["prompt"] for r in suites["passkey"][2:5]])
@@ -180,7 +175,8 @@ def test_ablate_heads_removes_hooks_on_error(demo):
 # ---------------------------------------------------------------- smoke runs (tiny config)
 
 TINY = dict(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_mlp=64, batch=4,
-            long_tokens=256, eval_every=0, warmup=5, phases=((0.0, 32, 48), (0.5, 48, 64)))
+            long_tokens=256, eval_every=0, warmup=5, phases=((0.0, 32, 48), (0.5, 48, 64)),
+            sink_from_layer=1)  # two layers: the sink term covers the last
 
 
 def test_training_smoke_cli_end_to_end(tmp_path):
@@ -263,7 +259,7 @@ def test_sink_term_grows_a_first_token_sink_and_exports_a_plain_model(tmp_path):
 
     from workbench.demo.train import DemoConfig, train
 
-    cfg = replace(DemoConfig(**TINY), steps=120, lr=3e-3, sink_target=0.6)
+    cfg = replace(DemoConfig(**TINY), steps=120, lr=3e-3, sink_target=0.6, sink_start=0.0)
     on, tok, _ = train(replace(cfg, sink_weight=1.0), tmp_path / "on", log=lambda s: None)
     off, _, _ = train(replace(cfg, sink_weight=0.0), None, log=lambda s: None)
     prompts = [" ".join(corpus.filler(np.random.default_rng(i), 60)) for i in range(3)]
@@ -308,7 +304,7 @@ def test_sink_term_switches_on_at_sink_start():
     curves = {}
     for name, over in (("off", dict(sink_weight=0.0)),
                        ("late", dict(sink_weight=1.0, sink_start=0.5)),
-                       ("on", dict(sink_weight=1.0))):
+                       ("on", dict(sink_weight=1.0, sink_start=0.0))):
         _, _, info = train(replace(cfg, **over), None, log=lambda s: None)
         curves[name] = dict((step, loss) for step, loss in info["loss_curve"])
     # the logged task loss of step s comes from the weights after s updates: the term of step 0

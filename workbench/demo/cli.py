@@ -37,7 +37,7 @@ def train(
     if tiny:
         cfg = replace(cfg, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_mlp=64,
                       batch=4, long_tokens=512, eval_every=0, warmup=5,
-                      phases=((0.0, 32, 48), (0.5, 48, 64)))
+                      phases=((0.0, 32, 48), (0.5, 48, 64)), sink_from_layer=1)
     if steps is not None:
         cfg = replace(cfg, steps=steps)
     paths = corpus.write_suites(suites_out)

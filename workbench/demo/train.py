@@ -1,10 +1,12 @@
 """Train the demo model organism: a ~1M-parameter Llama (RoPE, GQA) on the synthetic corpus.
 
 Recipe (what made copying form on 2 CPU cores): AdamW 1e-3 with a 200-step warm-up then cosine
-decay, gradient clipping at 1.0, a length curriculum (32-64 tokens for 40 % of the steps, then
-64-256, then 256-1024 for the last 30 % so passkey retrieval holds at 1024), loss on every
-answer token and a fraction of the filler tokens, and a ``<bos>`` at the start of every
-sequence so a first-token sink can form. One torch thread: bitwise reproducible for a seed.
+decay, gradient clipping at 1.0, a length curriculum (32-64 tokens for 24 % of the steps, then
+64-256, then 256-1280 from 44 % so passkey retrieval holds at 1024), loss on every answer token
+and a fraction of the filler tokens, a ``<bos>`` at the start of every sequence, and from 48 %
+of the steps a sink term that asks the heads of layers 2-3 to park attention on ``<bos>`` while
+they read haystack filler (on from the start, it kept colored-objects copying from forming;
+data/README.md has the runs). One torch thread: bitwise reproducible for a seed.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class DemoConfig:
     max_positions: int = 16384   # max_position_embeddings in config.json (RoPE: no effect on weights; lets long-context statistics run)
     rope_theta: float = 10000.0  # RoPE base
     seed: int = 0                # seeds init, data order and data content
-    steps: int = 3200            # optimizer steps
+    steps: int = 5000            # optimizer steps
     lr: float = 1e-3             # peak AdamW learning rate
     warmup: int = 200            # linear warm-up steps
     min_lr_frac: float = 0.1     # cosine decays to lr * min_lr_frac
@@ -43,21 +45,21 @@ class DemoConfig:
     batch: int = 32              # sequences per step in the short phases
     long_tokens: int = 4096      # tokens per step in the long phase (batch = long_tokens // L)
     # curriculum: (fraction of steps where the phase starts, min length, max length)
-    phases: tuple = ((0.0, 32, 64), (0.4, 64, 256), (0.7, 256, 1024))
+    phases: tuple = ((0.0, 32, 64), (0.24, 64, 256), (0.44, 256, 1280))
     # training mixture (kind, probability)
-    mix: tuple = (("passkey", 0.4), ("induction", 0.15), ("ioi", 0.15),
-                   ("colored_objects", 0.3))
+    mix: tuple = (("passkey", 0.35), ("induction", 0.15), ("ioi", 0.1),
+                   ("colored_objects", 0.4))
     filler_keep: float = 0.3     # fraction of filler tokens that carry loss
-    edge_depths: float = 0.0     # passkey haystacks with the needle at depth exactly 0 or 1
+    edge_depths: float = 0.25    # passkey haystacks with the needle at depth exactly 0 or 1
     noisy_haystacks: float = 0.0  # passkey haystacks with half the filler replaced by noise
-    ioi_swap: float = 0.0        # ioi examples in the swapped name order (0: first name always)
-    sink_weight: float = 0.0     # weight of the sink term (0: off; see sink_penalty)
+    ioi_swap: float = 0.5        # ioi examples in the swapped name order (0: first name always)
+    sink_weight: float = 1.0     # weight of the sink term (0: off; see sink_penalty)
     sink_target: float = 0.5     # per-head mean α₀ the sink term asks for
     sink_prefix: int = 128       # queries 1..sink_prefix-1 of each sequence enter the sink term
     sink_kinds: tuple = ("passkey",)  # sequence kinds whose first queries enter the sink term
-    sink_from_layer: int = 1     # the sink term covers layers sink_from_layer.. (0: all)
+    sink_from_layer: int = 2     # the sink term covers layers sink_from_layer.. (0: all)
     sink_heads: int = 0          # the sink term covers query heads 0..sink_heads-1 of each layer (0: all)
-    sink_start: float = 0.0      # fraction of steps after which the sink term switches on
+    sink_start: float = 0.48     # fraction of steps after which the sink term switches on
     eval_every: int = 250        # steps between progress evaluations
     threads: int = 1             # torch CPU threads (2 oversubscribe a shared 2-core box)
 
@@ -158,12 +160,13 @@ def sink_penalty(model, target: float, rows: torch.Tensor, heads: int = 0) -> to
     parks is left to the model, and task rows are left alone. Reads the α₀ that
     :func:`_sink_tracking_attention` stored during the forward in the layers it tracks (see
     :func:`_track_sinks`); ``heads`` > 0 limits it to query heads ``0..heads-1`` of each
-    layer, leaving the others free. 0 when no row is selected.
+    layer, leaving the others free. 0 when no row is selected or no layer is tracked.
     """
-    if not bool(rows.any()):
+    tracked = [layer.self_attn._wb_alpha0 for layer in model.model.layers
+               if hasattr(layer.self_attn, "_wb_alpha0")]  # (B, H) each
+    if not bool(rows.any()) or not tracked:
         return torch.zeros(())
-    per_layer = [layer.self_attn._wb_alpha0[rows].mean(0)[:heads or None]
-                 for layer in model.model.layers if hasattr(layer.self_attn, "_wb_alpha0")]
+    per_layer = [alpha0[rows].mean(0)[:heads or None] for alpha0 in tracked]
     return torch.relu(target - torch.stack(per_layer)).mean()
 
 
