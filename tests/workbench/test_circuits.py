@@ -171,11 +171,10 @@ def test_demo_circuit_is_faithful_and_beats_random_heads(demo, demo_circuits, ta
     # faithfulness: the copy is spread over several heads below the 0.1 threshold (the threshold
     # circuit keeps 0.77 of ioi's logit difference, 0.48 of colored_objects'), so grow the
     # circuit along the activation-patching ranking; a quarter of the heads must be enough
-    ranked = frame.reindex(frame["effect"].abs().sort_values(ascending=False).index)
-    ranked = [tuple(map(int, h)) for h in ranked[["layer", "head"]].values]
     budget = demo.n_layers * demo.n_heads // 4
     size = next((n for n in range(len(heads), budget + 1)
-                 if wb.circuit_faithfulness(demo, task, ranked[:n], ablation="corrupted")["faithfulness"] > 0.8), None)
+                 if wb.circuit_faithfulness(demo, task, frame.assign(in_circuit=C.select(frame["effect"], top_n=n)),
+                                            ablation="corrupted")["faithfulness"] > 0.8), None)
     print(f"{task}: the top {size} heads by effect keep > 0.8 of the logit difference (resample ablation)")
     assert size is not None and size <= budget
 

@@ -19,6 +19,7 @@ import torch
 from workbench.demo import corpus
 from workbench.demo.evaluate import (ablate_heads, accuracy, greedy_generate, load_demo,
                                      sink_scores, sink_share)
+from workbench.demo.train import TINY  # the CLI's --tiny model
 from workbench.errors import WorkbenchError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,11 +174,6 @@ def test_ablate_heads_removes_hooks_on_error(demo):
 
 
 # ---------------------------------------------------------------- smoke runs (tiny config)
-
-TINY = dict(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_mlp=64, batch=4,
-            long_tokens=256, eval_every=0, warmup=5, phases=((0.0, 32, 48), (0.5, 48, 64)),
-            sink_from_layer=1)  # two layers: the sink term covers the last
-
 
 def test_training_smoke_cli_end_to_end(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer

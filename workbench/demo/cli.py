@@ -31,13 +31,11 @@ def train(
     from dataclasses import replace
 
     from workbench.demo import corpus
-    from workbench.demo.train import DemoConfig, train as run_train, write_report
+    from workbench.demo.train import TINY, DemoConfig, train as run_train, write_report
 
     cfg = DemoConfig(seed=seed)
     if tiny:
-        cfg = replace(cfg, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_mlp=64,
-                      batch=4, long_tokens=512, eval_every=0, warmup=5,
-                      phases=((0.0, 32, 48), (0.5, 48, 64)), sink_from_layer=1)
+        cfg = replace(cfg, **TINY)
     if steps is not None:
         cfg = replace(cfg, steps=steps)
     paths = corpus.write_suites(suites_out)

@@ -64,6 +64,12 @@ class DemoConfig:
     threads: int = 1             # torch CPU threads (2 oversubscribe a shared 2-core box)
 
 
+# a tiny model for smoke runs (`workbench demo train --tiny`) and tests; two layers, so the sink
+# term covers the last one
+TINY = dict(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_mlp=64, batch=4, long_tokens=512,
+            eval_every=0, warmup=5, phases=((0.0, 32, 48), (0.5, 48, 64)), sink_from_layer=1)
+
+
 def make_model(cfg: DemoConfig, vocab_size: int):
     """A freshly initialised ``LlamaForCausalLM`` for ``cfg`` (seeded by ``cfg.seed``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -257,16 +263,19 @@ def train(cfg: DemoConfig, out_dir: str | Path | None = None,
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params:,} parameters; {cfg.steps} steps; seed {cfg.seed}")
     monitor_rows = _monitor_rows(cfg.seed)
-    if cfg.sink_weight:
-        attn_before = _track_sinks(model, cfg.sink_from_layer, cfg.sink_prefix)
+    # the sink term's first step; α₀ is tracked from there on (before it nothing would read it)
+    sink_from = math.ceil(cfg.sink_start * cfg.steps) if cfg.sink_weight else None
+    attn_before = None  # set while α₀ is tracked
     curve, monitor, ema = [], [], None
     t0 = time.time()
     for step in range(cfg.steps):
+        if step == sink_from:
+            attn_before = _track_sinks(model, cfg.sink_from_layer, cfg.sink_prefix)
         ids, mask, kinds = make_batch(cfg, step, vocab)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         loss = masked_loss(model(input_ids=ids).logits, ids, mask)  # logged: the task loss
-        if cfg.sink_weight and step >= cfg.sink_start * cfg.steps:
+        if attn_before is not None:
             rows = torch.tensor([k in cfg.sink_kinds for k in kinds])
             total = loss + cfg.sink_weight * sink_penalty(model, cfg.sink_target, rows,
                                                           cfg.sink_heads)
@@ -295,7 +304,7 @@ def train(cfg: DemoConfig, out_dir: str | Path | None = None,
             log(f"step {step:5d}  loss {ema:.3f}  len {ids.shape[1]:4d}x{ids.shape[0]:2d}  "
                 f"{time.time() - t0:6.0f}s")
     model.eval()
-    if cfg.sink_weight:  # export a plain model: default attention, no training attributes
+    if attn_before is not None:  # export a plain model: default attention, no training attributes
         _untrack_sinks(model, attn_before)
     seconds = time.time() - t0
     stride = max(1, len(curve) // 200)
