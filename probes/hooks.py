@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -57,7 +57,6 @@ def record(bridge, names: NameFilter, *, detach: bool = True, to_cpu: bool = Fal
         >>> store["blocks.0.attn.hook_pattern"].shape  # (batch, head, query, key)
     """
     store: dict[str, torch.Tensor] = {}
-    added: list[tuple[object, object]] = []
 
     def make_hook(name: str):
         def hook(activation, hook=None):  # noqa: ARG001 - TransformerLens passes the hook point
@@ -67,15 +66,42 @@ def record(bridge, names: NameFilter, *, detach: bool = True, to_cpu: bool = Fal
 
         return hook
 
-    try:
-        for name in hook_names(bridge, names):
-            point = bridge.hook_dict[name]
-            added.append((point, point.add_hook(make_hook(name))))
+    with attach(bridge, {name: make_hook(name) for name in hook_names(bridge, names)}):
         yield store
+
+
+@contextmanager
+def attach(bridge=None, hooks: Mapping[str, Callable] | None = None, *,
+           pre_hooks: Iterable[tuple[torch.nn.Module, Callable]] = ()) -> Iterator[None]:
+    """The one way the workbench attaches hooks: all are removed on exit, also when the forward
+    (or attaching a later hook) raises.
+
+    Args:
+        bridge: a ``TransformerBridge`` for ``hooks``.
+        hooks: ``{hook name: fn(activation, hook=None) -> activation | None}`` on the bridge's
+            hook points (exact names; see `hook_names` for patterns).
+        pre_hooks: ``(module, fn(module, args) -> args | None)`` torch forward pre-hooks, for
+            plain Hugging Face modules.
+    Raises:
+        WorkbenchError: a hook name that is not a hook point of the bridge.
+    """
+    added: list[tuple[object, object]] = []
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        for name, fn in (hooks or {}).items():
+            if bridge is None or name not in bridge.hook_dict:
+                raise WorkbenchError(f"hook name {name!r} is not a hook point of this bridge")
+            point = bridge.hook_dict[name]
+            added.append((point, point.add_hook(fn)))
+        for module, fn in pre_hooks:
+            handles.append(module.register_forward_pre_hook(fn))
+        yield
     finally:
         for point, handle in added:
             handle.hook.remove()
             point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
+        for handle in handles:
+            handle.remove()
 
 
 def active_hook_count(bridge) -> int:

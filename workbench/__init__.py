@@ -10,14 +10,15 @@ from workbench.analyze import analyze
 from workbench.analyzers import ANALYZERS, Analyzer, register
 from workbench.analyzers.summary import head_summary
 from workbench.analyzers.circuits import circuit, circuit_agreement, circuit_faithfulness, circuit_overlap, task_metric
-from workbench.analyzers.retrieval import ablate, niah_grid, retrieval_scores
+from workbench.analyzers.retrieval import niah_grid, retrieval_scores
 from workbench.analyzers.saliency import saliency_alignment, token_attributions
 from workbench.analyzers.importance import head_importance, pruning_curve
 from workbench.analyzers.patterns import head_patterns
 from workbench.analyzers.sinks import hidden_sinks, massive_activations, secondary_sinks, sink_scores, sink_share, token_sinks
 from workbench.capture import capture_patterns, capture_stats
 from workbench.errors import WorkbenchError
-from workbench.heads import ablate_heads, head_mask, head_means
+from workbench.heads import HeadEdit, ablate_heads, edit_heads, head_mask, head_means, patch_heads, record_heads
+from workbench.heads import ablate_heads as ablate  # the short name: wb.ablate(model, heads)
 from workbench.models import SOURCES, ModelHandle, load_model
 from workbench.prompts import load_prompts
 from workbench.report import report  # wb.report(run, "report.html")
@@ -25,6 +26,7 @@ from workbench.run import Run
 
 __all__ = [
     "ANALYZERS", "SOURCES", "ablate", "ablate_heads", "analyze", "Analyzer", "capture_patterns",
+    "edit_heads", "HeadEdit", "patch_heads", "record_heads",
     "capture_stats", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap",
     "head_importance", "head_mask", "head_means", "head_patterns", "head_summary", "hidden_sinks",
     "load_model", "load_prompts", "massive_activations", "ModelHandle", "niah_grid",

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
-from workbench.heads import check_heads, edit_heads
+from workbench.heads import ablate_heads, check_heads, edit_heads, record_heads
 from workbench.errors import WorkbenchError
 
 TASKS = ("ioi", "colored_objects")
@@ -114,15 +114,6 @@ def _mean_ld(model, groups, which: str = "clean", edit_for=None) -> float:
     return total / count
 
 
-def _record(model, ids) -> dict[int, torch.Tensor]:
-    store: dict[int, torch.Tensor] = {}
-
-    def edit(layer, z):
-        store[layer] = z.detach().clone()
-
-    with torch.no_grad(), edit_heads(model, edit):
-        model.hf_model(input_ids=ids)
-    return store  # {layer: (batch, pos, head, d_head)}
 
 
 def task_metric(model, task, *, ablate=None) -> dict:
@@ -132,12 +123,10 @@ def task_metric(model, task, *, ablate=None) -> dict:
         ``{"logit_diff", "accuracy", "n"}``; accuracy = share of examples whose top next token
         is the answer's first token.
     """
-    from workbench.analyzers.retrieval import ablate as zero_heads
-
     groups = encode_task(model, task)
     heads = [] if ablate is None else check_heads(model, ablate)
     total, hits, count = 0.0, 0, 0
-    with torch.no_grad(), zero_heads(model, heads):
+    with torch.no_grad(), ablate_heads(model, heads):
         for group in groups:
             last = model.hf_model(input_ids=group.clean).logits[:, -1]  # (batch, vocab)
             rows = torch.arange(len(last))
@@ -235,7 +224,7 @@ def circuit(model, task, method: str = "attribution_patching", *, top_n: int | N
     if abs(gap) < 1e-6:
         raise WorkbenchError(f"clean and corrupted prompts give the same logit difference ({ld_clean:.3g}); "
                              "effects relative to their gap are undefined")
-    clean_z = [_record(model, g.clean) for g in groups]
+    clean_z = [record_heads(model, g.clean) for g in groups]
     if method == "activation_patching":
         raw = (_activation_effects(model, groups, clean_z) - ld_corrupt) / gap
     else:
@@ -283,7 +272,7 @@ def circuit_faithfulness(model, task, circuit_frame, *, ablation: str = "mean") 
     every = {(l, h) for l in range(model.n_layers) for h in range(model.n_heads)}
     refs = []  # per group: {layer: (batch or 1, pos, head, d_head)}
     for g in groups:
-        clean, corrupt = _record(model, g.clean), _record(model, g.corrupt)
+        clean, corrupt = record_heads(model, g.clean), record_heads(model, g.corrupt)
         refs.append(corrupt if ablation == "corrupted" else
                     {l: torch.cat([clean[l], corrupt[l]]).mean(0, keepdim=True) for l in clean})
 

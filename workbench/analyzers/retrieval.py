@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
-from workbench.heads import check_heads, edit_heads
+from workbench.heads import ablate_heads, check_heads
 from workbench.errors import WorkbenchError
 
 THRESHOLD = 0.1  # Wu et al. 2024: a retrieval head has retrieval score > 0.1
@@ -209,37 +209,6 @@ def retrieval_scores(model, trials=None, *, mode: str = "teacher_forced", thresh
 
 
 # -- ablation and the NIAH grid -----------------------------------------------------------
-@contextmanager
-def ablate(model, heads) -> Iterator[None]:
-    """Zero the outputs of ``heads`` in every ``model.hf_model`` forward inside the block.
-
-    Args:
-        heads: ``(layer, head)`` pairs, or a frame with ``layer, head`` (rows with
-            ``is_retrieval`` / ``in_circuit`` True when that column is present).
-    The head's ``d_head`` slice of the attention output projection's input (``hook_z``) is set
-    to zero (Wu et al. mask retrieval heads this way) in both forwards a handle runs: the plain
-    ``model.hf_model`` (generation, accuracy; a pre-hook on the output projection) and the
-    bridge (`workbench.heads.ablate_heads` on ``hook_z``). Hooks are removed on exit.
-    """
-    from workbench.heads import ablate_heads
-
-    chosen = check_heads(model, heads)
-    by_layer: dict[int, list[int]] = defaultdict(list)
-    for layer, head in chosen:
-        by_layer[layer].append(head)
-
-    def edit(layer, z):  # z: (batch, pos, head, d_head)
-        if layer not in by_layer:
-            return None
-        z = z.clone()
-        z[:, :, by_layer[layer]] = 0
-        return z
-
-    with edit_heads(model, edit), ablate_heads(model, chosen):
-        yield
-
-
-_ablate = ablate  # niah_grid's keyword shadows the name
 
 
 @contextmanager
@@ -268,7 +237,7 @@ def niah_grid(model, trials=None, ablate=None) -> pd.DataFrame:  # noqa: A002 - 
     rows = read_trials(trials, required=("prompt", "answer", "context_length", "depth"))
     encode_trials(model, rows)  # validates needles and lengths
     heads = [] if ablate is None else check_heads(model, ablate)
-    with _sdpa(model), _ablate(model, heads):
+    with _sdpa(model), ablate_heads(model, heads):
         hits = accuracy(model.hf_model, model.tokenizer, rows)
     frame = pd.DataFrame({"context_length": [r["context_length"] for r in rows],
                           "depth": [float(r["depth"]) for r in rows], "hit": hits})

@@ -6,8 +6,10 @@ decoding of ``len(answer tokens)`` tokens (greedy reproduces the answer iff each
 is the next answer token), and costs one forward. :func:`greedy_generate` is the literal
 ``model.generate`` version for spot checks.
 
-Heads are ablated by a forward pre-hook on ``model.layers[L].self_attn.o_proj`` that zeroes the
-head's ``d_head`` slice of the concatenated head outputs (``(B, T, n_heads * d_head)``).
+Heads are ablated with the workbench's one head-editing mechanism (`workbench.heads`), applied
+to the plain HF model: a forward pre-hook on ``model.layers[L].self_attn.o_proj`` zeroes the
+head's ``d_head`` slice of the concatenated head outputs (``(B, T, n_heads * d_head)``). Every
+other measurement here is plain transformers code, independent of the analyses it checks.
 """
 
 from __future__ import annotations
@@ -118,35 +120,14 @@ def sink_share(alpha0: np.ndarray, threshold: float = 0.3) -> float:
 
 @contextlib.contextmanager
 def ablate_heads(model, heads: Iterable[Head]) -> Iterator[None]:
-    """Zero the outputs of ``heads`` (list of ``(layer, head)``) inside the ``with`` block.
+    """Zero the outputs of ``heads`` (list of ``(layer, head)``) of a plain HF model inside the
+    ``with`` block: `workbench.heads.ablate_heads` at the output projection's input (its
+    ``d_head`` slice of the concatenated head outputs). Hooks are removed on exit, even when the
+    forward raises."""
+    from workbench.heads import ablate_heads as ablate
 
-    A forward pre-hook on each layer's ``self_attn.o_proj`` zeroes the head's d_head slice of
-    its input; the hooks are removed on exit, even when the forward raises.
-    """
-    cfg = model.config
-    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        if not (0 <= layer < cfg.num_hidden_layers and 0 <= head < cfg.num_attention_heads):
-            raise WorkbenchError(f"head ({layer}, {head}) out of range; expected layer < "
-                                 f"{cfg.num_hidden_layers} and head < {cfg.num_attention_heads}")
-        by_layer.setdefault(layer, []).append(head)
-
-    def make_hook(hs: list[int]):
-        def hook(module, args):
-            x = args[0].clone()  # (B, T, n_heads * d_head)
-            for h in hs:
-                x[..., h * d_head:(h + 1) * d_head] = 0
-            return (x, *args[1:])
-        return hook
-
-    handles = [model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(make_hook(hs))
-               for layer, hs in by_layer.items()]
-    try:
+    with ablate(model, heads, site="hf"):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _needle_digit_positions(ids: list[int], tok, n: int) -> list[int]:
