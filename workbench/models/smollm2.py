@@ -59,7 +59,7 @@ def available() -> bool:
     return importlib.util.find_spec(PACKAGE) is not None
 
 
-def cached_dir(*, announce=sys.stderr) -> Path:
+def cached_dir(*, announce=None) -> Path:
     """The cached Hugging Face directory of SmolLM2, built from the GGUF if absent or damaged.
 
     Args:
@@ -70,6 +70,7 @@ def cached_dir(*, announce=sys.stderr) -> Path:
     Raises:
         WorkbenchError: the package is missing, or the cache directory cannot be written.
     """
+    announce = announce or sys.stderr
     gguf = gguf_path()
     digest = sha256(gguf)
     entry = cache_root() / "smollm2" / digest
@@ -99,13 +100,14 @@ def damage(entry: Path, digest: str) -> str | None:
     files = record.get("files")
     if not isinstance(files, dict) or not {"config.json", "model.safetensors"} <= set(files):
         return f"{SIDECAR} lists no weights"
-    for name, facts in files.items():
+    for name, facts in files.items():  # cheap checks first, then the hashes
         path = entry / name
         if not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != facts.get("size"):
             return f"{name} has {path.stat().st_size} bytes, {facts.get('size')} recorded (truncated?)"
-        if sha256(path) != facts.get("sha256"):
+    for name, facts in files.items():
+        if sha256(entry / name) != facts.get("sha256"):
             return f"{name} does not match its recorded sha256"
     return None
 
