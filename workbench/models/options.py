@@ -89,7 +89,7 @@ def parse_placement(device_map: Any, max_memory: Any, offload_folder: Any, devic
                 raise WorkbenchError(f"{label}= needs device_map= (e.g. device_map='auto'); got {label}={value!r} alone")
         return {}
     if device is not None:
-        raise WorkbenchError(f"device={device!r} and device_map= are exclusive: give one "
+        raise WorkbenchError(f"device={str(device)!r} and device_map= are exclusive: give one "
                              "(device_map places every module itself)")
     if isinstance(device_map, str):
         if device_map not in DEVICE_MAP_STRATEGIES:
