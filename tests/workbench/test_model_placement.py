@@ -79,3 +79,13 @@ def test_offload_folder_must_be_a_directory(tmp_path):
     file.write_text("x")
     with pytest.raises(wb.WorkbenchError, match=r"offload_folder .* is a file: expected a directory"):
         wb.load_model("demo", device_map="auto", offload_folder=file)
+
+
+def test_in_memory_disk_offload_needs_a_folder():
+    hf = tiny_models.hf_model("llama")
+    with pytest.raises(wb.WorkbenchError, match=r"on 'disk': give offload_folder="):
+        wb.load_model("t", hf_model=hf, tokenizer=tiny_models.tokenizer("llama"),
+                      device_map={"": "disk"})
+    with pytest.raises(wb.WorkbenchError, match=r"cannot place the model with device_map=\{'model.nothing'"):
+        wb.load_model("t", hf_model=hf, tokenizer=tiny_models.tokenizer("llama"),
+                      device_map={"model.nothing": "cpu"})

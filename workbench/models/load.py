@@ -118,8 +118,6 @@ def load_model(
 
 
 def _load_in_memory(name, hf_model, tokenizer, *, device, dtype, placement) -> ModelHandle:
-    from transformers import AutoTokenizer
-
     if not isinstance(hf_model, torch.nn.Module) or not hasattr(hf_model, "config"):
         raise WorkbenchError(f"hf_model must be a transformers model (a torch Module with .config); "
                              f"got {type(hf_model).__name__}")

@@ -104,10 +104,19 @@ def dispatch(model, placement: dict):
     """Spread an in-memory twin over devices and disk with Accelerate (``device_map`` etc.)."""
     from accelerate import dispatch_model, infer_auto_device_map
 
+    from workbench.errors import WorkbenchError
+
     device_map = placement["device_map"]
     if isinstance(device_map, str):
         device_map = infer_auto_device_map(model, max_memory=placement.get("max_memory"),
                                            no_split_module_classes=getattr(model, "_no_split_modules", None))
-    dispatch_model(model, device_map=device_map, offload_dir=placement.get("offload_folder"))
+    if "disk" in device_map.values() and not placement.get("offload_folder"):
+        raise WorkbenchError("device_map puts modules of an in-memory model on 'disk': give offload_folder= "
+                             "(a directory for their weights)")
+    try:
+        dispatch_model(model, device_map=device_map, offload_dir=placement.get("offload_folder"))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise WorkbenchError(f"Accelerate cannot place the model with device_map={device_map!r}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     model.hf_device_map = dict(device_map)
     return model
