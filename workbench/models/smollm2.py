@@ -79,10 +79,10 @@ def cached_dir(*, announce=None) -> Path:
         return entry
     if problem is not None:
         print(f"workbench: the cached smollm2 copy in {entry} is damaged ({problem}); rebuilding it from "
-              f"{gguf.name} (about 20 s)", file=announce, flush=True)
+              f"{gguf.name} (up to a minute)", file=announce, flush=True)
     else:
-        print(f"workbench: dequantizing {gguf.name} once into {entry} (about 20 s; later loads take "
-              "a few seconds)", file=announce, flush=True)
+        print(f"workbench: dequantizing {gguf.name} once into {entry} (up to a minute; later "
+              "loads take a few seconds)", file=announce, flush=True)
     build(gguf, digest, entry)
     return entry
 
