@@ -9,13 +9,18 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from workbench.analyzers import ANALYZERS
+from workbench.checks import choice
 from workbench.errors import WorkbenchError
 from workbench.prompts import load_prompts
 from workbench.run import Run
 
 
+ENGINES = ("local", "ray")
+
+
 def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | None = None,
-            progress: bool = True) -> Run:
+            progress: bool = True, engine: str = "local", ray_address: str | None = None,
+            concurrency: int | None = None, batch_size: int | None = None) -> Run:
     """Run the registered analyses and store each as a table of one run.
 
     Args:
@@ -26,6 +31,15 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | N
             already holds are kept and not recomputed.
         analyses: names from `ANALYZERS` (default: all that apply to the model).
         progress: show a progress bar.
+        engine: ``"local"`` (this process) or ``"ray"``: the per-prompt analyses
+            (`workbench.distributed.TABLES`) run on Ray Data actors that each load the model from
+            its source name or directory, and land as Parquet shards, one folder per table and
+            one sub-folder per prompt batch; an interrupted job resumes with the shards that
+            landed. The other analyses run here, as with ``"local"``. Needs the ``ray`` extra.
+        ray_address: the Ray cluster to join (``"head:6379"``, ``"ray://head:10001"``, ``"auto"``);
+            None starts a local Ray. The manifest records which.
+        concurrency: Ray actors (default: one per GPU, else the cluster's CPUs - 1).
+        batch_size: prompts per Ray batch and shard (default `workbench.distributed.BATCH_SIZE`).
     Returns:
         The `Run`. Analyses that do not apply to the model (e.g. causal-only ones on an
         encoder) are recorded in ``run.manifest["skipped"]`` with the reason.
@@ -38,8 +52,25 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | N
     unknown = [n for n in names if n not in ANALYZERS]
     if unknown:
         raise WorkbenchError(f"unknown analysis {unknown[0]!r}: expected one of {sorted(ANALYZERS)}")
+    choice("engine", engine, ENGINES)
+    if engine != "ray":
+        for option, value in (("ray_address", ray_address), ("concurrency", concurrency), ("batch_size", batch_size)):
+            if value is not None:
+                raise WorkbenchError(f"{option}={value!r} needs engine='ray'; got engine={engine!r}")
+    else:
+        from workbench import distributed
+
+        distributed.require_ray()
+        distributed.actor_source(model)  # an in-memory model fails before anything is written
     run = Run.create(out, model=model, prompts=prompts)
     todo = [n for n in names if n not in run]
+    if engine == "ray":
+        on_ray = [n for n in todo if n in distributed.TABLES and not ANALYZERS[n].applies(model)]
+        if on_ray:
+            distributed.run_tables(model, prompts, run, on_ray, address=ray_address, concurrency=concurrency,
+                                   batch_size=distributed.BATCH_SIZE if batch_size is None else batch_size,
+                                   progress=progress)
+            todo = [n for n in todo if n not in on_ray]
     bar = tqdm(todo, desc="analyses", unit="analysis", disable=not progress)
     for name in bar:
         analyzer = ANALYZERS[name]

@@ -49,14 +49,28 @@ def analyze(
     model: str = typer.Option("demo", "--model", help="demo, smollm2, minilm, a local HF directory or a hub id."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help=".jsonl (field 'prompt') or .txt, one a line."),
     analysis: Optional[list[str]] = typer.Option(None, "--analysis", help="Only these analyses (repeatable)."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray: per-prompt analyses on Ray Data actors, "
+                               "written as Parquet shards (pip install 'attention-workbench[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (head:6379, "
+                                              "ray://head:10001, auto); default: start a local Ray."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Ray actors (default: one per GPU, "
+                                              "else the cluster's CPUs - 1)."),
 ) -> None:
     """Run every registered analysis on a model and prompts into a run directory."""
     import workbench as wb
+    from workbench.analyze import ENGINES
+    from workbench.checks import choice
 
+    choice("engine", engine, ENGINES)  # fail before loading the model
+    if engine == "ray":
+        from workbench.distributed import require_ray
+
+        require_ray()
     texts = wb.load_prompts(prompts) if prompts is not None else None  # fail before loading the model
     handle = wb.load_model(model)
     out = out or Path("runs") / Path(model).name
-    run = wb.analyze(handle, texts, out=out, analyses=analysis or None)
+    run = wb.analyze(handle, texts, out=out, analyses=analysis or None, engine=engine, ray_address=ray_address,
+                     concurrency=concurrency)
     typer.echo(f"wrote run {run.path} with tables: {', '.join(run.tables)}")
     for name, reason in run.manifest.get("skipped", {}).items():
         typer.echo(f"skipped {name}: {reason}")

@@ -177,14 +177,46 @@ class Run:
         """
         if name not in self.manifest["tables"]:
             raise WorkbenchError(f"run {str(self.path)!r} has no table {name!r}; it has {self.tables}")
-        file = self.path / self.manifest["tables"][name]["file"]
+        entry = self.manifest["tables"][name]
+        file = self.path / entry["file"]
         try:
+            if entry.get("shards") is not None:  # a folder of Parquet shards, one per prompt batch
+                from workbench import shards
+
+                return shards.read(file, entry["shards"], entry["columns"])
             return pd.read_parquet(file)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for broken files
             raise WorkbenchError(
                 f"table {name!r} of run {str(self.path)!r} is damaged or missing ({file.name}: "
                 f"{type(exc).__name__}); re-run the analysis to rewrite it"
             ) from None
+
+    def add_sharded_table(self, name: str, *, shards: list[str], columns: list[str], rows: int, mode: str,
+                          engine: dict, backend: str | None = None, seconds: float | None = None,
+                          params: dict | None = None) -> None:
+        """Record a table whose shards already landed in ``<run>/<name>/<shard>/`` (see
+        `workbench.shards`); the driver calls this once every shard is there.
+
+        Args:
+            shards: the shard folder names in prompt order; `table` reads them as one frame.
+            columns: the table's columns, in order.
+            engine: which engine and cluster wrote the shards (``name``, ``cluster``, ``address``, ...).
+        """
+        if not _TABLE_NAME.match(name or ""):
+            raise WorkbenchError(f"table name {name!r} is invalid: expected lower-case letters, digits and _")
+        self.manifest["tables"][name] = {
+            "file": name,
+            "shards": list(shards),
+            "rows": int(rows),
+            "columns": [str(c) for c in columns],
+            "capture_mode": mode,
+            "backend": backend,
+            "engine": engine,
+            "seconds": None if seconds is None else round(float(seconds), 3),
+            "params": params or {},
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self._write_manifest()
 
     def _write_manifest(self) -> None:
         text = json.dumps(self.manifest, indent=2, sort_keys=False)

@@ -1,0 +1,234 @@
+"""The Ray engine of `analyze`: equal to the local engine row for row, shards that resume, clear errors.
+
+One small local Ray serves the whole module (two CPUs, no dashboard); actors take one CPU each,
+one at a time, since Ray Data stalls when actors hold every CPU.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import workbench as wb
+from tests import tiny_models
+from workbench import shards
+from workbench.models import REPO_ROOT, data_dir
+from workbench.prompts import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+RAY_OPTIONS = dict(engine="ray", concurrency=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The module's local Ray: its GCS address (subprocess jobs join it there)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, object_store_memory=96 * 2**20, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return wb.load_model("demo")
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    """48 demo prompts (24 indirect-object, 24 colored-objects: several lengths each)."""
+    suites = data_dir() / "suites"
+    return ([r["prompt"] for r in read_jsonl(suites / "ioi.jsonl")[:24]]
+            + [r["prompt"] for r in read_jsonl(suites / "colored_objects.jsonl")[:24]])
+
+
+@pytest.fixture(scope="module")
+def local_stats(demo, prompts):
+    return wb.capture_stats(demo, prompts)
+
+
+def _landed(table_dir: Path) -> dict[str, tuple[int, int]]:
+    """{shard name: (inode, mtime_ns)} of every shard folder that holds a Parquet file."""
+    out = {}
+    for folder in sorted(p for p in table_dir.glob("*") if p.is_dir()):
+        files = shards.shard_files(folder)
+        if files:
+            st = files[0].stat()
+            out[folder.name] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+def _assert_equal(got: pd.DataFrame, want: pd.DataFrame):
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True),
+                                  check_exact=False, atol=1e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def ray_run(cluster, demo, prompts, tmp_path_factory):
+    """The 48 prompts analysed on Ray in batches of 8 (6 shards); tests change copies only."""
+    out = tmp_path_factory.mktemp("ray") / "run"
+    wb.analyze(demo, prompts, out=out, analyses=["capture_stats"], batch_size=8, **RAY_OPTIONS)
+    return out
+
+
+def _copy(run: Path, to: Path) -> Path:
+    """A copy of a run without the sharded table in its manifest, as a job killed before its
+    manifest update leaves the run."""
+    shutil.copytree(run, to)
+    manifest = json.loads((to / "manifest.json").read_text())
+    del manifest["tables"]["capture_stats"]
+    (to / "manifest.json").write_text(json.dumps(manifest))
+    return to
+
+
+def test_capture_stats_equals_the_local_engine(cluster, ray_run, demo, prompts, local_stats, tmp_path):
+    local = wb.analyze(demo, prompts, out=tmp_path / "local", analyses=["capture_stats"], progress=False)
+    run = wb.Run.open(ray_run)
+    got = run.table("capture_stats")
+    assert len(got) == len(prompts) * demo.n_layers * demo.n_heads
+    _assert_equal(got, local.table("capture_stats"))  # row for row, same dtypes, numbers to 1e-6
+    _assert_equal(got, local_stats)
+    entry = run.manifest["tables"]["capture_stats"]
+    assert entry["shards"] == [s.name for s in shards.plan(48, 8)] == sorted(entry["shards"])
+    assert entry["rows"] == len(got) and entry["columns"] == list(local_stats.columns)
+    engine = entry["engine"]
+    assert engine["name"] == "ray" and engine["cluster"] == "connected" and engine["address"] == cluster
+    assert engine["per_actor"] == {"num_cpus": 1} and engine["actors"] == 1 and engine["shards_written"] == 6
+    for name in entry["shards"]:  # one Parquet file per prompt batch, holding exactly its prompts
+        (file,) = shards.shard_files(ray_run / "capture_stats" / name)
+        first, last = map(int, name.split("-"))
+        assert set(pd.read_parquet(file).prompt_id) == set(range(first, last + 1))
+    assert "capture_stats" in local.manifest["tables"] and "engine" not in local.manifest["tables"]["capture_stats"]
+
+
+def test_rerun_writes_only_missing_and_damaged_shards(cluster, ray_run, demo, prompts, local_stats, tmp_path):
+    out = _copy(ray_run, tmp_path / "run")
+    table = out / "capture_stats"
+    before = _landed(table)
+    gone, cut = "000008-000015", "000032-000039"
+    for file in shards.shard_files(table / gone):
+        file.unlink()
+    (file,) = shards.shard_files(table / cut)
+    file.write_bytes(file.read_bytes()[:200])  # a write cut short: no Parquet footer
+
+    run = wb.analyze(demo, prompts, out=out, analyses=["capture_stats"], batch_size=8, **RAY_OPTIONS)
+    after = _landed(table)
+    assert set(after) == set(before)
+    assert {n for n in before if after[n] == before[n]} == set(before) - {gone, cut}  # the rest untouched
+    assert after[gone] != before[gone] and after[cut][0] != before[cut][0]
+    engine = run.manifest["tables"]["capture_stats"]["engine"]
+    assert engine["shards_written"] == 2 and engine["shards_kept"] == 4
+    _assert_equal(run.table("capture_stats"), local_stats)
+
+
+def test_shards_of_another_batch_size_are_refused(ray_run, demo, prompts, tmp_path):
+    """Resuming a table whose shards came from another batch size is refused; nothing is deleted."""
+    out = _copy(ray_run, tmp_path / "run")
+    before = _landed(out / "capture_stats")
+    with pytest.raises(wb.WorkbenchError, match=r"holds shard '000000-000007' \(batches of 8 prompts\?\)"):
+        wb.analyze(demo, prompts, out=out, analyses=["capture_stats"], batch_size=4, **RAY_OPTIONS)
+    assert _landed(out / "capture_stats") == before and len(before) == 6
+
+
+_JOB = """
+import sys, workbench as wb
+from workbench.models import data_dir
+from workbench.prompts import read_jsonl
+suites = data_dir() / "suites"
+prompts = ([r["prompt"] for r in read_jsonl(suites / "ioi.jsonl")[:24]]
+           + [r["prompt"] for r in read_jsonl(suites / "colored_objects.jsonl")[:24]])
+wb.analyze(wb.load_model("demo"), prompts, out=sys.argv[1], analyses=["capture_stats"], engine="ray",
+           ray_address=sys.argv[2], concurrency=1, batch_size=4, progress=False)
+"""
+
+
+def _job(out: Path, address: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen([sys.executable, "-c", _JOB, str(out), address], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_job_resumes_from_its_shards_on_the_cluster(cluster, local_stats, tmp_path):
+    """A job that joined the cluster is killed after some shards landed; a second job writes
+    only the others, and its manifest says which cluster made them."""
+    out = tmp_path / "run"
+    table = out / "capture_stats"
+    job = _job(out, cluster)
+    deadline = time.monotonic() + 240
+    while len(_landed(table)) < 2:
+        assert job.poll() is None, f"the job ended before it could be killed: {job.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, "no shard landed in 240 s"
+        time.sleep(0.02)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    landed, still = _landed(table), None
+    while still != landed:  # let writes already in flight finish before taking stock
+        time.sleep(2.0)
+        still, landed = landed, _landed(table)
+    plan = [s.name for s in shards.plan(48, 4)]
+    assert 2 <= len(landed) < len(plan) and "capture_stats" not in json.loads((out / "manifest.json").read_text())["tables"]
+
+    again = _job(out, cluster)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    after = _landed(table)
+    assert sorted(after) == plan
+    assert all(after[n] == landed[n] for n in landed)  # kept: same inode, same mtime
+    run = wb.Run.open(out)
+    engine = run.manifest["tables"]["capture_stats"]["engine"]
+    assert engine["cluster"] == "joined" and engine["address"] == engine["requested_address"] == cluster
+    assert engine["shards_kept"] == len(landed) and engine["shards_written"] == len(plan) - len(landed)
+    _assert_equal(run.table("capture_stats"), local_stats)
+
+
+def test_cli_engine_ray(cluster, tmp_path, capsys):
+    from workbench.cli import main
+
+    (tmp_path / "p.txt").write_text("\n".join(["Alice met Bob", "the red cup", "one two three four"]))
+    with pytest.raises(SystemExit) as done:
+        main(["analyze", "--engine", "ray", "--concurrency", "1", "--analysis", "capture_stats",
+              "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "run")])
+    assert done.value.code in (0, None), capsys.readouterr().err
+    run = wb.Run.open(tmp_path / "run")
+    assert run.manifest["tables"]["capture_stats"]["engine"]["name"] == "ray"
+    assert sorted(run.table("capture_stats").prompt_id.unique()) == [0, 1, 2]
+
+
+def test_bad_engine_options(cluster, demo, tmp_path):
+    prompts = ["Alice met Bob", "the red cup"]
+    hf = tiny_models.hf_model("llama")
+    in_memory = wb.load_model("tiny", hf_model=hf, tokenizer=tiny_models.tokenizer("llama"))
+    with pytest.raises(wb.WorkbenchError, match=r"in memory \(hf_model=\).*save_pretrained"):
+        wb.analyze(in_memory, ["w1 w2"], out=tmp_path / "a", analyses=["capture_stats"], **RAY_OPTIONS)
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+    bad = [
+        (dict(engine="spark"), r"unknown engine 'spark'"),
+        (dict(ray_address="head:6379"), r"ray_address='head:6379' needs engine='ray'"),
+        (dict(concurrency=2), r"concurrency=2 needs engine='ray'"),
+        (dict(engine="ray", concurrency=0), r"concurrency must be an int >= 1; got 0"),
+        (dict(engine="ray", concurrency=True), r"concurrency must be an int; got the bool True"),
+        (dict(engine="ray", concurrency=1, batch_size=-3), r"batch_size must be an int >= 1; got -3"),
+        (dict(engine="ray", concurrency=2), r"concurrency=2 CPU actors would take every CPU .* \(2\)"),
+        (dict(engine="ray", ray_address="10.9.9.9:1"), r"already connected to Ray at .*ray_address='10.9.9.9:1'"),
+    ]
+    for i, (options, message) in enumerate(bad):
+        with pytest.raises(wb.WorkbenchError, match=message):
+            wb.analyze(demo, prompts, out=tmp_path / f"r{i}", analyses=["capture_stats"], progress=False, **options)
+
+
+def test_missing_ray_names_the_extra(demo, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
+    with pytest.raises(wb.WorkbenchError, match=r"engine='ray' needs Ray Data.*attention-workbench\[ray\]"):
+        wb.analyze(demo, ["Alice met Bob"], out=tmp_path / "r", analyses=["capture_stats"], engine="ray")
+    assert not (tmp_path / "r").exists()
+    local = wb.analyze(demo, ["Alice met Bob"], out=tmp_path / "local", analyses=["capture_stats"], progress=False)
+    assert local.tables == ["capture_stats"]  # everything else works without Ray

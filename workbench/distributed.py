@@ -1,0 +1,300 @@
+"""The Ray engine of `analyze`: per-prompt analyses on Ray Data actors, written as Parquet shards
+straight into one run (DESIGN.md "Scale beyond one machine"; no home-made scheduler).
+
+Flow: the prompts become a Ray Dataset with one block per prompt batch (`workbench.shards.plan`);
+``map_batches`` runs `CaptureActor`, a callable class that loads the model once per actor from its
+source name or directory (never a pickled model from the driver) and turns each batch into tidy
+rows of numbers; ``write_parquet`` writes them to ``<run>/<table>/<batch>/``. The driver records
+the tables in the manifest only after every shard has landed. Batches whose shard already landed
+are not recomputed, so a job that was interrupted resumes where it stopped.
+
+Ray is an optional extra: ``pip install "attention-workbench[ray]"`` (Ray Data).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import pandas as pd
+
+from workbench import shards as shard_store
+from workbench.checks import positive_int
+from workbench.errors import WorkbenchError
+
+EXTRA = 'pip install "attention-workbench[ray]"'
+
+#: Prompts per batch, i.e. per shard (the unit of resuming).
+BATCH_SIZE = 16
+
+#: Object store of a Ray started here: the shards hold tidy numbers, not tensors.
+LOCAL_OBJECT_STORE = 256 * 2**20
+
+#: The sources an actor loads by name; any other source must be a directory every node can read.
+_NAMED = ("demo", "smollm2", "minilm")
+
+#: Environment the actors need to behave as the driver does (offline hub, quiet tokenizers).
+_ENV = ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
+
+
+def _capture_stats(model, prompts) -> pd.DataFrame:
+    from workbench.capture import capture_stats
+
+    return capture_stats(model, prompts)
+
+
+#: The analyses the Ray engine runs batch by batch: ``fn(model, prompts) -> frame`` with a
+#: ``prompt_id`` column (0-based within the batch) and one or more rows per prompt.
+TABLES: dict[str, Callable[..., pd.DataFrame]] = {"capture_stats": _capture_stats}
+
+
+def require_ray():
+    """Import Ray Data, or fail with the extra to install."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise WorkbenchError(f"engine='ray' needs Ray Data, an optional extra that is not installed: {EXTRA}") from None
+    return ray
+
+
+def actor_source(model) -> str:
+    """The source each actor loads the model from: a named source, a hub id, or an absolute directory.
+
+    Raises:
+        WorkbenchError: an in-memory model (``hf_model=``), which actors cannot load.
+    """
+    source = model.source
+    if source == "in-memory":
+        raise WorkbenchError(
+            f"engine='ray' loads the model in every actor from its source name or directory, and "
+            f"{model.name!r} was given in memory (hf_model=): save it with model.save_pretrained(DIR) and "
+            f"tokenizer.save_pretrained(DIR), then wb.load_model(DIR); or use engine='local'"
+        )
+    if source in _NAMED:
+        return source
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
+# -- the actor -------------------------------------------------------------------------------
+class CaptureActor:
+    """Ray Data's callable class: one model per actor, one prompt batch per call.
+
+    Args:
+        source: what `actor_source` returned; loaded with `workbench.load_model`.
+        dtype: the driver's weight dtype (``"float32"``, ...), so both compute alike.
+        tables: the `TABLES` names to compute for each batch.
+        expect: the driver model's shape facts; a different model on a worker is refused.
+    """
+
+    def __init__(self, source: str, dtype: str, tables: Sequence[str], expect: dict):
+        import torch
+
+        import workbench as wb
+
+        device = "cuda" if torch.cuda.is_available() else None  # Ray shows each GPU actor its own GPU
+        self.model = wb.load_model(source, dtype=dtype, device=device)
+        facts = _facts(self.model)
+        if facts != expect:
+            raise WorkbenchError(f"the actor loaded {source!r} as {facts}, not the driver's model {expect}: "
+                                 "every node must see the same model files")
+        self.tables = list(tables)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """One shard: ``batch`` has ``prompt_id, prompt, shard``; returns every table's rows for
+        it with the global ``prompt_id`` and the partition columns ``table, shard``."""
+        import numpy as np
+
+        ids = batch["prompt_id"].to_numpy()
+        prompts = [p if isinstance(p, str) else [int(t) for t in p] for p in batch["prompt"]]
+        frames = []
+        for name in self.tables:
+            frame = TABLES[name](self.model, prompts)
+            frame["prompt_id"] = ids[frame["prompt_id"].to_numpy()]  # batch-local -> run-wide ids
+            frame["table"] = name
+            frames.append(frame)
+        out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        out["shard"] = np.asarray(batch["shard"])[0]
+        return out
+
+
+def _facts(model) -> dict:
+    return {"name": model.name, "n_layers": model.n_layers, "n_heads": model.n_heads,
+            "n_kv_heads": model.n_kv_heads, "d_head": model.d_head,
+            "vocab": int(model.hf_model.config.vocab_size)}
+
+
+# -- the cluster -----------------------------------------------------------------------------
+@contextmanager
+def connect(address: str | None, *, concurrency: int | None) -> Iterator[dict]:
+    """Ray for one job: join ``address``, reuse this process's connection, or start a local Ray.
+
+    A Ray started or joined here is shut down (disconnected) on exit; one this process was
+    already connected to is left as it was.
+
+    Yields:
+        What the manifest records: ``cluster`` (``"local"`` started here, ``"joined"`` at an
+        address, ``"connected"`` already), ``address`` (the GCS address), ``nodes``, ``resources``
+        (``CPU``, ``GPU``), ``ray`` (version).
+    """
+    ray = require_ray()
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise WorkbenchError(f"ray_address must be a cluster address like 'ray://head:10001', 'head:6379' or "
+                             f"'auto'; got {address!r}")
+    started = False
+    if ray.is_initialized():
+        mode = "connected"
+        current = ray.get_runtime_context().gcs_address
+        if address not in (None, "auto") and address.split("://")[-1] != current:
+            raise WorkbenchError(f"this process is already connected to Ray at {current!r}, not ray_address="
+                                 f"{address!r}: call ray.shutdown() first or pass that address")
+    elif address is None:
+        mode = "local"
+        cpus = max(os.cpu_count() or 1, (concurrency or 1) + 1)  # one CPU left for Ray Data's write tasks
+        ray.init(address="local", num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE,
+                 include_dashboard=False, logging_level=logging.WARNING)
+        started = True
+    else:
+        mode = "joined"
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise WorkbenchError(f"cannot join the Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from None
+        started = True
+    try:
+        resources = ray.cluster_resources()
+        yield {
+            "cluster": mode,
+            "address": ray.get_runtime_context().gcs_address,
+            "requested_address": address,
+            "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+            "resources": {k: float(resources.get(k, 0)) for k in ("CPU", "GPU")},
+            "ray": ray.__version__,
+        }
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _per_actor(resources: dict, concurrency: int | None) -> tuple[dict, int]:
+    """One GPU per actor where the cluster has GPUs, else one CPU; and how many actors."""
+    gpus, cpus = int(resources["GPU"]), int(resources["CPU"])
+    if gpus:
+        return {"num_gpus": 1}, concurrency or gpus
+    concurrency = concurrency or max(1, cpus - 1)
+    if concurrency >= cpus:
+        raise WorkbenchError(f"concurrency={concurrency} CPU actors would take every CPU of the Ray cluster "
+                             f"({cpus}) and Ray Data stalls with none left for its write tasks: use at most "
+                             f"{max(cpus - 1, 1)}, or a cluster with more CPUs")
+    return {"num_cpus": 1}, concurrency
+
+
+# -- the job ---------------------------------------------------------------------------------
+def run_tables(model, prompts: list, run, names: Sequence[str], *, address: str | None = None,
+               concurrency: int | None = None, batch_size: int = BATCH_SIZE, progress: bool = True) -> dict:
+    """Compute the tables ``names`` on Ray and record them in ``run`` as sharded tables.
+
+    Args:
+        model: the driver's `ModelHandle` (its source is what actors load).
+        prompts: the run's prompts (strings or token-id lists), already validated.
+        run: the `Run` to write into.
+        names: a subset of `TABLES`.
+        address: a Ray cluster address; None starts a local Ray (or reuses this process's).
+        concurrency: number of actors (default: one per GPU, else CPUs - 1).
+        batch_size: prompts per shard.
+        progress: show Ray Data's progress bars.
+    Returns:
+        ``{"written": [shard names], "kept": [shard names], "engine": manifest engine record}``.
+    Raises:
+        WorkbenchError: Ray not installed, an in-memory model, a bad option, a failed actor.
+    """
+    names = list(names)
+    unknown = [n for n in names if n not in TABLES]
+    if unknown:
+        raise WorkbenchError(f"engine='ray' cannot compute {unknown[0]!r}: it runs {sorted(TABLES)}")
+    batch_size = positive_int("batch_size", batch_size)
+    if concurrency is not None:
+        concurrency = positive_int("concurrency", concurrency)
+    source = actor_source(model)
+    require_ray()
+    plan = shard_store.plan(len(prompts), batch_size)
+    for name in names:
+        shard_store.check_names(run.path / name, plan, batch_size=batch_size)
+    kept = [s for s in plan if all(shard_store.landed(run.path / n, s) for n in names)]
+    todo = [s for s in plan if s not in kept]
+    start = time.perf_counter()
+    with connect(address, concurrency=concurrency) as cluster:
+        per_actor, actors = _per_actor(cluster["resources"], concurrency)
+        engine = {"name": "ray", **cluster, "actors": actors, "per_actor": per_actor, "batch_size": batch_size}
+        if todo:
+            for shard in todo:  # a cut write leaves a partial shard: it is written anew, whole
+                for name in names:
+                    shard_store.discard(run.path / name, shard)
+            actors = min(actors, len(todo))  # no actor without a batch to compute
+            engine["actors"] = actors
+            _execute(model, source, prompts, todo, names, run.path, per_actor, actors, progress)
+    missing = [s.name for s in plan if not all(shard_store.landed(run.path / n, s) for n in names)]
+    if missing:
+        raise WorkbenchError(f"the Ray job ended without shard(s) {missing[:3]} of {names}: run it again to resume")
+    seconds = time.perf_counter() - start
+    engine.update(shards_written=len(todo), shards_kept=len(kept))
+    for name in names:
+        rows, columns = _table_facts(run.path / name, plan)
+        run.add_sharded_table(name, shards=[s.name for s in plan], columns=columns, rows=rows, mode="stream",
+                              backend="triton" if "num_gpus" in per_actor else "reference", engine=engine,
+                              seconds=seconds, params={"batch_size": batch_size})
+    return {"written": [s.name for s in todo], "kept": [s.name for s in kept], "engine": engine}
+
+
+def _execute(model, source, prompts, todo, names, root: Path, per_actor: dict, actors: int, progress: bool) -> None:
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
+    blocks = [pd.DataFrame({"prompt_id": list(s.prompt_ids), "prompt": [prompts[i] for i in s.prompt_ids],
+                            "shard": s.name}) for s in todo]  # one block per shard
+    env = {k: os.environ[k] for k in _ENV if k in os.environ}
+    dtype = str(next(model.hf_model.parameters()).dtype).removeprefix("torch.")
+    dataset = ray.data.from_pandas(blocks).map_batches(
+        CaptureActor, fn_constructor_kwargs={"source": source, "dtype": dtype, "tables": names,
+                                             "expect": _facts(model)},
+        batch_size=None, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=actors),
+        runtime_env={"env_vars": env}, **per_actor)
+    try:
+        dataset.write_parquet(str(root), partition_cols=["table", "shard"], partitioning_flavor=None)
+    except Exception as exc:  # noqa: BLE001 - Ray wraps the actor's error in its own types
+        cause = _workbench_cause(exc)
+        if cause is not None:
+            raise WorkbenchError(str(cause)) from None
+        raise
+
+
+def _workbench_cause(exc: BaseException) -> WorkbenchError | None:
+    """The `WorkbenchError` an actor raised, from inside Ray's wrappers (``cause`` / ``__cause__``)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, WorkbenchError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def _table_facts(table_dir: Path, plan) -> tuple[int, list[str]]:
+    """Rows over all shards and the table's own columns (its non-null ones in the first shard)."""
+    import pyarrow.parquet as pq
+
+    rows, columns = 0, None
+    for shard in plan:
+        file = shard_store.shard_files(table_dir / shard.name)[0]
+        rows += pq.read_metadata(file).num_rows
+        if columns is None:
+            table = pq.read_table(file)
+            columns = [c for c in table.column_names if table.column(c).null_count < len(table)]
+    return rows, columns
