@@ -70,8 +70,8 @@ def test_serve_without_argument_reuses_a_complete_demo_run(tmp_path, monkeypatch
 
     monkeypatch.setattr(wb, "load_model", no_model)
     run = make_run(tmp_path / "runs" / "demo", source="demo")  # every registered table...
-    run.manifest["skipped"] = {n: "fixture" for n in wb.ANALYZERS if n not in run}  # ...or its reason
-    run._write_manifest()
+    for name in [n for n in wb.ANALYZERS if n not in run]:  # ...or its reason
+        run.mark_skipped(name, "fixture")
     assert _serve(["--port", str(_free_port())], capsys)[0] == 0
     assert calls[0].server.config["WORKBENCH_ROOT"] == str((tmp_path / "runs" / "demo").resolve())
 
