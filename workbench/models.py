@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from workbench.checks import integer
 from workbench.errors import WorkbenchError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -146,12 +147,14 @@ class ModelHandle:
         return self.tokenizer.convert_ids_to_tokens(ids)
 
     def check_layer(self, layer: int) -> int:
-        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+        layer = integer("layer", layer)  # numpy ints pass; bools, floats and strings do not
+        if not 0 <= layer < self.n_layers:
             raise WorkbenchError(f"layer {layer!r} is out of range: {self.name} has layers 0..{self.n_layers - 1}")
         return layer
 
     def check_head(self, head: int) -> int:
-        if not isinstance(head, int) or not 0 <= head < self.n_heads:
+        head = integer("head", head)
+        if not 0 <= head < self.n_heads:
             raise WorkbenchError(f"head {head!r} is out of range: {self.name} has heads 0..{self.n_heads - 1}")
         return head
 
