@@ -56,17 +56,23 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | s
             print(f"table {name!r} of run {str(run.path)!r} cannot be trusted ({run.problem(name)}): "
                   "computing it again", file=sys.stderr)
     todo = [n for n in names if n not in run or run.problem(n)]
+    bar = tqdm(total=len(todo), desc="analyses", unit="analysis", disable=not progress)
     try:
-        with tqdm(todo, desc="analyses", unit="analysis", disable=not progress) as bar:
-            for name in bar:
-                bar.set_postfix_str(name)
-                _one(run, ANALYZERS[name], model, prompts)
-    except KeyboardInterrupt:
+        for name in todo:  # not `in bar`: its generator would close the bar (leaving it) before we can clear it
+            bar.set_postfix_str(name)
+            _one(run, ANALYZERS[name], model, prompts)
+            bar.update()
+    except BaseException as exc:
+        bar.leave = False  # a failed or interrupted run ends in its one-line message, not a half bar
+        bar.close()
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
         run.refresh()
         kept = [n for n in names if n in run and not run.problem(n)]
         raise RunInterrupted(
             f"interrupted: run {str(run.path)!r} keeps {len(kept)} of {len(names)} analyses; "
             "run the same command again to resume (finished tables are not recomputed)") from None
+    bar.close()
     return run
 
 

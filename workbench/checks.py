@@ -91,7 +91,8 @@ def names(name: str, value: Any, options: Iterable[str]) -> list[str]:
     chosen = [value] if isinstance(value, str) else list(value)
     if not chosen:
         raise WorkbenchError(f"{name} is empty: expected at least one of {options}")
-    one = name[:-2] + "is" if name.endswith("ses") else name[:-1] if name.endswith("s") else name  # analyses: analysis
+    one = (name[:-2] + "is" if name.endswith("ses") else  # analyses: analysis
+           name[:-1] if name.endswith("s") and not name.endswith(("is", "ss")) else name)
     for item in chosen:
         if item not in options:
             raise WorkbenchError(f"unknown {one} {item!r}: expected one of {options}")
