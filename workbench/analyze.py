@@ -43,14 +43,14 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | s
         WorkbenchError: bad prompts or analysis names, or a run at ``out`` made from other
             prompts or with another model. `RunInterrupted` (a KeyboardInterrupt) on Ctrl-C.
     """
-    prompts_file = None
+    source = None  # where the prompts came from (restore commands name it)
     if prompts is None or isinstance(prompts, (str, Path)):
-        prompts_file = None if prompts is None else str(Path(prompts).expanduser().resolve())
+        source = "default" if prompts is None else str(Path(prompts).expanduser().resolve())
         prompts = load_prompts(prompts, model=model)
     prompts = list(prompts)
     names = list(ANALYZERS) if analyses is None else check_names("analyses", analyses, ANALYZERS)
     model.to_tokens(prompts)  # validate before anything is written
-    run = Run.create(out, model=model, prompts=prompts, prompts_file=prompts_file)
+    run = Run.create(out, model=model, prompts=prompts, prompts_source=source)
     for name in names:
         if name in run and run.problem(name):
             print(f"table {name!r} of run {str(run.path)!r} cannot be trusted ({run.problem(name)}): "

@@ -131,7 +131,7 @@ class Run:
     # -- lifecycle ----------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, *, model: Any = None, prompts: Iterable[Any] = (), resume: bool = True,
-               prompts_file: str | None = None) -> "Run":
+               prompts_source: str | None = None) -> "Run":
         """Create a run directory (or resume the run already there when ``resume``).
 
         Args:
@@ -140,7 +140,8 @@ class Run:
                 manifest) or None.
             prompts: the prompts analysed (hashed into the manifest).
             resume: reopen an existing run with the same prompts and model instead of failing.
-            prompts_file: the file the prompts came from, if any (recorded, for restore commands).
+            prompts_source: where the prompts came from, for restore commands: ``"default"`` (the
+                model's default set), a prompt file's path, or None (given as a list).
         Raises:
             WorkbenchError: the directory exists and is not an empty dir or a run, a run there was
                 made from other prompts or with another model, or the directory is not writable.
@@ -170,7 +171,7 @@ class Run:
                 "model_fingerprint": fingerprint,
                 "prompts_hash": digest,
                 "n_prompts": len(prompts),
-                "prompts_file": prompts_file,
+                "prompts_source": prompts_source,
                 "versions": package_versions(),
                 "tables": {},
                 "skipped": {},
@@ -334,15 +335,15 @@ class Run:
     def restore_command(self, names: Iterable[str] = ()) -> str:
         """The command that computes tables ``names`` of this run again (all missing ones when
         empty): `workbench analyze` with the run's model source, prompt file and directory, or
-        the `wb.analyze` call for a model built in memory."""
+        the `wb.analyze` call for a model built in memory or prompts given as a list."""
         names = list(names)
         source = (self.manifest.get("model") or {}).get("source") or "demo"
-        if source == "in-memory":
+        prompts = self.manifest.get("prompts_source", "default")  # runs made before it was recorded: CLI defaults
+        if source == "in-memory" or prompts is None:
             listed = f", analyses={names!r}" if names else ""
             return f"wb.analyze(model, prompts, out={str(self.path)!r}{listed}) with the run's model and prompts"
-        prompts = self.manifest.get("prompts_file")
         parts = ["workbench analyze", "--model", shlex.quote(source), "--out", shlex.quote(str(self.path))]
-        parts += ["--prompts", shlex.quote(prompts)] if prompts else []
+        parts += ["--prompts", shlex.quote(prompts)] if prompts != "default" else []
         parts += [f"--analysis {n}" for n in names]
         return " ".join(parts)
 

@@ -169,7 +169,7 @@ def test_a_forged_head_is_a_message_not_a_500(app):
 
 
 def test_any_callback_failure_is_shown_in_the_page(app, monkeypatch):
-    import sys
+    from dashboards import data
 
     client = app.server.test_client()
     selection = {"id": "app-selection", "property": "data"}
@@ -187,10 +187,11 @@ def test_any_callback_failure_is_shown_in_the_page(app, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(sys.modules["dashboards.pages.overview"], "grid_figure", broken)
+    monkeypatch.setattr(data, "open_run", broken)  # (page modules may be re-imported by other apps; data is not)
     code, body = _post(client, "..overview-grid.figure...overview-error.children..",
                        [{"id": "overview-grid", "property": "figure"}, {"id": "overview-error", "property": "children"}],
-                       [{"id": "overview-score", "property": "value", "value": "{}"}],
+                       [{"id": "overview-score", "property": "value",
+                         "value": json.dumps({"table": "head_summary", "score": "entropy", "where": {}})}],
                        [{"id": "overview-run", "property": "data", "value": "full"}])
     assert code == 200  # an unexpected exception: its type in the page, the traceback in the server log
     assert json.loads(body)["sideUpdate"]["app-error"]["children"]["props"]["children"] == (

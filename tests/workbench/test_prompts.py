@@ -130,4 +130,5 @@ def test_analyze_records_the_prompt_file(tiny, tmp_path):
     model, _ = tiny
     path = _write(tmp_path, "p.json", b'["w1 w2 w3", "w4 w5"]')
     run = wb.analyze(model, path, out=tmp_path / "r", analyses="head_summary", progress=False)
-    assert run.manifest["prompts_file"] == str(path.resolve()) and run.manifest["n_prompts"] == 2
+    assert run.manifest["prompts_source"] == str(path.resolve()) and run.manifest["n_prompts"] == 2
+    assert run.restore_command(["sink_scores"]).startswith("wb.analyze(model, prompts")  # an in-memory model

@@ -278,21 +278,23 @@ def test_file_modes_follow_the_umask(tmp_path, umask, mode):
         assert (tmp_path / "r" / name).stat().st_mode & 0o777 == mode  # before: 0600 whatever the umask
 
 
-#: A writer that stops (is killed) while its temp file is open.
+#: A writer that stops (is killed) while its temp file is open. The package is stubbed so that
+#: only runfiles.py and errors.py load (not torch and every analyzer): it starts in a blink.
 STUCK_WRITER = """
-import sys, time
+import sys, time, types
 from pathlib import Path
+package = types.ModuleType("workbench")
+package.__path__ = [sys.argv[2]]
+sys.modules["workbench"] = package
 from workbench.runfiles import atomic_write
 atomic_write(Path(sys.argv[1]) / "scores.parquet", lambda tmp: (print(tmp, flush=True), time.sleep(120)))
 """
 
 
-@pytest.mark.slow
 def test_temp_files_of_killed_writers_are_removed_on_the_next_open(tmp_path):
     run = Run.create(tmp_path / "r", prompts=PROMPTS)
     run.add_table("scores", _frame())
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    writers = [subprocess.Popen([sys.executable, "-c", STUCK_WRITER, str(tmp_path / "r")], env=env,
+    writers = [subprocess.Popen([sys.executable, "-c", STUCK_WRITER, str(tmp_path / "r"), str(REPO / "workbench")],
                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
     temps = [Path(w.stdout.readline().strip()) for w in writers]
     try:
@@ -360,3 +362,20 @@ def test_misleading_run_messages(tmp_path):
         Run.open(tmp_path / ("a" * 300))
     with pytest.raises(wb.WorkbenchError, match="is a file: choose another --out"):
         Run.create(tmp_path / "file")
+
+
+def test_restore_command_names_the_model_prompts_and_run(tmp_path):
+    from types import SimpleNamespace
+
+    def made(name, source, prompts_source):
+        model = SimpleNamespace(name="m", source=source, architecture="X", n_layers=1, n_heads=1, n_kv_heads=1,
+                                d_head=4, n_ctx=8, is_causal=True)
+        return Run.create(tmp_path / name, model=model, prompts=PROMPTS, prompts_source=prompts_source)
+
+    assert made("a", "demo", "default").restore_command(["sink_scores", "niah"]) == (
+        f"workbench analyze --model demo --out {tmp_path / 'a'} --analysis sink_scores --analysis niah")
+    spaced = made("b c", "/models/my model", "/data/my prompts.jsonl")
+    assert spaced.restore_command() == (f"workbench analyze --model '/models/my model' --out '{tmp_path / 'b c'}' "
+                                        "--prompts '/data/my prompts.jsonl'")
+    assert made("d", "demo", None).restore_command(["x"]) == (
+        f"wb.analyze(model, prompts, out={str(tmp_path / 'd')!r}, analyses=['x']) with the run's model and prompts")
