@@ -51,11 +51,12 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | s
     names = list(ANALYZERS) if analyses is None else check_names("analyses", analyses, ANALYZERS)
     model.to_tokens(prompts)  # validate before anything is written
     run = Run.create(out, model=model, prompts=prompts, prompts_source=source)
-    for name in names:
-        if name in run and run.problem(name):
-            print(f"table {name!r} of run {str(run.path)!r} cannot be trusted ({run.problem(name)}): "
-                  "computing it again", file=sys.stderr)
-    todo = [n for n in names if n not in run or run.problem(n)]
+    problems = {n: run.problem(n) for n in names if n in run}  # None when intact
+    for name, why in problems.items():
+        if why:
+            print(f"table {name!r} of run {str(run.path)!r} cannot be trusted ({why}): computing it again",
+                  file=sys.stderr)
+    todo = [n for n in names if n not in run or problems[n]]
     bar = tqdm(total=len(todo), desc="analyses", unit="analysis", disable=not progress)
     try:
         for name in todo:  # not `in bar`: its generator would close the bar (leaving it) before we can clear it

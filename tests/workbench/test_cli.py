@@ -158,3 +158,16 @@ def test_read_only_run_directory_is_one_line(model_dir, tmp_path, capsys, monkey
                         r"\(the directory is not writable\); everything stored before is kept\n", err.rsplit("\r", 1)[-1])
     monkeypatch.setattr(os, "open", real_open)
     assert wb.Run.open(run_dir).tables == ["head_summary"]
+
+
+def test_good_sizes_reach_the_benchmarks_normalised(tmp_path, capsys, monkeypatch):
+    import kernels.bench
+    import workbench.bench
+
+    seen = []
+    monkeypatch.setattr(workbench.bench, "main", lambda argv: seen.append(("capture", argv)))
+    monkeypatch.setattr(kernels.bench, "main", lambda argv: seen.append(("kernels", argv)))
+    code, _, err = _cli(capsys, "bench", "--what", "all", "--sizes", " 512, 1024 ", "--out", str(tmp_path))
+    assert code == 0, err
+    assert [(what, argv[argv.index("--sizes") + 1]) for what, argv in seen] == [("capture", "512,1024"),
+                                                                              ("kernels", "512,1024")]
