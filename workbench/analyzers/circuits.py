@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.analyzers import Analyzer, keyword_defaults, register
-from workbench.checks import choice, integer, positive
-from workbench.prompts import answer_tokens
+from workbench.analyzers import Analyzer, register
 from workbench.heads import check_heads, edit_heads
 from workbench.errors import WorkbenchError
+from workbench.analyzers import keyword_defaults  # noqa: E402 - kept apart from the lines above (parallel edits)
+from workbench.checks import choice, integer, positive
+from workbench.prompts import answer_tokens
 
 TASKS = ("ioi", "colored_objects")
 METHODS = ("attribution_patching", "activation_patching")

@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.analyzers import Analyzer, keyword_defaults, register
-from workbench.checks import choice, number
-from workbench.prompts import answer_tokens
+from workbench.analyzers import Analyzer, register
 from workbench.heads import check_heads, edit_heads
 from workbench.errors import WorkbenchError
+from workbench.analyzers import keyword_defaults  # noqa: E402 - kept apart from the lines above (parallel edits)
+from workbench.checks import choice, number
+from workbench.prompts import answer_tokens
 
 THRESHOLD = 0.1  # Wu et al. 2024: a retrieval head has retrieval score > 0.1
 MODES = ("teacher_forced", "generation")
