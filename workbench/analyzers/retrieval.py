@@ -23,7 +23,7 @@ import torch
 from workbench.analyzers import Analyzer, register
 from workbench.heads import check_heads, edit_heads
 from workbench.errors import WorkbenchError
-from workbench.analyzers import keyword_defaults  # noqa: E402 - kept apart from the lines above (parallel edits)
+from workbench.analyzers import keyword_defaults
 from workbench.checks import choice, number
 from workbench.prompts import answer_tokens
 
