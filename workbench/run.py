@@ -82,7 +82,7 @@ def model_fingerprint(model: Any) -> dict | None:
         weights.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         if tensor.device.type != "meta":
             flat = tensor.reshape(-1).contiguous().cpu()
-            weights.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+            weights.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")  # the buffer, no copy
         n_parameters += tensor.numel()
     config = getattr(hf, "config", None)
     settings = config.to_dict() if hasattr(config, "to_dict") else {}
