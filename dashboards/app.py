@@ -1,14 +1,23 @@
-"""The Dash app: `create_app(folder)` over one run or a folder of runs (pages in dashboards/pages)."""
+"""The Dash app: `create_app(folder)` over one run or a folder of runs (pages in dashboards/pages).
+
+No request ends in an HTTP 500: an exception in any callback (a page's layout included) is
+shown as a message in the page (``app-error``); a `WorkbenchError` by its message, anything
+else by its type, with the traceback in the server log.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import socket
 from pathlib import Path
 
 import dash
 
-from dashboards import data, shell
+from dashboards import data, shell, views
 from workbench.errors import WorkbenchError
+
+log = logging.getLogger("dashboards")
 
 HERE = Path(__file__).resolve().parent
 
@@ -18,7 +27,8 @@ def create_app(runs_root_or_run: str | Path) -> dash.Dash:
     root = data.check_root(runs_root_or_run)
     app = dash.Dash("dashboards", use_pages=True, pages_folder=str(HERE / "pages"),
                     assets_folder=str(HERE / "assets"), title="Attention Workbench",
-                    suppress_callback_exceptions=True)  # pages add components the shell lacks
+                    suppress_callback_exceptions=True,  # pages add components the shell lacks
+                    on_error=callback_error)
     app.server.config[data.ROOT_KEY] = str(root)
     data.warm(root)
     pages = sorted(dash.page_registry.values(), key=lambda page: page["order"])
@@ -27,6 +37,32 @@ def create_app(runs_root_or_run: str | Path) -> dash.Dash:
     with app.server.test_request_context("/"):  # bind the pages' module-level callbacks to this
         app.server.preprocess_request()       # app now (Dash collects them at the first request)
     return app
+
+
+def callback_error(exc: Exception) -> None:
+    """Dash's ``on_error`` for every callback: show what went wrong in the page's ``app-error``
+    area and leave the callback's outputs as they were (no HTTP 500)."""
+    if isinstance(exc, WorkbenchError):
+        text = str(exc)
+    else:
+        log.error("callback %s failed", getattr(dash.callback_context, "triggered_id", None), exc_info=exc)
+        text = f"the server could not do this ({type(exc).__name__}: {str(exc)[:200]}); details are in the server log"
+    dash.set_props("app-error", {"children": views.message(text, "error")})
+    return None
+
+
+def beyond_loopback(host: str) -> bool:
+    """Whether binding ``host`` makes the app reachable from other machines (not 127.0.0.0/8, ::1
+    or a name that resolves only to those)."""
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return True
+    return not found or any(not ipaddress.ip_address(a.split("%")[0]).is_loopback for a in found)
 
 
 def check_port(host: str, port: int) -> None:

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from workbench.checks import integer
 from workbench.errors import WorkbenchError
 from workbench.run import Run, prompts_hash
 
@@ -26,6 +27,8 @@ from workbench.run import Run, prompts_hash
 ROOT_KEY = "WORKBENCH_ROOT"
 #: Model sources the app may load to compute patterns on demand (plus existing directories).
 NAMED_SOURCES = ("demo", "minilm")
+#: Longest run id accepted from an address, and longest folder name in it (bytes; most file systems' limit).
+MAX_RUN_ID, MAX_NAME = 1000, 255
 
 
 def served_root() -> Path:
@@ -88,21 +91,48 @@ def resolve_run(root: str | Path, run_id: str | None) -> Path:
     """
     base = Path(root).resolve()
     run_id = run_or_default(base, run_id) or "."
-    if not isinstance(run_id, str) or "\x00" in run_id or len(run_id) > 1000:
-        raise WorkbenchError("the run id in the address is malformed: pick a run from the list")
+    if (not isinstance(run_id, str) or "\x00" in run_id or len(run_id) > MAX_RUN_ID
+            or any(len(part.encode()) > MAX_NAME for part in run_id.split("/"))):
+        shown = f" {_short(run_id)!r}" if isinstance(run_id, str) else ""
+        raise WorkbenchError(f"the run id{shown} in the address is malformed (at most {MAX_RUN_ID} characters, "
+                             f"{MAX_NAME} bytes a folder name): pick a run from the list")
     if run_id.startswith(("/", "\\", "~")) or Path(run_id).is_absolute():
-        raise WorkbenchError(f"run id {run_id!r} is an absolute path: expected a run inside the served folder")
-    path = (base / run_id).resolve()
+        raise WorkbenchError(f"run id {_short(run_id)!r} is an absolute path: expected a run inside the served folder")
+    try:
+        path = (base / run_id).resolve()
+    except (OSError, RuntimeError):  # a symlink loop, a name the file system refuses
+        raise WorkbenchError(f"run id {_short(run_id)!r} cannot be resolved: pick a run from the list") from None
     if path != base and base not in path.parents:
-        raise WorkbenchError(f"run id {run_id!r} points outside the served folder: pick a run from the list")
+        raise WorkbenchError(f"run id {_short(run_id)!r} points outside the served folder: pick a run from the list")
     return path
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def head_index(name: str, value) -> int:
+    """A layer or head index from a callback input or the address (an int, or digits as text).
+
+    Raises:
+        WorkbenchError: anything else (a forged ``layer="abc"``, a negative number, a float).
+    """
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 6:
+        value = int(value)
+    if isinstance(value, str):
+        raise WorkbenchError(f"{name} {_short(value)!r} is not a {name} index: expected an int >= 0")
+    return integer(name, value, low=0)
 
 
 def open_run(root: str | Path, run_id: str | None) -> Run:
     """Open run ``run_id`` of ``root`` (see `resolve_run`); WorkbenchError if missing or damaged."""
     path = resolve_run(root, run_id)
-    if not path.exists():
-        raise WorkbenchError(f"there is no run {run_id!r} in the served folder: pick a run from the list")
+    try:
+        exists = path.exists()
+    except OSError:  # e.g. a name longer than the file system allows
+        exists = False
+    if not exists:
+        raise WorkbenchError(f"there is no run {_short(str(run_id))!r} in the served folder: pick a run from the list")
     return Run.open(path)
 
 
@@ -247,13 +277,14 @@ def head_pattern(source: str, prompt: str, layer: int, head: int) -> tuple[np.nd
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise WorkbenchError("the prompt is empty: type some text first")
+    layer, head = head_index("layer", layer), head_index("head", head)
     model, lock = _loaded(source)
-    model.check_layer(int(layer))
-    model.check_head(int(head))
+    model.check_layer(layer)
+    model.check_head(head)
     with lock:
-        patterns = wb.capture_patterns(model, [prompt], layers=[int(layer)])
+        patterns = wb.capture_patterns(model, [prompt], layers=[layer])
         tokens = tuple(model.to_str_tokens(prompt))
-    pattern = patterns[int(layer)][0, int(head)].numpy()  # (query, key)
+    pattern = patterns[layer][0, head].numpy()  # (query, key)
     return pattern[: len(tokens), : len(tokens)], tokens
 
 

@@ -1,11 +1,13 @@
-"""The `workbench` command line: models, analyze, demo train (and, later issues, report/serve/bench).
+"""The `workbench` command line: models, analyze, report, serve, bench, demo train.
 
 Every bad input ends in one line on stderr (``error: ...``) and exit status 2, never a traceback.
+Ctrl-C ends in one line (for `analyze`, saying the run can be resumed) and exit status 130.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -52,11 +54,14 @@ def analyze(
 ) -> None:
     """Run every registered analysis on a model and prompts into a run directory."""
     import workbench as wb
+    from workbench.checks import names
 
-    texts = wb.load_prompts(prompts) if prompts is not None else None  # fail before loading the model
+    if prompts is not None:
+        wb.load_prompts(prompts)  # fail before loading the model
+    chosen = names("--analysis", analysis, wb.ANALYZERS) if analysis else None
     handle = wb.load_model(model)
     out = out or Path("runs") / Path(model).name
-    run = wb.analyze(handle, texts, out=out, analyses=analysis or None)
+    run = wb.analyze(handle, prompts, out=out, analyses=chosen)  # the path: the manifest records it
     typer.echo(f"wrote run {run.path} with tables: {', '.join(run.tables)}")
     for name, reason in run.manifest.get("skipped", {}).items():
         typer.echo(f"skipped {name}: {reason}")
@@ -88,9 +93,13 @@ def serve(
     port: int = typer.Option(8050, "--port", help="TCP port."),
 ) -> None:
     """Serve the Dash app over one run or a folder of runs (debug off; Ctrl+C stops it)."""
-    from dashboards.app import check_port, create_app, demo_run
+    from dashboards.app import beyond_loopback, check_port, create_app, demo_run
 
     check_port(host, port)  # before any analysis runs
+    if beyond_loopback(host):
+        typer.echo(f"warning: --host {host} makes the app reachable from other machines; it has no login and "
+                   "serves every run in the folder (and may load their models): use --host 127.0.0.1 (the "
+                   "default) unless that is what you want", err=True)
     dash_app = create_app(demo_run(Path("runs") / "demo") if run is None else run)
     typer.echo(f"serving {dash_app.server.config['WORKBENCH_ROOT']} at http://{host}:{port}/ (Ctrl+C stops)")
     dash_app.run(host=host, port=port, debug=False)
@@ -106,6 +115,7 @@ def bench(
     """Benchmarks that print ratios measured side by side in one run, and save long-format rows."""
     if what not in ("capture", "kernels", "all"):
         raise WorkbenchError(f"--what {what!r} is unknown: expected capture, kernels or all")
+    sizes = None if sizes is None else _sizes(sizes)
     if what in ("capture", "all"):
         from workbench import bench as capture_bench
 
@@ -117,14 +127,43 @@ def bench(
         kernel_bench.main(["--out", str(out / "kernels.parquet")] + (["--sizes", sizes] if sizes else []))
 
 
+def _sizes(text: str) -> str:
+    """``--sizes`` checked: comma-separated positive ints (returned normalised, e.g. ``"512,1024"``)."""
+    from workbench.checks import positive_int
+
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or not all(re.fullmatch(r"[+-]?\d+", p) for p in parts):
+        raise WorkbenchError(f"--sizes must be comma-separated positive ints (e.g. 512,1024); got {text!r}")
+    return ",".join(str(positive_int("each of --sizes", int(p))) for p in parts)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app and turn WorkbenchError into one line, exit 2."""
+    """Console entry point: run the app; a WorkbenchError becomes one line and exit status 2,
+    Ctrl-C one line and exit status 130."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app(args=argv)
     except WorkbenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt as exc:
+        typer.echo(str(exc) or "interrupted", err=True)
+        sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turns Ctrl-C into a silent exit 130; say why, once
+            typer.echo(str(_interrupt(exc) or "") or "interrupted", err=True)
+        raise
+
+
+def _interrupt(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind an exception, following its cause and context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -95,10 +95,12 @@ def reconcile(opening: bool, selection, layer, head, run_id):
         return (0 if layer is None else layer), (0 if head is None else head), no_update
     if opening:  # values from the address: set them again, or Dash skips the callbacks that read them
         return layer, head, (no_update if (layer, head) == sel_pair else
-                             {"run": run_id, "layer": int(layer), "head": int(head)})
+                             {"run": run_id, "layer": data.head_index("layer", layer),
+                              "head": data.head_index("head", head)})
     if layer is None or head is None or (layer, head) == sel_pair:
         return no_update, no_update, no_update
-    return no_update, no_update, {"run": run_id, "layer": int(layer), "head": int(head)}
+    return no_update, no_update, {"run": run_id, "layer": data.head_index("layer", layer),
+                                  "head": data.head_index("head", head)}
 
 
 def position_from_label(label) -> int | None:
@@ -123,7 +125,10 @@ def token_view(tokens, row: np.ndarray, query: int, max_tokens: int = MAX_PATTER
 
 def pattern_view(source, prompt, layer, head, view, start, click, trigger):
     """Figure, token view, slider max and slider disabled flag for one head on one prompt."""
-    pattern, tokens = data.head_pattern(source, prompt, int(layer), int(head))
+    if not isinstance(prompt, str):
+        raise WorkbenchError(f"the prompt must be text; got {type(prompt).__name__}")
+    start = data.head_index("window start", start or 0)
+    pattern, tokens = data.head_pattern(source, prompt, data.head_index("layer", layer), data.head_index("head", head))
     n = len(tokens)
     windowed = view == "window" and n > MAX_PATTERN_SIDE
     fig = attention_pattern(pattern, tokens, start=int(start or 0) if windowed else None,
@@ -195,7 +200,8 @@ def show_scores(layer, head, run_id):
     if layer is None or head is None:
         return no_update
     try:
-        return scores_table(head_scores(data.open_run(data.served_root(), run_id), int(layer), int(head)))
+        return scores_table(head_scores(data.open_run(data.served_root(), run_id), data.head_index("layer", layer),
+                                        data.head_index("head", head)))
     except WorkbenchError as exc:
         return views.message(str(exc), "error")
 

@@ -81,9 +81,8 @@ def make_run(path: Path, tables=None, *, source: str = "nowhere", prompts=("w1 w
     run = wb.Run.create(path, model=model_info(source), prompts=list(prompts))
     for name in all_frames if tables is None else tables:
         run.add_table(name, all_frames[name])
-    if skipped:
-        run.manifest["skipped"] = dict(skipped)
-        run._write_manifest()
+    for name, reason in dict(skipped or {}).items():
+        run.mark_skipped(name, reason)
     return run
 
 

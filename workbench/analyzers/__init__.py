@@ -25,6 +25,9 @@ class Analyzer:
         figures: ``figures(frame) -> list[go.Figure]`` for the report, dashboard and notebooks
             (default: a layer × head grid per numeric score, `workbench.figures.default_figures`).
         sources: the papers its definitions and defaults come from (for the report's method note).
+        params: what it runs with, stored in each table's manifest entry (thresholds, methods,
+            prompt counts, seeds): a dict or ``params(prompts) -> dict``, over the keyword
+            defaults of ``fn`` (`keyword_defaults`); declare it when ``fn`` wraps another call.
     """
 
     name: str
@@ -34,6 +37,7 @@ class Analyzer:
     applies: Callable[[object], str | None] = lambda model: None
     figures: Callable[[pd.DataFrame], list] | None = None
     sources: tuple[str, ...] = ()
+    params: dict | Callable[[list], dict] | None = None
 
     def make_figures(self, frame: pd.DataFrame) -> list:
         from workbench.figures import default_figures
@@ -42,6 +46,19 @@ class Analyzer:
 
 
 ANALYZERS: dict[str, Analyzer] = {}
+
+
+def keyword_defaults(fn: Callable, **overrides) -> dict:
+    """The defaults of ``fn``'s parameters after ``(model, prompts)`` that JSON can hold, updated
+    with ``overrides``: the parameters a call ``fn(model, prompts, **overrides)`` runs with."""
+    import inspect
+
+    out = {}
+    for name, param in list(inspect.signature(fn).parameters.items())[1:]:
+        if name != "prompts" and param.default is not inspect.Parameter.empty and (
+                param.default is None or isinstance(param.default, (bool, int, float, str))):
+            out[name] = param.default
+    return {**out, **overrides}
 
 
 def register(analyzer: Analyzer) -> Analyzer:

@@ -22,6 +22,7 @@ import torch
 
 from workbench.analyzers import Analyzer, register
 from workbench.capture import patterns_for_batch
+from workbench.checks import integer, positive_int
 from workbench.errors import WorkbenchError
 
 STAT_FEATURES = ("entropy", "max_prob", "sink_mass", "local_mass", "mean_distance")
@@ -168,7 +169,7 @@ def umap_embedding(features: np.ndarray, *, n_neighbors: int | None = None, seed
         k = min(2, u.shape[1])
         out[:, :k] = u[:, :k] * s[:k]
         return out
-    k = min(15 if n_neighbors is None else n_neighbors, n - 1)
+    k = min(15 if n_neighbors is None else integer("n_neighbors", n_neighbors, low=2), n - 1)
     if k < 2:
         raise WorkbenchError(f"n_neighbors must be at least 2; got {n_neighbors!r}")
     threads = torch.get_num_threads()  # umap/numba start-up changes torch's thread count
@@ -202,9 +203,7 @@ def cluster_heads(features: np.ndarray, *, n_clusters: int | None = None, seed: 
     x = _standardize(np.asarray(features, dtype=np.float64))
     n = x.shape[0]
     if n_clusters is not None:
-        if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or not 1 <= n_clusters <= n:
-            raise WorkbenchError(f"n_clusters must be an int in [1, {n}] (the number of heads); got {n_clusters!r}")
-        candidates = [n_clusters]
+        candidates = [integer("n_clusters", n_clusters, low=1, high=n)]  # at most the number of heads
     else:
         candidates = list(range(2, min(6, n // 2) + 1))
     if not candidates or np.allclose(x, x[0]):
@@ -266,10 +265,9 @@ def head_patterns(model, prompts, *, local_window: int = 4, n_probes: int = 8, p
     Raises:
         WorkbenchError: empty prompts, bad probe settings, bad n_neighbors / n_clusters.
     """
-    for name, value, low in (("local_window", local_window, 1), ("n_probes", n_probes, 1), ("probe_len", probe_len, 2),
-                             ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise WorkbenchError(f"{name} must be an int >= {low}; got {value!r}")
+    local_window, n_probes, batch_size = (positive_int(n, v) for n, v in (
+        ("local_window", local_window), ("n_probes", n_probes), ("batch_size", batch_size)))
+    probe_len, seed = integer("probe_len", probe_len, low=2), integer("seed", seed, low=0)
     stats = _stream_descriptors(model, prompts, local_window=local_window, batch_size=batch_size, backend=backend)
     frame = stats.groupby(["layer", "head"], as_index=False)[list(STAT_FEATURES)].mean()
     probes = repeated_token_probes(model, n_probes=n_probes, probe_len=probe_len, seed=seed).to(model.device)

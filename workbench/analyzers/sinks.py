@@ -14,23 +14,12 @@ import torch
 
 from workbench.analyzers import Analyzer, register
 from workbench.capture import capture_stats, run_bridge
+from workbench.checks import fraction, positive, positive_int
 from workbench.errors import WorkbenchError
 from workbench.heads import hooks
 
 #: Gu et al. 2024 ("When Attention Sink Emerges in Language Models", sail-sg/Attention-Sink): ε = 0.3.
 SINK_EPS = 0.3
-
-
-def _check_eps(eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
-        raise WorkbenchError(f"eps must be a number in (0, 1]; got {eps!r}")
-    return float(eps)
-
-
-def _check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise WorkbenchError(f"{name} must be a positive number; got {value!r}")
-    return float(value)
 
 
 def _prompt_tokens(model, prompts) -> list[list[str]]:
@@ -62,7 +51,7 @@ def sink_scores(model, prompts, *, eps: float = SINK_EPS, batch_size: int = 4, b
     Raises:
         WorkbenchError: eps outside (0, 1], empty prompts, a prompt longer than the context.
     """
-    eps = _check_eps(eps)
+    eps = fraction("eps", eps)
     stats = capture_stats(model, prompts, batch_size=batch_size, sink_tokens=1, backend=backend)
     per_head = stats.groupby(["layer", "head"], as_index=False)["sink_mass"].mean()
     frame = pd.DataFrame({
@@ -85,7 +74,7 @@ def sink_share(frame: pd.DataFrame, eps: float | None = None) -> float:
     """
     if "sink_score" not in frame.columns:
         raise WorkbenchError(f"sink_share needs a sink_scores frame (column 'sink_score'); got {list(frame.columns)}")
-    eps = _check_eps(frame.attrs.get("eps", SINK_EPS) if eps is None else eps)
+    eps = fraction("eps", frame.attrs.get("eps", SINK_EPS) if eps is None else eps)
     return float((frame["sink_score"] > eps).mean())
 
 
@@ -131,9 +120,8 @@ def hidden_sinks(model, prompts, *, threshold: float = 0.1, min_queries: int = 1
         The rows of `token_sinks` (``prompt_id, layer, head, position, token, alpha``) with
         position ≥ 1 and alpha > threshold, strongest first.
     """
-    threshold = _check_positive("threshold", threshold)
-    if isinstance(min_queries, bool) or not isinstance(min_queries, int) or min_queries < 1:
-        raise WorkbenchError(f"min_queries must be a positive int; got {min_queries!r}")
+    threshold = fraction("threshold", threshold, high_open=True)  # α lies in [0, 1]
+    min_queries = positive_int("min_queries", min_queries)
     frame = token_sinks(model, prompts, batch_size=batch_size, backend=backend)
     lengths = frame.groupby("prompt_id")["position"].transform("max") + 1
     seen_by = lengths - frame["position"] if model.is_causal else lengths
@@ -145,8 +133,7 @@ def hidden_sinks(model, prompts, *, threshold: float = 0.1, min_queries: int = 1
 def _resid_batches(model, prompts, batch_size: int, reduce):
     """Run the bridge over ``prompts`` and call ``reduce(layer, resid [B, T, d], lengths, prompt_ids)``
     on every ``blocks.{L}.hook_resid_post`` inside the hook (nothing is stored)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise WorkbenchError(f"batch_size must be a positive int; got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
     ids, mask = model.to_tokens(prompts)
     for start in range(0, ids.shape[0], batch_size):
         chunk, chunk_mask = ids[start:start + batch_size], mask[start:start + batch_size]
@@ -179,8 +166,7 @@ def secondary_sinks(model, prompts, *, cos_threshold: float = 0.9, batch_size: i
         DataFrame ``prompt_id, position, token, start_layer, end_layer, n_layers, mean_cos``,
         one row per run of consecutive layers (longest first).
     """
-    if isinstance(cos_threshold, bool) or not isinstance(cos_threshold, (int, float)) or not 0 < cos_threshold <= 1:
-        raise WorkbenchError(f"cos_threshold must be a number in (0, 1]; got {cos_threshold!r}")
+    cos_threshold = fraction("cos_threshold", cos_threshold, high_open=True)  # |cos| > 1 never holds
     tokens = _prompt_tokens(model, prompts)
     cos = [np.zeros((model.n_layers, len(t))) for t in tokens]  # per prompt (layer, pos)
 
@@ -227,8 +213,8 @@ def massive_activations(model, prompts, *, abs_threshold: float = 100.0, ratio_t
         DataFrame ``prompt_id, layer, position, token, dim, value, ratio`` (often empty for small
         models), largest |value| first.
     """
-    abs_threshold = _check_positive("abs_threshold", abs_threshold)
-    ratio_threshold = _check_positive("ratio_threshold", ratio_threshold)
+    abs_threshold = positive("abs_threshold", abs_threshold)
+    ratio_threshold = positive("ratio_threshold", ratio_threshold)
     tokens = _prompt_tokens(model, prompts)
     rows = []
 

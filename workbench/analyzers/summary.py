@@ -7,6 +7,7 @@ import torch
 
 from workbench.analyzers import Analyzer, register
 from workbench.capture import patterns_for_batch
+from workbench.checks import positive_int
 
 BATCH = 8
 
@@ -21,6 +22,7 @@ def head_summary(model, prompts, *, batch_size: int = BATCH) -> pd.DataFrame:
     Returns:
         DataFrame with columns ``layer, head, entropy, max_prob, n_queries``.
     """
+    batch_size = positive_int("batch_size", batch_size)
     ids, mask = model.to_tokens(prompts)
     sums = torch.zeros(model.n_layers, model.n_heads, 2, dtype=torch.float64)
     count = 0

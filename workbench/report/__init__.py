@@ -74,7 +74,7 @@ def _complete(run: Run, model, prompts, progress: bool) -> Run:
     from workbench.prompts import load_prompts
 
     skipped = run.manifest.get("skipped") or {}
-    missing = [n for n in ANALYZERS if n not in run and n not in skipped]
+    missing = [n for n in ANALYZERS if n not in skipped and (n not in run or run.problem(n))]  # damaged too
     if not missing:
         return run
     model = _model_for(run, model)
@@ -112,8 +112,10 @@ def render(run: Run) -> tuple[str, int]:
             body = f"<p>Not applicable to this model: {html.escape(str(skipped[name]))}</p>{cite}"
             doc.add(anchor, title, body, css="skipped")
             continue
-        if name not in run:
-            doc.add(anchor, title, "<p>Not computed in this run (report it with a model to compute it).</p>" + cite,
+        if name not in run or run.problem(name):
+            why = "Not computed in this run" if name not in run else f"Its table cannot be read: {run.problem(name)}"
+            doc.add(anchor, title, f"<p>{html.escape(why)}. Compute it with "
+                    f"<code>{html.escape(run.restore_command([name]))}</code>, then report again.</p>" + cite,
                     css="missing")
             continue
         frame = run.table(name)
