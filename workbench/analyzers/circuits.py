@@ -21,6 +21,9 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
+from workbench import findings
+from workbench.figures import circuit_figures
+from workbench.findings import summaries
 from workbench.heads import check_heads, edit_heads
 from workbench.errors import WorkbenchError
 
@@ -389,15 +392,14 @@ def _applies(model) -> str | None:
     return None
 
 
-def _figures(frame: pd.DataFrame) -> list:
-    from workbench.figures import circuit_figures
-
-    return circuit_figures(frame)
+def _task_sets(model, prompts) -> dict[str, list[str]]:
+    return {task: [r["prompt"] for r in read_task(task)[:DEMO_EXAMPLES]] for task in TASKS}
 
 
 register(Analyzer(
     "circuits", demo_circuits, "Circuits (ioi, colored objects) and their overlap", mode="exact",
-    applies=_applies, figures=_figures,
+    applies=_applies, figures=circuit_figures, family="circuits", findings=findings.circuits, example="ioi",
+    prompts=_task_sets, summary=summaries.circuits,
     sources=("Wang et al. 2022, Interpretability in the Wild (IOI; logit difference, mean ablation)",
              "Syed et al. 2023, Attribution Patching Outperforms Automated Circuit Discovery",
              "Merullo et al. 2024, Circuit Component Reuse Across Tasks in Transformer Language Models"),

@@ -26,6 +26,9 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
+from workbench import findings
+from workbench.figures import correlation_grid
+from workbench.findings import summaries
 from workbench.errors import WorkbenchError
 
 METHODS = ("integrated_gradients", "saliency", "input_x_gradient", "feature_ablation")
@@ -224,15 +227,14 @@ def registered_saliency(model, prompts) -> pd.DataFrame:
                               n_steps=REGISTERED_STEPS)
 
 
-def _figures(frame: pd.DataFrame) -> list:
-    from workbench.figures import correlation_grid
-
-    return [correlation_grid(frame, metric) for metric in ("spearman", "kendall")]
+def _saliency_sets(model, prompts) -> dict[str, list[str]]:
+    return {f"run (first {REGISTERED_PROMPTS})": list(prompts)[:REGISTERED_PROMPTS]}
 
 
 register(Analyzer(
     "saliency_alignment", registered_saliency, "Attention vs saliency (integrated gradients)", mode="exact",
-    figures=_figures,
+    figures=lambda frame: [correlation_grid(frame, metric) for metric in ("spearman", "kendall")],
+    family="saliency", findings=findings.saliency, prompts=_saliency_sets, summary=summaries.saliency,
     sources=("Jain & Wallace 2019, Attention is not Explanation",
              "Abnar & Zuidema 2020, Quantifying Attention Flow in Transformers (rollout)",
              "Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks (Captum IG)"),
