@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 from pathlib import Path
 
 import dash
@@ -13,13 +14,27 @@ from workbench.errors import WorkbenchError
 HERE = Path(__file__).resolve().parent
 
 
-def create_app(runs_root_or_run: str | Path) -> dash.Dash:
-    """A multi-page Dash app serving ``runs_root_or_run`` (WorkbenchError if it holds no run)."""
+def create_app(runs_root_or_run: str | Path, *, cache_dir: str | Path | None = None) -> dash.Dash:
+    """A multi-page Dash app serving ``runs_root_or_run`` (WorkbenchError if it holds no run).
+
+    Slow work (patterns of a typed prompt, integrated gradients) runs in Dash background
+    callbacks managed by a ``DiskcacheManager`` over ``cache_dir`` (default: a new temporary
+    folder), which also keeps what they computed for the plain callbacks that draw it. Analysis
+    pages come from the registry (`dashboards.pages.analyses.register_all`).
+    """
+    import diskcache
+
     root = data.check_root(runs_root_or_run)
+    cache = diskcache.Cache(str(cache_dir or tempfile.mkdtemp(prefix="workbench-dash-")))
     app = dash.Dash("dashboards", use_pages=True, pages_folder=str(HERE / "pages"),
                     assets_folder=str(HERE / "assets"), title="Attention Workbench",
+                    background_callback_manager=dash.DiskcacheManager(cache),
                     suppress_callback_exceptions=True)  # pages add components the shell lacks
+    from dashboards.pages import analyses
+
+    analyses.register_all()
     app.server.config[data.ROOT_KEY] = str(root)
+    data.use_root_and_cache(root, cache)
     data.warm(root)
     pages = sorted(dash.page_registry.values(), key=lambda page: page["order"])
     app.layout = shell.layout_factory([(page["name"], page["relative_path"]) for page in pages])

@@ -82,7 +82,7 @@ def example_pattern(weights, positions, tokens, *, title: str = "", n_tokens: in
     return fig
 
 
-def layer_thumbnails(patterns, tokens, layer: int, *, heads=None, max_side: int = 48,
+def layer_thumbnails(patterns, tokens, layer: int, *, heads=None, positions=None, max_side: int = 48,
                      title: str | None = None) -> go.Figure:
     """All heads of one layer as small heatmaps in a grid, each click-selectable.
 
@@ -91,6 +91,7 @@ def layer_thumbnails(patterns, tokens, layer: int, *, heads=None, max_side: int 
             to at most ``max_side`` cells per axis).
         tokens: one token string per position.
         heads: the head number of each pattern (default 0..n−1).
+        positions: the prompt position of each token (default 0..n−1; a stored example keeps some).
     Returns:
         One heatmap trace per head (in subplot ``head``), named ``L{layer}H{head}``, whose cells
         carry ``customdata = [layer, head]``.
@@ -104,8 +105,9 @@ def layer_thumbnails(patterns, tokens, layer: int, *, heads=None, max_side: int 
     heads = list(range(p.shape[0])) if heads is None else [int(h) for h in heads]
     n = p.shape[1]
     factor = max(1, -(-n // max_side))
-    labels = position_labels(range(n), tokens) if factor == 1 else [
-        f"{i}–{min(i + factor, n) - 1}: {tokens[i]}…" for i in range(0, n, factor)]
+    positions = list(range(n)) if positions is None else list(positions)
+    labels = position_labels(positions, tokens) if factor == 1 else [
+        f"{positions[i]}–{positions[min(i + factor, n) - 1]}: {tokens[i]}…" for i in range(0, n, factor)]
     cols = min(len(heads), 4 if len(heads) <= 8 else 6)
     rows = math.ceil(len(heads) / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"head {h}" for h in heads],
