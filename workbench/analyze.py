@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from workbench.analyzers import ANALYZERS
 from workbench.errors import WorkbenchError
+from workbench.progress import forward_bar
 from workbench.prompts import load_prompts
 from workbench.run import Run
 
@@ -25,7 +26,8 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | N
         out: the run directory. An existing run over the same prompts is resumed: tables it
             already holds are kept and not recomputed.
         analyses: names from `ANALYZERS` (default: all that apply to the model).
-        progress: show a progress bar.
+        progress: show a progress bar over the analyses, and an inner one counting the
+            forward passes of the analysis running (`workbench.progress.forward_bar`).
     Returns:
         The `Run`. Analyses that do not apply to the model (e.g. causal-only ones on an
         encoder) are recorded in ``run.manifest["skipped"]`` with the reason.
@@ -50,6 +52,7 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | N
             run._write_manifest()
             continue
         start = time.perf_counter()
-        frame = analyzer.fn(model, prompts)
+        with forward_bar(model, name, enable=progress):
+            frame = analyzer.fn(model, prompts)
         run.add_table(name, frame, mode=analyzer.mode, seconds=time.perf_counter() - start)
     return run

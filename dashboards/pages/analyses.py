@@ -9,7 +9,7 @@ from functools import partial
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html
 
-from dashboards import data, views
+from dashboards import data, saliency, views  # noqa: F401  (saliency adds its page's per-token bars)
 from workbench.analyzers import page_title, pages
 
 #: Nav order of the built-in pages; pages of other slugs follow in registry order.

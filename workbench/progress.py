@@ -1,0 +1,30 @@
+"""An inner progress bar for long analyses: it counts the forward passes of the running analysis.
+
+Analyses are plain functions ``fn(model, prompts)``, so no analysis is edited for it: a forward
+pre-hook on the model's two entry points (the TransformerLens bridge and the plain HF twin,
+`workbench.models.ModelHandle`) ticks a tqdm bar, and every hook is removed on exit.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from tqdm.auto import tqdm
+
+
+@contextmanager
+def forward_bar(model, desc: str, *, enable: bool = True, position: int = 1) -> Iterator[tqdm]:
+    """A tqdm bar (no total: analyses do not say in advance) ticking once per forward of ``model``
+    inside the block; closed and unhooked on exit, also when the analysis raises."""
+    bar = tqdm(desc=f"  {desc}", unit="forward", leave=False, position=position, disable=not enable)
+    handles = []
+    try:
+        for module in (getattr(model, "bridge", None), getattr(model, "hf_model", None)):
+            if module is not None and hasattr(module, "register_forward_pre_hook"):
+                handles.append(module.register_forward_pre_hook(lambda *_: bar.update(1)))
+        yield bar
+    finally:
+        for handle in handles:
+            handle.remove()
+        bar.close()
