@@ -19,10 +19,14 @@ def forward_bar(model, desc: str, *, enable: bool = True, position: int = 1) -> 
     inside the block; closed and unhooked on exit, also when the analysis raises."""
     bar = tqdm(desc=f"  {desc}", unit="forward", leave=False, position=position, disable=not enable)
     handles = []
+
+    def tick(module, args):  # a pre-hook that returns something would replace the inputs
+        bar.update(1)
+
     try:
         for module in (getattr(model, "bridge", None), getattr(model, "hf_model", None)):
             if module is not None and hasattr(module, "register_forward_pre_hook"):
-                handles.append(module.register_forward_pre_hook(lambda *_: bar.update(1)))
+                handles.append(module.register_forward_pre_hook(tick))
         yield bar
     finally:
         for handle in handles:

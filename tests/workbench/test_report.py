@@ -1,6 +1,9 @@
-"""HTML reports: one self-contained file (plotly.js once, nothing fetched), a section per
-registered analysis, top heads that match an independent computation, downsampled heatmaps,
-rendering in headless Chromium from file://, and one-line CLI errors that leave no file behind."""
+"""HTML reports: one self-contained file (plotly.js once, nothing fetched), findings first (named
+heads checked against the run's tables, drawn from stored examples that equal an independent
+capture, causal checks where the run has them), a section per registered analysis with the
+prompts it used, ranked heads that match an independent computation, downsampled heatmaps,
+rendering in headless Chromium from file:// (first paint before plotly.js runs, figures drawn as
+they scroll into view, a sticky nav), and one-line CLI errors that leave no file behind."""
 
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from tests import tiny_models
 from tests.browser import browser, console_errors, requests_made, wait_for  # noqa: F401  (fixture)
 from workbench.analyzers import ANALYZERS, Analyzer
 from workbench.cli import main
-from workbench.report import page, render, report_model
+from workbench.glossary import Term
+from workbench.report import page, render, report_model, sections
 from workbench.report.figures import downsample_heatmaps
 
 CAUSAL_ONLY = "needs a causal model: an encoder's first token is not a shared prefix"
@@ -44,7 +48,10 @@ def first_key_mass(model, prompts):
 
 
 EXTRA = Analyzer("first_key_mass", first_key_mass, "First-key mass (test analysis)",
-                 applies=lambda m: None if m.is_causal else CAUSAL_ONLY, sources=("Test source, 2024",))
+                 applies=lambda m: None if m.is_causal else CAUSAL_ONLY, sources=("Test source, 2024",),
+                 glossary={"first_mass": Term("first_mass", "mean over queries of A[t, 0]", "[0, 1]",
+                                              "more attention on key 0", "Test source, 2024"),
+                           "is_heavy": Term("is_heavy", "first_mass > 0.5", "true/false", direction=None)})
 
 
 @contextmanager
@@ -115,9 +122,22 @@ def _cli(capsys, *args):
 
 
 def expected_figures(run) -> int:
-    """Figures the report must hold: each registered analysis's figures of its stored, non-empty table."""
-    return sum(len(a.make_figures(run.table(n))) for n, a in ANALYZERS.items()
-               if n in run and len(run.table(n)))
+    """Figures the report must hold: each registered analysis's figures of its stored, non-empty
+    table, plus one pattern per head drawn in the findings (heads named there, at most
+    `sections.CARDS` per family, when the run stores head examples)."""
+    from workbench.analyzers import families
+
+    figures = sum(len(a.make_figures(run.table(n))) for n, a in ANALYZERS.items()
+                  if n in run and len(run.table(n)) and n not in sections.SUPPORT)
+    if "head_examples" not in run:
+        return figures
+    for names in families().values():
+        drawn = set()
+        for name in [n for n in names if n in run]:
+            for finding in ANALYZERS[name].make_findings(run.table(name), run):
+                drawn |= {(h.layer, h.head, finding.example or ANALYZERS[name].example) for h in finding.heads}
+        figures += min(len(drawn), sections.CARDS)
+    return figures
 
 
 def check_self_contained(text: str) -> None:
@@ -133,6 +153,8 @@ def check_self_contained(text: str) -> None:
 def rendered_figures(driver, url: str, expected: int) -> int:
     requests_made(driver)  # drain what the blank tab loaded
     driver.get(url)
+    wait_for(lambda: driver.execute_script("return !!window.wbDrawAll"), timeout=60)
+    driver.execute_script("window.wbDrawAll()")  # figures below the fold are drawn as they scroll into view
     count = "return document.querySelectorAll('.js-plotly-plot .main-svg').length ? " \
             "document.querySelectorAll('.js-plotly-plot').length : 0"
     wait_for(lambda: driver.execute_script(count) >= expected, timeout=60)
@@ -158,7 +180,7 @@ def test_downsampling_is_a_block_mean_and_leaves_head_grids_alone():
     assert downsample_heatmaps(grid)[1] == 1 and grid.data[0].customdata is not None
 
 
-def test_top_heads_rank_real_scores_per_task_and_skip_flags_counts_and_coordinates():
+def test_ranked_heads_follow_each_scores_meaning_per_task_and_skip_flags_counts_and_coordinates(tmp_path):
     import pandas as pd
 
     rows = []
@@ -166,15 +188,30 @@ def test_top_heads_rank_real_scores_per_task_and_skip_flags_counts_and_coordinat
         for layer in range(2):
             for head in range(3):
                 rows.append({"task": task, "layer": layer, "head": head, "pattern": f"type{head}",
-                             "effect": sign * (3 * layer + head), "cluster": head, "umap_x": float(head),
+                             "effect": sign * (3 * layer + head) - 2.0, "cluster": head, "umap_x": float(head),
                              "in_circuit": sign * (3 * layer + head) > 3})
-    frame = pd.DataFrame(rows + [{"task": "ioi", "layer": -1, "head": -1, "pattern": "all", "effect": 99.0,
-                                  "cluster": 0, "umap_x": 0.0, "in_circuit": True}])
-    got = page.top_heads("circuits", frame, k=3)
-    assert got == [["circuits [ioi]", "effect", "L1.H2 (5)", "L1.H1 (4)", "L1.H0 (3)"],  # layer -1 aggregate left out
-                   ["circuits [colors]", "effect", "L0.H0 (0)", "L0.H1 (-1)", "L0.H2 (-2)"]]
-    assert page.flags(frame) == "<p>in_circuit [ioi]: 2 of 6 heads; in_circuit [colors]: 0 of 6 heads</p>"
-    assert page.top_heads("tokens", frame.assign(position=0)) == []  # token-level tables are not ranked
+    circuits = pd.DataFrame(rows + [{"task": "ioi", "layer": -1, "head": -1, "pattern": "all", "effect": 99.0,
+                                     "cluster": 0, "umap_x": 0.0, "in_circuit": True}])
+    summary = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "entropy": [2.0, 0.5, 1.0, 3.0],
+                            "max_prob": [0.2, 0.9, 0.5, 0.1], "n_queries": 10})
+    run = wb.Run.create(tmp_path / "run", prompts=["x"])
+    run.add_table("circuits", circuits)
+    run.add_table("head_summary", summary)
+    text = sections.ranked_section(sections.Tables(run))
+    rows = {}
+    for m in re.finditer(r"<tr><td>(.*?)</td>(.*?)</tr>", text):
+        cells = re.findall(r"<td>(.*?)</td>", m.group(2))
+        rows[m.group(1) + " " + re.sub(r"<[^>]+>", "", cells[0])] = cells[1:]
+    # effect ranks by |value| with the sign shown; the layer -1 aggregate is left out
+    ioi = next(v for k, v in rows.items() if k.startswith("circuits [ioi]"))
+    assert ioi == ["largest |value| first", "L1H2 (+3)", "L0H0 (-2)", "L1H1 (+2)", "L0H1 (-1)", "L1H0 (+1)"]
+    colors = next(v for k, v in rows.items() if k.startswith("circuits [colors]"))
+    assert colors[:3] == ["largest |value| first", "L1H2 (-7)", "L1H1 (-6)"]
+    entropy = next(v for k, v in rows.items() if "entropy" in k)  # focused heads first, not the most diffuse
+    assert entropy[:3] == ["lowest first", "L0H1 (0.5)", "L1H0 (1)"]
+    assert not any("cluster" in k or "umap" in k or "in circuit" in k or "n_queries" in k for k in rows)
+    assert sections.flags(circuits) == "<p>in_circuit [ioi]: 2 of 6 heads; in_circuit [colors]: 0 of 6 heads</p>"
+    assert sections.per_head_parts(circuits.assign(position=0)) == []  # token-level tables are not ranked
 
 
 @pytest.mark.parametrize("kind", ["llama", "bert"])
@@ -182,17 +219,18 @@ def test_tiny_report_sections_top_heads_and_skips(tiny_reports, kind):
     built = tiny_reports[kind]
     text = built.path.read_text()
     check_self_contained(text)
-    sections = dict(re.findall(r'<section id="analysis-(\w+)"[^>]*>(.*?)</section>', text, re.S))
-    assert list(sections) == built.analyses  # one section per registered analysis, in registry order
+    sections_ = dict(re.findall(r'<section id="analysis-(\w+)"[^>]*>(.*?)</section>', text, re.S))
+    # one section per registered analysis, in registry order (the prompts and examples have their own)
+    assert list(sections_) == [a for a in built.analyses if a not in sections.SUPPORT]
     skipped = built.run.manifest.get("skipped", {})
-    for name, body in sections.items():
+    for name, body in sections_.items():
         assert body.startswith(f"<h2>{html.escape(built.titles[name])}</h2>")
         if name in skipped:  # an analysis that does not apply says why instead of failing
             assert "Not applicable to this model: " + html.escape(skipped[name]) in body
         else:
             assert f"table <code>{name}</code>: {len(built.run.table(name))} rows" in body
     assert text.count('class="wb-figure"') == built.n_figures and f'name="wb-figures" content="{built.n_figures}"' in text
-    section = sections["first_key_mass"]
+    section = sections_["first_key_mass"]
     assert "Test source, 2024" in section
     if kind == "bert":
         assert skipped["first_key_mass"] == CAUSAL_ONLY
@@ -208,8 +246,9 @@ def test_tiny_report_sections_top_heads_and_skips(tiny_reports, kind):
         for layer, a in enumerate(attentions):  # (1, head, query, key)
             mass[layer] += a[0, :, :, 0].double().mean(-1) / len(tiny_models.PROMPTS)
     best = torch.argsort(mass.flatten(), descending=True)[:5]
-    want = [f"L{int(i) // model.n_heads}.H{int(i) % model.n_heads} ({mass.flatten()[i]:.4g})" for i in best]
-    row = re.search(r"<tr><td>first_key_mass</td><td>first_mass</td>(.*?)</tr>", text).group(1)
+    want = [f"L{int(i) // model.n_heads}H{int(i) % model.n_heads} ({mass.flatten()[i]:.4g})" for i in best]
+    row = re.search(r"<tr><td>first_key_mass</td><td><a [^>]*>first_mass</a></td><td>highest first</td>(.*?)</tr>",
+                    text).group(1)
     assert re.findall(r"<td>(.*?)</td>", row) == want
     heavy = int((mass > 0.5).sum())
     assert f"is_heavy: {heavy} of {model.n_layers * model.n_heads} heads" in section
@@ -219,14 +258,99 @@ def test_demo_report_default_path(demo_report):
     text = demo_report.path.read_text()
     check_self_contained(text)
     assert demo_report.path.stat().st_size < 15e6
-    sections = re.findall(r'<section id="analysis-(\w+)"', text)
-    assert sections == demo_report.analyses and demo_report.model == "demo"
+    found = re.findall(r'<section id="analysis-(\w+)"', text)
+    assert found == [a for a in demo_report.analyses if a not in sections.SUPPORT] and demo_report.model == "demo"
     assert set(demo_report.run.tables) | set(demo_report.run.manifest.get("skipped", {})) >= set(ANALYZERS)
     assert text.count('class="wb-figure"') == demo_report.n_figures > len(ANALYZERS)
     provenance = re.search(r'<section id="provenance".*?</section>', text, re.S).group(0)
     manifest = demo_report.run.manifest
     for fact in (manifest["prompts_hash"], manifest["versions"]["torch"], "LlamaForCausalLM"):
         assert fact in provenance
+
+
+def _block(text: str, family: str) -> str:
+    return re.search(rf'<div class="block" id="finding-{family}">(.*?)(?=<div class="block"|</section>)', text,
+                     re.S).group(1)
+
+
+def test_demo_findings_come_first_and_name_the_heads_of_the_tables(demo_report):
+    text = demo_report.path.read_text()
+    run = demo_report.run
+    assert text.index('<section id="findings"') < text.index('<section id="ranked"') < text.index('id="analysis-')
+    sinks = run.table("sink_scores").sort_values(["sink_score", "layer", "head"], ascending=[False, True, True])
+    share = 100 * (sinks.sink_score > 0.3).mean()
+    block = _block(text, "sinks")
+    top = sinks.iloc[0]
+    assert f"Sink^ε = {share:.0f}%" in block and f"L{top.layer}H{top['head']} ({top.sink_score:.2f})" in block
+    retrieval = run.table("retrieval_heads").sort_values(["retrieval_score", "layer", "head"],
+                                                         ascending=[False, True, True]).iloc[0]
+    block = _block(text, "retrieval")
+    assert f"Strongest: L{retrieval.layer}H{retrieval['head']}" in block and "20 prompts of set “passkey”" in block
+    circuits = run.table("circuits")
+    ioi = circuits[(circuits.task == "ioi") & (circuits.method == "activation_patching")]
+    best = ioi.iloc[ioi.effect.abs().argmax()]
+    block = _block(text, "circuits")
+    assert f"ioi: a circuit of {int(ioi.in_circuit.sum())} heads" in block
+    assert f"L{best.layer}H{best['head']} ({'+' if best.effect > 0 else ''}{best.effect:.2f})" in block
+    types = _block(text, "head-types")
+    assert "measured on seeded random token sequences repeated twice" in types and 'class="caveat"' in types
+    assert "Most focused heads (lowest entropy" in types
+    for family in ("sinks", "head-types", "importance", "retrieval", "circuits",
+                   "saliency", "massive-activations"):
+        block = _block(text, family)
+        assert "Prompts:" in block and "details</a>" in block, family
+    for name in ANALYZERS:  # every detailed section says which prompts it used
+        if name not in sections.SUPPORT and name in run:
+            body = re.search(f'<section id="analysis-{name}"[^>]*>(.*?)</section>', text, re.S).group(1)
+            assert "Prompts:" in body, name
+
+
+def test_demo_head_examples_equal_an_independent_capture(demo_report):
+    from workbench.analyzers.examples import example_of
+
+    run = demo_report.run
+    examples = run.table("head_examples")
+    prompts = run.table("prompts")
+    ioi = prompts[prompts.set == "ioi"].prompt.iloc[0]
+    model = wb.load_model("demo")
+    ids = model.tokenizer(ioi, return_tensors="pt")["input_ids"]
+    with torch.no_grad():  # the plain HF model, never wrapped: an independent oracle
+        oracle = model.hf_model(input_ids=ids, output_attentions=True).attentions
+    weights, positions, tokens, n = example_of(examples, "ioi", 2, 5)
+    assert positions == list(range(n)) and tokens == model.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    np.testing.assert_allclose(weights, oracle[2][0, 5].numpy(), atol=1e-5)
+    passkey = example_of(examples, "passkey", 2, 6)  # a long prompt keeps 32 positions: first, needle, last
+    weights, positions, tokens, n = passkey
+    assert len(positions) == 32 and n > 100 and positions[:2] == [0, 1] and positions[-8:] == list(range(n - 8, n))
+    trial = prompts[prompts.set == "passkey"].prompt.iloc[0]
+    needle = [r for r in wb.analyzers.retrieval.read_trials(None) if r["prompt"] == trial][0]["answer"]
+    kept = "".join(t.lstrip("▁Ġ") for t in tokens)
+    assert needle.strip() in kept  # the retrieval head's last query reaches the needle, so it is kept
+    assert set(prompts.set) >= {"run", "ioi", "colored_objects", "passkey"}
+    section = re.search(r'<section id="prompts".*?</section>', demo_report.path.read_text(), re.S).group(0)
+    assert f"<b>ioi</b>: 16 prompts" in section and html.escape(ioi) in section
+
+
+def test_causal_checks_are_read_by_ranking_name_and_a_ranking_that_does_not_beat_random_says_so(tmp_path):
+    import pandas as pd
+
+    from tests.dashboards.fixtures import make_run
+
+    run = make_run(tmp_path / "run", ["sink_scores", "head_importance"])
+    checks = pd.DataFrame([
+        {"ranking": "sink_score", "k": 5, "top": 4.1, "bottom": 2.0, "random_median": 2.2, "random_lo": 2.0,
+         "random_hi": 2.6, "metric": "held-out loss"},
+        {"ranking": "sink_score", "k": 1, "top": 2.5, "bottom": 2.0, "random_median": 2.1, "random_lo": 2.0,
+         "random_hi": 2.3, "metric": "held-out loss"},
+        {"ranking": "head_importance.importance", "k": 5, "top": 2.3, "bottom": 2.0, "random_median": 2.2,
+         "random_lo": 2.0, "random_hi": 2.6, "metric": "held-out loss"}])
+    run.add_table("causal_checks", checks)
+    text = render(run)[0]
+    sinks = _block(text, "sinks")
+    assert ("Causal check: top-5 ablated: held-out loss 4.1 vs bottom-5 2 and random 5-sets 2.2 [2, 2.6]." in sinks)
+    importance = _block(text, "importance")
+    assert "top-5 ablated: held-out loss 2.3" in importance and "does not beat random" in importance
+    assert re.search(r'<p class="caveat">Most important heads.*?does not beat random', importance, re.S)
 
 
 def test_missing_analyses_are_computed_or_reported_as_missing(tmp_path):
@@ -345,3 +469,19 @@ def test_tiny_and_minilm_reports_render_offline(tiny_reports, minilm, browser, t
             assert render(built.run)[1] == built.n_figures
     text = browser.find_element("id", "analysis-first_key_mass").text  # the MiniLM page, still open
     assert "Not applicable to this model: " + CAUSAL_ONLY in text
+
+
+def test_the_inner_bar_counts_forwards_and_leaves_no_hook(capsys):
+    from workbench.progress import forward_bar
+
+    model = wb.load_model("tiny-llama", hf_model=tiny_models.hf_model("llama"), tokenizer=tiny_models.tokenizer("llama"))
+    ids, mask = model.to_tokens(tiny_models.PROMPTS[:1])
+    with torch.no_grad():
+        plain = model.hf_model(input_ids=ids).logits
+        with forward_bar(model, "test") as bar:
+            counted = model.hf_model(input_ids=ids).logits
+            model.bridge(ids)
+            wb.capture_patterns(model, tiny_models.PROMPTS[:2])
+    assert bar.n == 3  # one per forward, whichever entry point ran it
+    assert torch.equal(plain, counted)  # the hook does not touch the inputs
+    assert not model.hf_model._forward_pre_hooks and not model.bridge._forward_pre_hooks
