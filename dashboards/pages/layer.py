@@ -32,6 +32,9 @@ def layout(run=None, layer=None, **_):
     choose = [dcc.Dropdown(id="layer-prompt", options=[{"label": p[:80], "value": p} for p in prompts],
                            value=prompts[0] if prompts else None, placeholder="a prompt of the run (computed with its model)",
                            style={} if source is not None else {"display": "none"}),
+              html.Div([dcc.Input(id="layer-text", placeholder="or type a prompt", className="wb-textarea"),
+                        html.Button("compute", id="layer-compute", n_clicks=0)], className="wb-row",
+                       style={} if source is not None else {"display": "none"}),
               dcc.Dropdown(id="layer-example", options=[{"label": f"stored example: {e}", "value": e} for e in examples],
                            value=examples[0] if examples and source is None else None,
                            placeholder="or a stored example of the run (no model needed)",
@@ -45,10 +48,19 @@ def layout(run=None, layer=None, **_):
                                          value=0 if layer is None or layer >= n_layers else layer, clearable=False,
                                          className="wb-small-dropdown")], className="wb-row"),
         *choose, html.Div(id="layer-error"),
-        dcc.Loading(dcc.Graph(id="layer-grid", config=views.GRAPH_CONFIG,
-                              figure=views.placeholder("choose a prompt or a stored example")), type="circle"),
+        dcc.Graph(id="layer-grid", config=views.GRAPH_CONFIG, figure=views.placeholder("choose a prompt or a stored example")),
         dcc.Store(id="layer-run", data=run), dcc.Store(id="layer-key"),
     ])
+
+
+@callback(Output("layer-prompt", "options"), Output("layer-prompt", "value"), Input("layer-compute", "n_clicks"),
+          State("layer-text", "value"), State("layer-prompt", "options"), prevent_initial_call=True)
+def add_prompt(_, text, options):
+    text = (text or "").strip()
+    if not text:
+        return no_update, no_update
+    known = [o["value"] for o in options or []]
+    return (options if text in known else [{"label": text[:80], "value": text}, *(options or [])]), text
 
 
 @callback(Output("layer-key", "data"), Output("layer-error", "children"),
@@ -100,10 +112,24 @@ def show_layer(key, run_id):
         return views.placeholder(str(exc))
 
 
+def clicked_head(click, layer) -> dict | None:
+    """The head a click on the thumbnails names: the cell's customdata, else its trace number
+    (one trace per head, in head order; Dash leaves a heatmap cell's customdata out of clickData)."""
+    picked = views.head_from_click(click)
+    if picked is not None:
+        return {"layer": picked[0], "head": picked[1]}
+    try:
+        return {"layer": int(layer), "head": int(click["points"][0]["curveNumber"])}
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+
+
 @callback(Output("app-selection", "data", allow_duplicate=True), Output("app-url", "href", allow_duplicate=True),
-          Input("layer-grid", "clickData"), State("layer-run", "data"), prevent_initial_call=True)
-def open_head(click, run_id):
-    picked = views.selection(run_id, click)
-    if picked is None:
+          Input("layer-grid", "clickData"), State("layer-layer", "value"), State("layer-run", "data"),
+          prevent_initial_call=True)
+def open_head(click, layer, run_id):
+    found = clicked_head(click, layer)
+    if found is None:
         return no_update, no_update
+    picked = {"run": run_id, **found}
     return picked, "/head" + views.run_query(run_id, layer=picked["layer"], head=picked["head"])

@@ -342,8 +342,10 @@ def test_layer_view_draws_every_head_and_a_click_opens_it(request_ctx, tiny_dir)
     assert [t.name for t in fig.data] == ["L1H0", "L1H1", "L1H2", "L1H3"]
     np.testing.assert_allclose(fig.data[2].z, expected[2])
     click = {"points": [{"curveNumber": 2, "x": "1: w1", "y": "3: w1", "customdata": [1, 2]}]}
-    selection, href = layer.open_head(click, "tiny")
+    selection, href = layer.open_head(click, 1, "tiny")
     assert selection == {"run": "tiny", "layer": 1, "head": 2} and href == "/head?run=tiny&layer=1&head=2"
+    dash_click = {"points": [{"curveNumber": 3, "x": "1: w1", "y": "3: w1", "z": 0.2}]}  # what Dash really sends
+    assert layer.open_head(dash_click, 1, "tiny")[0] == {"run": "tiny", "layer": 1, "head": 3}
     assert views.names_heads(fig)
 
 

@@ -15,6 +15,18 @@ from workbench.report.page import Page, fmt, table
 from workbench.report.sections import SUPPORT, Tables, per_head_parts
 
 
+class _Readable(Tables):
+    """The run's tables, a damaged one read as missing (a comparison shows what it can)."""
+
+    def get(self, name: str):
+        from workbench.errors import WorkbenchError
+
+        try:
+            return super().get(name)
+        except WorkbenchError:
+            return None
+
+
 def run_label(run, letter: str) -> str:
     model = (run.manifest.get("model") or {}).get("name") or "?"
     return f"{letter}: {model} ({run.path.name})"
@@ -33,7 +45,7 @@ def model_numbers(runs) -> list[list]:
         facts.append([label] + [str((r.manifest.get("model") or {}).get(key)) for r in runs])
     facts.append(["layers × heads"] + [("—" if shape(r) is None else f"{shape(r)[0]} × {shape(r)[1]}") for r in runs])
     facts.append(["prompts"] + [str(r.manifest.get("n_prompts")) for r in runs])
-    tables = [Tables(r) for r in runs]
+    tables = [_Readable(r) for r in runs]
     numbers: dict[str, list] = {}
     for name, analyzer in ANALYZERS.items():
         if analyzer.summary is None:
@@ -54,12 +66,15 @@ def model_numbers(runs) -> list[list]:
 def shared_scores(runs) -> list[tuple[str, str, str, list[pd.DataFrame]]]:
     """``(table, part label, column, [part of each run])`` for every ranking score (glossary
     direction set, not a repeat) that every run holds, per-head, under the same part label."""
-    tables = [Tables(r) for r in runs]
+    tables = [_Readable(r) for r in runs]
     out = []
     for name in runs[0].tables:
         if name in SUPPORT or not all(name in r for r in runs):
             continue
-        parts = [dict(per_head_parts(t.get(name))) for t in tables]
+        frames = [t.get(name) for t in tables]
+        if any(f is None for f in frames):
+            continue
+        parts = [dict(per_head_parts(f)) for f in frames]
         for label, first in parts[0].items():
             if not all(label in p for p in parts[1:]):
                 continue
