@@ -28,7 +28,7 @@ def create_app(runs_root_or_run: str | Path, *, cache_dir: str | Path | None = N
     cache = diskcache.Cache(str(cache_dir or tempfile.mkdtemp(prefix="workbench-dash-")))
     app = dash.Dash("dashboards", use_pages=True, pages_folder=str(HERE / "pages"),
                     assets_folder=str(HERE / "assets"), title="Attention Workbench",
-                    background_callback_manager=dash.DiskcacheManager(cache),
+                    background_callback_manager=_Manager(cache, root),
                     suppress_callback_exceptions=True)  # pages add components the shell lacks
     from dashboards.pages import analyses
 
@@ -42,6 +42,19 @@ def create_app(runs_root_or_run: str | Path, *, cache_dir: str | Path | None = N
     with app.server.test_request_context("/"):  # bind the pages' module-level callbacks to this
         app.server.preprocess_request()       # app now (Dash collects them at the first request)
     return app
+
+
+class _Manager(dash.DiskcacheManager):
+    """Dash's diskcache manager, which tells each forked worker which folder this app serves
+    (a worker has no Flask request to read it from), so two apps in one process stay apart."""
+
+    def __init__(self, cache, root: Path):
+        super().__init__(cache)
+        self.root = root
+
+    def call_job_fn(self, key, job_fn, args, context):
+        data.use_root_and_cache(self.root, self.handle)  # copied into the worker when it forks
+        return super().call_job_fn(key, job_fn, args, context)
 
 
 def check_port(host: str, port: int) -> None:

@@ -52,7 +52,7 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | N
             run._write_manifest()
             continue
         start = time.perf_counter()
-        with forward_bar(model, name, enable=progress):
+        with forward_bar(model, name, enable=None if progress else False):
             frame = analyzer.fn(model, prompts)
         run.add_table(name, frame, mode=analyzer.mode, seconds=time.perf_counter() - start)
     return run

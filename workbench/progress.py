@@ -7,6 +7,7 @@ pre-hook on the model's two entry points (the TransformerLens bridge and the pla
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -14,10 +15,13 @@ from tqdm.auto import tqdm
 
 
 @contextmanager
-def forward_bar(model, desc: str, *, enable: bool = True, position: int = 1) -> Iterator[tqdm]:
+def forward_bar(model, desc: str, *, enable: bool | None = None, position: int = 1) -> Iterator[tqdm]:
     """A tqdm bar (no total: analyses do not say in advance) ticking once per forward of ``model``
-    inside the block; closed and unhooked on exit, also when the analysis raises."""
-    bar = tqdm(desc=f"  {desc}", unit="forward", leave=False, position=position, disable=not enable)
+    inside the block; closed and unhooked on exit, also when the analysis raises. By default
+    (``enable=None``) the bar shows only on a terminal: in a notebook or a log every tick would
+    be a line of its own."""
+    show = sys.stderr.isatty() if enable is None else enable
+    bar = tqdm(desc=f"  {desc}", unit="forward", leave=False, position=position, disable=not show, mininterval=0.5)
     handles = []
 
     def tick(module, args):  # a pre-hook that returns something would replace the inputs

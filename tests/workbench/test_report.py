@@ -478,10 +478,30 @@ def test_the_inner_bar_counts_forwards_and_leaves_no_hook(capsys):
     ids, mask = model.to_tokens(tiny_models.PROMPTS[:1])
     with torch.no_grad():
         plain = model.hf_model(input_ids=ids).logits
-        with forward_bar(model, "test") as bar:
+        with forward_bar(model, "test", enable=True) as bar:
             counted = model.hf_model(input_ids=ids).logits
             model.bridge(ids)
             wb.capture_patterns(model, tiny_models.PROMPTS[:2])
     assert bar.n == 3  # one per forward, whichever entry point ran it
     assert torch.equal(plain, counted)  # the hook does not touch the inputs
     assert not model.hf_model._forward_pre_hooks and not model.bridge._forward_pre_hooks
+
+
+@pytest.mark.browser
+def test_report_paints_before_plotly_runs_draws_figures_as_they_scroll_and_keeps_the_nav(demo_report, browser):  # noqa: F811
+    browser.get("about:blank")
+    browser.get(demo_report.path.as_uri())
+    assert wait_for(lambda: browser.execute_script("return !!window.wbDrawAll"), 60)
+    fcp = browser.execute_script("return performance.getEntriesByName('first-contentful-paint')[0].startTime")
+    assert fcp < browser.execute_script("return window.wbPlotlyAt")  # first paint came before plotly.js ran
+    drawn = "return document.querySelectorAll('div.wb-figure[data-drawn]').length"
+    first = wait_for(lambda: browser.execute_script(drawn), 30)
+    assert 0 < first < demo_report.n_figures  # only the figures near the first screen
+    findings = browser.find_element("id", "findings").text
+    assert "Sink^ε" in findings and "retrieval heads" in findings and "ioi: a circuit of" in findings
+    browser.execute_script("document.getElementById('provenance').scrollIntoView()")
+    assert wait_for(lambda: browser.execute_script(drawn) > first, 30)  # drawn as they scroll into view
+    assert browser.execute_script("return document.querySelector('nav').getBoundingClientRect().top") == 0  # sticky
+    browser.execute_script("window.wbDrawAll()")
+    assert wait_for(lambda: browser.execute_script(drawn) == demo_report.n_figures, 60)
+    assert console_errors(browser) == []

@@ -78,15 +78,13 @@ def keep_positions(patterns: dict[int, torch.Tensor], n: int, max_side: int = MA
 
 def _example_ids(model, sets: dict) -> dict[str, torch.Tensor]:
     """``{example name: token ids [1, pos]}``: the first prompt of each set (``"run"`` is named
-    ``"prompt"``; a set whose first prompt is already an example adds none) and a repeated
-    random sequence (``"repeated"``)."""
+    ``"prompt"``) and a repeated random sequence (``"repeated"``)."""
     from workbench.analyzers.patterns import repeated_token_probes
 
-    out, seen = {}, set()
+    out = {}
     for name, (texts, _) in sets.items():
-        if name.startswith("repeated") or not texts or texts[0] in seen:
+        if name.startswith("repeated") or not texts:
             continue
-        seen.add(texts[0])
         ids, _ = model.to_tokens([texts[0]])
         out["prompt" if name == "run" else name] = ids
     try:
@@ -103,10 +101,13 @@ def head_examples(model, prompts, *, max_side: int = MAX_SIDE) -> pd.DataFrame:
         DataFrame ``example, layer, head, positions, tokens, weights, n_tokens``; ``positions``
         (ints), ``tokens`` (strings) and ``weights`` (floats, ``len(positions)²``) are lists.
     """
-    rows = []
+    rows, done = [], {}
     for example, ids in _example_ids(model, prompt_sets(model, prompts)).items():
         n = ids.shape[1]
-        patterns = patterns_for_batch(model, ids, torch.ones_like(ids), range(model.n_layers))
+        key = tuple(ids[0].tolist())  # sets that start with the same prompt share one capture
+        if key not in done:
+            done[key] = patterns_for_batch(model, ids, torch.ones_like(ids), range(model.n_layers))
+        patterns = done[key]
         keep = keep_positions(patterns, n, max_side)
         tokens = model.tokenizer.convert_ids_to_tokens(ids[0, keep].tolist())
         index = torch.tensor(keep)

@@ -37,7 +37,8 @@ def depth_profile(frames: dict[str, pd.DataFrame], score: str, *, label: str | N
         color = COLORS[i % len(COLORS)]
         fig.add_trace(go.Scatter(
             x=np.concatenate([depth, depth[::-1]]), y=np.concatenate([stats[0.75], stats[0.25][::-1]]),
-            fill="toself", fillcolor=color, opacity=0.2, line={"width": 0}, hoverinfo="skip", showlegend=False))
+            mode="lines", fill="toself", fillcolor=color, opacity=0.2, line={"width": 0}, hoverinfo="skip",
+            showlegend=False, name=f"{name} 25–75%"))
         fig.add_trace(go.Scatter(
             x=depth, y=stats[0.5].to_numpy(), mode="lines+markers", name=name, line={"color": color},
             customdata=layers.reshape(-1, 1).tolist(),

@@ -1,7 +1,7 @@
 """The report page: plain string templates, every value passed through `html.escape`.
 
 One page holds plotly.js once, inlined as inert text at the very end of ``<body>`` so it never
-delays the first paint; after the first frame it is evaluated, and each figure (a JSON spec in a
+delays the first paint; once the page is parsed, after a frame, it is evaluated, and each figure (a JSON spec in a
 ``<script type="application/json">`` block) is drawn when it scrolls near the viewport
 (``IntersectionObserver``). The navigation is sticky. Nothing is fetched: no ``<script src>``,
 no fonts, no favicon (``data:`` icon), no MathJax.
@@ -52,6 +52,7 @@ RENDER = """
     }
   }
   function start() {
+    window.wbPlotlyAt = performance.now();
     var code = document.getElementById('wb-plotly');
     var script = document.createElement('script');
     script.text = code.textContent;
@@ -64,7 +65,9 @@ RENDER = """
     figures.forEach(function (f) { seen.observe(f); });
     window.wbDrawAll = function () { figures.forEach(draw); };
   }
-  requestAnimationFrame(function () { setTimeout(start, 0); });
+  // plotly.js is the page's last element: read it once the whole page is parsed, after a frame
+  function later() { requestAnimationFrame(function () { setTimeout(start, 0); }); }
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', later); else later();
 })();
 """
 

@@ -168,7 +168,9 @@ def findings_section(doc: Page, tables: Tables) -> str:
                     if key not in drawn and len(drawn) < CARDS:
                         drawn.add(key)
                         cards.append(head_card(doc, examples, key[2], h, name))
-            sentences.append(prompts_used(tables, name))
+            used = prompts_used(tables, name)
+            if used not in sentences:  # analyses of one family often share their prompts
+                sentences.append(used)
         named = table(rows, ["head", "score", "value", "causal check"], raw=True, numeric=(2,)) if rows else ""
         note = ("" if examples is not None or not rows else
                 '<p class="note">Patterns need the run\'s <code>head_examples</code> table '
