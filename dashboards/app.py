@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import tempfile
 from pathlib import Path
@@ -54,7 +55,16 @@ class _Manager(dash.DiskcacheManager):
 
     def call_job_fn(self, key, job_fn, args, context):
         data.use_root_and_cache(self.root, self.handle)  # copied into the worker when it forks
-        return super().call_job_fn(key, job_fn, args, context)
+        return super().call_job_fn(key, functools.partial(_in_worker, job_fn), args, context)
+
+
+def _in_worker(job_fn, *args):
+    """Run a background job in its forked worker with one torch thread: a fork copies none of the
+    parent's OpenMP threads, and a parallel region entered in the child could wait for them."""
+    import torch
+
+    torch.set_num_threads(1)
+    return job_fn(*args)
 
 
 def check_port(host: str, port: int) -> None:

@@ -145,6 +145,24 @@ def run_query(run_id: str | None, **extra) -> str:
     return "?" + "&".join(parts) if parts else ""
 
 
+def prompts_note(run, name: str) -> str | None:
+    """Which prompts table ``name`` was made from ("prompts: 16 of set 'ioi' (15 tokens), ..."),
+    from the run's ``prompts`` table; None when the run stores no prompt texts."""
+    if "prompts" not in run:
+        return None
+    try:
+        stored = data.table(run, "prompts")
+    except WorkbenchError:
+        return None
+    parts = []
+    for set_name, rows in stored.groupby("set", sort=False):
+        if name in str(rows["used_by"].iloc[0]).split(","):
+            low, high = int(rows["n_tokens"].min()), int(rows["n_tokens"].max())
+            parts.append(f"{len(rows)} of set {set_name!r} ({low}–{high} tokens)")
+    return ("prompts: " + "; ".join(parts) + " (listed in the report's Prompts section and the Head page's prompt "
+            "list)") if parts else None
+
+
 def analysis_page(root, run_id: str | None, slug: str) -> list:
     """The body of an analysis page: every figure of every table the registry puts on page
     ``slug`` (`Analyzer.page`), the glossary of their columns as tooltips, and a clear message for
@@ -177,6 +195,9 @@ def analysis_page(root, run_id: str | None, slug: str) -> list:
         except Exception as exc:  # noqa: BLE001 - a figure function's bug must not become a stack trace
             out.append(message(f"could not draw table {name!r}: {type(exc).__name__}: {exc}", "error"))
             continue
+        note = prompts_note(run, name)
+        if note:
+            out.append(html.Div(note, className="wb-caption wb-prompts"))
         terms = [html.Span(label_of(c, name), title=tooltip(c, name), className="wb-term")
                  for c in frame.columns if lookup(c, name) is not None]
         if terms:

@@ -326,6 +326,28 @@ def test_saliency_bars_for_a_typed_prompt(request_ctx, tiny_dir):
     assert "per-token bars need the run's model" in _text(page("analyses").layout("saliency", run="full"))
 
 
+def test_the_head_page_shows_the_pattern_before_the_scores(request_ctx):
+    layout = page("head").layout(run="tiny")
+    order = [getattr(c, "id", None) for c in layout.children]
+    # before the fix a 30-row score table came first and the pattern started ~1,150 px down
+    assert order.index("head-error") < order.index("head-scores")
+    graphs = [i for i, c in enumerate(layout.children) if type(c).__name__ == "Loading"]
+    assert graphs and graphs[0] < order.index("head-scores") and order.index("head-tokens") < order.index("head-scores")
+
+
+def test_analysis_pages_say_which_prompts_each_table_used(request_ctx, tmp_path):
+    import pandas as pd
+
+    run = make_run(tmp_path / "r", ["sink_scores", "circuits"])
+    run.add_table("prompts", pd.DataFrame({"set": ["run", "ioi", "ioi"], "prompt_id": [0, 0, 1],
+                                           "prompt": ["w1 w2", "a b c", "a b d"], "n_tokens": [3, 4, 4],
+                                           "used_by": ["sink_scores", "circuits", "circuits"]}))
+    assert views.prompts_note(run, "circuits").startswith("prompts: 2 of set 'ioi' (4–4 tokens)")
+    assert views.prompts_note(run, "sink_scores").startswith("prompts: 1 of set 'run' (3–3 tokens)")
+    body = views.analysis_page(tmp_path, "r", "circuits")
+    assert "prompts: 2 of set 'ioi'" in _text(_find(body, cls="wb-prompts"))
+
+
 def test_head_layout_without_a_loadable_model_says_so(request_ctx):
     layout = page("head").layout(run="full")
     assert "source 'nowhere' cannot be loaded on this machine" in _text(layout)
