@@ -35,6 +35,7 @@ def create_app(runs_root_or_run: str | Path, *, cache_dir: str | Path | None = N
 
     analyses.register_all()
     app.server.config[data.ROOT_KEY] = str(root)
+    app.server.config[data.CACHE_KEY] = cache
     data.use_root_and_cache(root, cache)
     data.warm(root)
     pages = sorted(dash.page_registry.values(), key=lambda page: page["order"])

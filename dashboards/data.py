@@ -246,13 +246,26 @@ def run_prompts(run: Run) -> list[str]:
     return prompts if prompts_hash(prompts) == run.manifest.get("prompts_hash") else []
 
 
+CACHE_KEY = "WORKBENCH_CACHE"  # the app's diskcache.Cache in its Flask config
+
+
+def _cache():
+    """The serving app's disk cache (from its Flask config), or in a background worker the cache
+    it was forked with; None outside any app."""
+    from flask import current_app, has_app_context
+
+    if has_app_context() and CACHE_KEY in current_app.config:
+        return current_app.config[CACHE_KEY]
+    return _SERVED.get("cache")
+
+
 def _cache_get(key):
-    cache = _SERVED.get("cache")
+    cache = _cache()
     return None if cache is None else cache.get(key)
 
 
 def _cache_set(key, value) -> None:
-    cache = _SERVED.get("cache")
+    cache = _cache()
     if cache is not None:
         cache.set(key, value)
 

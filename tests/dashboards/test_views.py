@@ -10,61 +10,15 @@ from dash import html, no_update
 
 from dashboards import data, shell, views
 from tests.dashboards.conftest import page
-from tests.dashboards.fixtures import frames, make_run
+from tests.dashboards.fixtures import causal_pattern, find_components, text_of, frames, in_callback, make_run
 from workbench.analyzers import ANALYZERS
 from workbench.errors import WorkbenchError
 from workbench.figures import attention_pattern
 
 
-def in_callback(fn, *args, triggered: tuple[str, ...] = ()):
-    """Call a Dash callback as a plain function with ``ctx.triggered`` set (Dash's documented way
-    of unit-testing callbacks that read the callback context)."""
-    from contextvars import copy_context
-
-    from dash._callback_context import context_value
-    from dash._utils import AttributeDict
-
-    def call():
-        context_value.set(AttributeDict(triggered_inputs=[{"prop_id": t, "value": None} for t in triggered]))
-        return fn(*args)
-
-    return copy_context().run(call)
-
-
-def _causal(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    logits = np.where(np.tril(np.ones((n, n), bool)), rng.normal(size=(n, n)), -np.inf)
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    return (p / p.sum(1, keepdims=True)).astype(np.float32)
-
-
-def _find(component, cls=None, kind=None) -> list:
-    """All components in a Dash tree with className containing ``cls`` or of type ``kind``."""
-    out, stack = [], [component]
-    while stack:
-        c = stack.pop()
-        if isinstance(c, (list, tuple)):
-            stack.extend(c)
-            continue
-        if c is None or isinstance(c, (str, int, float)):
-            continue
-        if (cls and cls in (getattr(c, "className", None) or "").split()) or (kind and type(c).__name__ == kind):
-            out.append(c)
-        stack.append(getattr(c, "children", None))
-    return out
-
-
-def _text(component) -> str:
-    if isinstance(component, (list, tuple)):
-        return " ".join(_text(c) for c in component)
-    if component is None or isinstance(component, (str, int, float)):
-        return "" if component is None else str(component)
-    return _text(getattr(component, "children", None))
-
-
 # -- the pattern figure ----------------------------------------------------------------------------
 def test_attention_pattern_short_is_exact_and_labelled():
-    p = _causal(7)
+    p = causal_pattern(7)
     tokens = ["<s>", "a", "b", "a", "b", "c", "a"]
     fig = attention_pattern(p, tokens, title="L0H1")
     np.testing.assert_array_equal(np.asarray(fig.data[0].z), p)
@@ -74,7 +28,7 @@ def test_attention_pattern_short_is_exact_and_labelled():
 
 def test_attention_pattern_long_is_block_averaged_or_windowed_never_whole():
     n = 1000
-    p = _causal(n)
+    p = causal_pattern(n)
     tokens = [f"w{i % 90}" for i in range(n)]
     whole = attention_pattern(p, tokens)
     z = np.asarray(whole.data[0].z)
@@ -132,7 +86,7 @@ def test_names_heads_separates_head_figures_from_token_and_position_figures():
 
 # -- analysis pages --------------------------------------------------------------------------------
 def _graphs(body) -> list:
-    return _find(body, kind="Graph")
+    return find_components(body, kind="Graph")
 
 
 SLUGS = ("sinks", "importance", "retrieval", "circuits", "saliency", "head-map")
@@ -145,10 +99,10 @@ def test_analysis_pages_show_every_figure_of_their_registered_tables(request_ctx
     names = views.tables_of(slug)
     expected = sum(len(ANALYZERS[t].make_figures(f[t])) for t in names)
     assert names and expected > 0 and len(_graphs(body)) == expected
-    assert not [m for m in _find(body, cls="wb-message") if "per-token bars" not in _text(m)]
+    assert not [m for m in find_components(body, cls="wb-message") if "per-token bars" not in text_of(m)]
     page_body = page("analyses").layout(slug, run="full")
     assert len(_graphs(page_body)) == expected
-    terms = _find(body, cls="wb-term")  # the glossary as tooltips
+    terms = find_components(body, cls="wb-term")  # the glossary as tooltips
     assert terms and all(t.title and "=" in t.title for t in terms)
 
 
@@ -162,15 +116,15 @@ def test_pages_are_the_registry_s_pages():
 
 def test_analysis_page_messages_for_missing_skipped_damaged(runs_root):
     body = views.analysis_page(runs_root, "group/partial", "retrieval")
-    text = _text(body)
+    text = text_of(body)
     assert "First-token" not in text and not _graphs(body)
     assert f"{views.title_of('retrieval_heads')} was skipped for this run's model: needs needle-in-a-haystack trials (fixture)" in text
     assert f"this run has no niah table; run `workbench analyze --model nowhere --out {runs_root / 'group' / 'partial'} --analysis niah`" in text
-    sinks = _text(views.analysis_page(runs_root, "broken-table", "sinks"))
+    sinks = text_of(views.analysis_page(runs_root, "broken-table", "sinks"))
     assert "table 'sink_scores' of run" in sinks and "is damaged or missing" in sinks
     for run_id, expected in (("damaged", "damaged manifest.json"), ("../root-outside/secret", "outside the served folder")):
         body = views.analysis_page(runs_root, run_id, "sinks")
-        assert expected in _text(body) and not _graphs(body)
+        assert expected in text_of(body) and not _graphs(body)
 
 
 def test_analysis_page_survives_a_failing_figure_function(tmp_path, monkeypatch):
@@ -182,7 +136,7 @@ def test_analysis_page_survives_a_failing_figure_function(tmp_path, monkeypatch)
     monkeypatch.setitem(ANALYZERS, "head_patterns", Analyzer("head_patterns", lambda m, p: None, "Head map",
                                                              figures=broken, page="head-map"))
     make_run(tmp_path / "r", ["head_patterns"])  # a run of its own: figures are cached per run and table
-    text = _text(views.analysis_page(tmp_path, "r", "head-map"))
+    text = text_of(views.analysis_page(tmp_path, "r", "head-map"))
     assert "could not draw table 'head_patterns': KeyError: 'umap_x'" in text
 
 
@@ -203,7 +157,7 @@ def test_overview_choices_grid_and_headline(request_ctx, runs_root):
     np.testing.assert_allclose(np.asarray(fig.data[0].z), expected)
     with pytest.raises(WorkbenchError, match="unknown grid choice"):
         overview.grid_figure(runs_root, "full", "nonsense")
-    cards = _text(overview.headline(run))
+    cards = text_of(overview.headline(run))
     sinks = frames()["sink_scores"]
     assert f"{int(sinks.is_sink.sum())} of 32 heads ({100 * sinks.is_sink.mean():.0f}%)" in cards
     assert "in circuit (ioi, attribution_patching)" in cards and "4 layers × 8 heads" in cards
@@ -251,19 +205,19 @@ def test_reconcile_selection_and_dropdowns():
 def test_draw_bounds_what_is_shipped_and_the_head_view_reads_rows_and_columns(request_ctx, monkeypatch):
     head = page("head")
     n = 600
-    p = _causal(n, seed=3)
+    p = causal_pattern(n, seed=3)
     tokens = tuple(f"w{i % 90}" for i in range(n))
     monkeypatch.setattr(data, "cached_layer", lambda source, prompt, layer: (np.stack([p, p.T]), tokens))
     key = {"source": "demo", "prompt": "x", "layer": 0}
     fig, view, slider_max, disabled, options, value = head.draw(key, 0, 0, "whole", 0, None, "from", None, None, "full")
     assert np.asarray(fig.data[0].z).shape == (200, 200) and slider_max == n - 256 and disabled
-    spans = _find(view, cls="wb-token")
-    assert len(spans) == 256 and "query 599" in _text(view) and value == 599 and len(options) == n
+    spans = find_components(view, cls="wb-token")
+    assert len(spans) == 256 and "query 599" in text_of(view) and value == 599 and len(options) == n
     click = {"points": [{"x": "3: w3", "y": "300: w30"}]}
     fig, view, _, disabled, _, value = head.draw(key, 0, 0, "window", 288, click, "from", 599, "head-pattern", "full")
     np.testing.assert_array_equal(np.asarray(fig.data[0].z), p[288:544, 288:544])
-    assert not disabled and value == 300 and "attention from query 300 'w30'" in _text(view)
-    spans = _find(view, cls="wb-token")
+    assert not disabled and value == 300 and "attention from query 300 'w30'" in text_of(view)
+    spans = find_components(view, cls="wb-token")
     keys = sorted(int(s.title.split(":")[0].removeprefix("key ")) for s in spans)
     assert keys == list(range(172, 428))  # 256 keys centred on the query
     peak = p[300, 172:428].max()
@@ -273,8 +227,8 @@ def test_draw_bounds_what_is_shipped_and_the_head_view_reads_rows_and_columns(re
         assert s.children == tokens[k]
     # "to key": the column of the chosen key, over the queries
     _, view, _, _, _, value = head.draw(key, 0, 0, "whole", 0, click, "to", None, "head-pattern", "full")
-    assert value == 3 and "attention to key 3 'w3' from each query" in _text(view)
-    spans = _find(view, cls="wb-token")
+    assert value == 3 and "attention to key 3 'w3' from each query" in text_of(view)
+    spans = find_components(view, cls="wb-token")
     for s in spans[:20]:
         q = int(s.title.split(":")[0].removeprefix("query "))
         assert float(s.title.split(": ")[1]) == pytest.approx(p[q, 3], abs=1e-3)
@@ -289,10 +243,10 @@ def test_pattern_callbacks_compute_with_the_runs_own_model(request_ctx, tiny_dir
     expected, _ = data.head_pattern(str(tiny_dir), "w1 w2 w3", 1, 3)
     np.testing.assert_array_equal(np.asarray(out[0].data[0].z), expected)
     key, error = head.compute_pattern(" ".join(["w1"] * 1100), 0, "tiny")
-    assert key is None and _text(error) == f"prompt 0 is 1101 tokens long; {tiny_dir.name} has a context of 1024 tokens"
+    assert key is None and text_of(error) == f"prompt 0 is 1101 tokens long; {tiny_dir.name} has a context of 1024 tokens"
     # the model comes from the run's manifest on the server; the browser only names a run
-    assert "this run's model cannot be loaded on this machine" in _text(head.compute_pattern("w1 w2", 0, "full")[1])
-    assert "points outside the served folder" in _text(head.compute_pattern("w1 w2", 0, "../root-outside/secret")[1])
+    assert "this run's model cannot be loaded on this machine" in text_of(head.compute_pattern("w1 w2", 0, "full")[1])
+    assert "points outside the served folder" in text_of(head.compute_pattern("w1 w2", 0, "../root-outside/secret")[1])
     assert head.compute_pattern(None, 0, "tiny") == (no_update, no_update)
     options, value = head.add_prompt(1, " w3 w4 ", [{"label": "w1", "value": "w1"}])
     assert value == "w3 w4" and options[0] == {"label": "w3 w4", "value": "w3 w4"} and len(options) == 2
@@ -302,7 +256,7 @@ def test_a_typed_prompt_with_unknown_words_warns(request_ctx, tiny_dir):
     head = page("head")
     key, warning = head.compute_pattern("w1 cat sat w2 mat", 0, "tiny")  # the tiny vocabulary is w0..w89
     assert key is not None
-    text = _text(warning)
+    text = text_of(warning)
     assert "3 token(s) of this prompt are unknown" in text and "'cat', 'sat', 'mat'" in text
     assert "wb-warning" in warning.className
     assert head.compute_pattern("w1 w2", 0, "tiny")[1] is None  # no warning for known words
@@ -322,8 +276,8 @@ def test_saliency_bars_for_a_typed_prompt(request_ctx, tiny_dir):
     np.testing.assert_allclose(bars[1].y, one.attention / one.attention.sum(), rtol=1e-5)
     np.testing.assert_allclose(bars[0].y, one.attribution / one.attribution.sum(), rtol=1e-3)
     graphs, error = in_callback(saliency.show_bars, 1, None, "w4", None, ["tiny"], triggered=("saliency-compute.n_clicks",))
-    assert graphs == [] and "needs at least 2" in _text(error)
-    assert "per-token bars need the run's model" in _text(page("analyses").layout("saliency", run="full"))
+    assert graphs == [] and "needs at least 2" in text_of(error)
+    assert "per-token bars need the run's model" in text_of(page("analyses").layout("saliency", run="full"))
 
 
 def test_the_head_page_shows_the_pattern_before_the_scores(request_ctx):
@@ -345,66 +299,13 @@ def test_analysis_pages_say_which_prompts_each_table_used(request_ctx, tmp_path)
     assert views.prompts_note(run, "circuits").startswith("prompts: 2 of set 'ioi' (4–4 tokens)")
     assert views.prompts_note(run, "sink_scores").startswith("prompts: 1 of set 'run' (3–3 tokens)")
     body = views.analysis_page(tmp_path, "r", "circuits")
-    assert "prompts: 2 of set 'ioi'" in _text(_find(body, cls="wb-prompts"))
+    assert "prompts: 2 of set 'ioi'" in text_of(find_components(body, cls="wb-prompts"))
 
 
 def test_head_layout_without_a_loadable_model_says_so(request_ctx):
     layout = page("head").layout(run="full")
-    assert "source 'nowhere' cannot be loaded on this machine" in _text(layout)
-    assert "damaged manifest.json" in _text(page("head").layout(run="damaged"))
-
-
-# -- layer, heads side by side, compare --------------------------------------------------------------
-def test_layer_view_draws_every_head_and_a_click_opens_it(request_ctx, tiny_dir):
-    layer = page("layer")
-    key, error = layer.compute_layer("w1 w2 w3 w1 w2", 1, "tiny")
-    assert error is None
-    fig = layer.show_layer(key, "tiny")
-    expected, _ = data.layer_patterns(str(tiny_dir), "w1 w2 w3 w1 w2", 1)
-    assert [t.name for t in fig.data] == ["L1H0", "L1H1", "L1H2", "L1H3"]
-    np.testing.assert_allclose(fig.data[2].z, expected[2])
-    click = {"points": [{"curveNumber": 2, "x": "1: w1", "y": "3: w1", "customdata": [1, 2]}]}
-    selection, href = layer.open_head(click, 1, "tiny")
-    assert selection == {"run": "tiny", "layer": 1, "head": 2} and href == "/head?run=tiny&layer=1&head=2"
-    dash_click = {"points": [{"curveNumber": 3, "x": "1: w1", "y": "3: w1", "z": 0.2}]}  # what Dash really sends
-    assert layer.open_head(dash_click, 1, "tiny")[0] == {"run": "tiny", "layer": 1, "head": 3}
-    assert views.names_heads(fig)
-
-
-def test_stored_examples_draw_without_a_model(request_ctx, tmp_path, monkeypatch):
-    import workbench as wb
-    from tests import tiny_models
-
-    model = wb.load_model("tiny-x", hf_model=tiny_models.hf_model("llama"), tokenizer=tiny_models.tokenizer("llama"))
-    run = wb.analyze(model, ["w1 w2 w3 w4"], out=tmp_path / "stored", analyses=["prompts", "head_examples"],
-                     progress=False)
-    monkeypatch.setattr(data, "served_root", lambda: tmp_path)
-    assert data.stored_examples(run) == ["prompt", "repeated"] and data.model_source(run) is None
-    assert data.run_prompts(run)[0] == "w1 w2 w3 w4"  # from the run's prompts table
-    fig = page("layer").show_layer({"example": "prompt", "layer": 0}, "stored")
-    patterns = wb.capture_patterns(model, ["w1 w2 w3 w4"])  # {layer: (1, head, query, key)}, independently
-    np.testing.assert_allclose(fig.data[1].z, patterns[0][0, 1].numpy(), atol=1e-6)
-    out = page("head").draw({"example": "repeated", "layer": 1}, 1, 3, "whole", 0, None, "from", None, None, "stored")
-    labels = list(out[0].data[0].x)
-    assert labels[0] == "0: <s>" and len(labels) == len(set(labels)) == 25  # 12 random tokens twice, after <s>
-    panels = page("heads").panels({"example": "prompt"}, ["L0H1", "L1H2", "bad"], "stored")
-    assert len(panels) == 2
-    np.testing.assert_allclose(panels[1].children.figure.data[0].z, patterns[1][0, 2].numpy(), atol=1e-6)
-
-
-def test_compare_page_two_runs_of_different_models(request_ctx, runs_root):
-    compare = page("compare")
-    body = compare.comparison(runs_root, "full", "tiny")
-    numbers = _find(body, kind="Table")[0]
-    text = _text(numbers)
-    assert "4 × 8" in text and "2 × 4" in text  # the fixture model and the tiny Llama
-    sinks = frames()["sink_scores"]
-    assert f"{100 * (sinks.sink_score > 0.3).mean():.4g}" in text  # Sink^ε of the full run, from its summary
-    assert "differ in shape" in _text(body)
-    graphs = _graphs(body)
-    assert graphs and all(g.figure.layout.xaxis.title.text.startswith("relative depth") for g in graphs)
-    same = compare.comparison(runs_root, "full", "full")
-    assert "same shape" in _text(same) and len(_graphs(same)) > len(graphs)
+    assert "source 'nowhere' cannot be loaded on this machine" in text_of(layout)
+    assert "damaged manifest.json" in text_of(page("head").layout(run="damaged"))
 
 
 # -- shell -----------------------------------------------------------------------------------------

@@ -78,13 +78,18 @@ def keep_positions(patterns: dict[int, torch.Tensor], n: int, max_side: int = MA
 
 def _example_ids(model, sets: dict) -> dict[str, torch.Tensor]:
     """``{example name: token ids [1, pos]}``: the first prompt of each set (``"run"`` is named
-    ``"prompt"``) and a repeated random sequence (``"repeated"``)."""
+    ``"prompt"``; a set that no analysis names as its ``example`` is left out when its first
+    prompt is already stored) and a repeated random sequence (``"repeated"``)."""
     from workbench.analyzers.patterns import repeated_token_probes
 
-    out = {}
+    named = {a.example for a in ANALYZERS.values()}
+    out, first = {}, set()
     for name, (texts, _) in sets.items():
         if name.startswith("repeated") or not texts:
             continue
+        if name not in named and name != "run" and texts[0] in first:
+            continue  # a set nobody draws on, starting with a prompt already stored
+        first.add(texts[0])
         ids, _ = model.to_tokens([texts[0]])
         out["prompt" if name == "run" else name] = ids
     try:
