@@ -7,9 +7,11 @@ else by its type, with the traceback in the server log.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import socket
+import tempfile
 from pathlib import Path
 
 import dash
@@ -22,14 +24,29 @@ log = logging.getLogger("dashboards")
 HERE = Path(__file__).resolve().parent
 
 
-def create_app(runs_root_or_run: str | Path) -> dash.Dash:
-    """A multi-page Dash app serving ``runs_root_or_run`` (WorkbenchError if it holds no run)."""
+def create_app(runs_root_or_run: str | Path, *, cache_dir: str | Path | None = None) -> dash.Dash:
+    """A multi-page Dash app serving ``runs_root_or_run`` (WorkbenchError if it holds no run).
+
+    Slow work (patterns of a typed prompt, integrated gradients) runs in Dash background
+    callbacks managed by a ``DiskcacheManager`` over ``cache_dir`` (default: a new temporary
+    folder), which also keeps what they computed for the plain callbacks that draw it. Analysis
+    pages come from the registry (`dashboards.pages.analyses.register_all`).
+    """
+    import diskcache
+
     root = data.check_root(runs_root_or_run)
+    cache = diskcache.Cache(str(cache_dir or tempfile.mkdtemp(prefix="workbench-dash-")))
     app = dash.Dash("dashboards", use_pages=True, pages_folder=str(HERE / "pages"),
                     assets_folder=str(HERE / "assets"), title="Attention Workbench",
+                    background_callback_manager=_Manager(cache, root),
                     suppress_callback_exceptions=True,  # pages add components the shell lacks
                     on_error=callback_error)
+    from dashboards.pages import analyses
+
+    analyses.register_all()
     app.server.config[data.ROOT_KEY] = str(root)
+    app.server.config[data.CACHE_KEY] = cache
+    data.use_root_and_cache(root, cache)
     data.warm(root)
     pages = sorted(dash.page_registry.values(), key=lambda page: page["order"])
     app.layout = shell.layout_factory([(page["name"], page["relative_path"]) for page in pages])
@@ -63,6 +80,28 @@ def beyond_loopback(host: str) -> bool:
     except OSError:
         return True
     return not found or any(not ipaddress.ip_address(a.split("%")[0]).is_loopback for a in found)
+
+
+class _Manager(dash.DiskcacheManager):
+    """Dash's diskcache manager, which tells each forked worker which folder this app serves
+    (a worker has no Flask request to read it from), so two apps in one process stay apart."""
+
+    def __init__(self, cache, root: Path):
+        super().__init__(cache)
+        self.root = root
+
+    def call_job_fn(self, key, job_fn, args, context):
+        data.use_root_and_cache(self.root, self.handle)  # copied into the worker when it forks
+        return super().call_job_fn(key, functools.partial(_in_worker, job_fn), args, context)
+
+
+def _in_worker(job_fn, *args):
+    """Run a background job in its forked worker with one torch thread: a fork copies none of the
+    parent's OpenMP threads, and a parallel region entered in the child could wait for them."""
+    import torch
+
+    torch.set_num_threads(1)
+    return job_fn(*args)
 
 
 def check_port(host: str, port: int) -> None:

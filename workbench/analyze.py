@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from workbench.analyzers import ANALYZERS, Analyzer, keyword_defaults
 from workbench.checks import names as check_names
+from workbench.progress import forward_bar
 from workbench.prompts import load_prompts
 from workbench.run import Run
 
@@ -34,7 +35,8 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | s
             missing or damaged are computed again. Another process may analyse the same run at
             the same time (the manifest is locked and merged).
         analyses: names from `ANALYZERS` (one name or a list; default: all that apply).
-        progress: show a progress bar.
+        progress: show a progress bar over the analyses, and an inner one counting the
+            forward passes of the analysis running (`workbench.progress.forward_bar`).
     Returns:
         The `Run`. Each table's manifest entry records its capture mode, backend, device,
         parameters and seconds. Analyses that do not apply to the model (e.g. causal-only ones
@@ -61,7 +63,7 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | s
     try:
         for name in todo:  # not `in bar`: its generator would close the bar (leaving it) before we can clear it
             bar.set_postfix_str(name)
-            _one(run, ANALYZERS[name], model, prompts)
+            _one(run, ANALYZERS[name], model, prompts, progress)
             bar.update()
     except BaseException as exc:
         bar.leave = False  # a failed or interrupted run ends in its one-line message, not a half bar
@@ -77,7 +79,7 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | s
     return run
 
 
-def _one(run: Run, analyzer: Analyzer, model, prompts: list) -> None:
+def _one(run: Run, analyzer: Analyzer, model, prompts: list, progress: bool = False) -> None:
     """Compute one analysis into the run, unless another writer stored it meanwhile."""
     run.refresh()
     if analyzer.name in run and not run.problem(analyzer.name):
@@ -88,7 +90,8 @@ def _one(run: Run, analyzer: Analyzer, model, prompts: list) -> None:
         return
     params = table_params(analyzer, prompts)
     start = time.perf_counter()
-    frame = analyzer.fn(model, prompts)
+    with forward_bar(model, analyzer.name, enable=None if progress else False):
+        frame = analyzer.fn(model, prompts)
     seconds = time.perf_counter() - start
     attrs = {k: v for k, v in frame.attrs.items() if v is None or isinstance(v, (bool, int, float, str))}
     run.add_table(analyzer.name, frame, mode=analyzer.mode, backend=resolve_backend(analyzer, params, model),

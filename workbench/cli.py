@@ -34,6 +34,26 @@ def _demo_app():
 app.add_typer(_demo_app(), name="demo", help="The bundled demo model organism (train it again).")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from workbench import __version__
+
+        typer.echo(f"attention-workbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Attention Workbench: record, analyse and report what attention heads do."""
+
+
+def _analysis_names() -> str:
+    from workbench.analyzers import ANALYZERS
+
+    return ", ".join(ANALYZERS)
+
+
 @app.command()
 def models() -> None:
     """List the model sources `--model` accepts and what each one is."""
@@ -50,9 +70,12 @@ def analyze(
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<model>); an existing run is resumed."),
     model: str = typer.Option("demo", "--model", help="demo, smollm2, minilm, a local HF directory or a hub id."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help=".jsonl (field 'prompt') or .txt, one a line."),
-    analysis: Optional[list[str]] = typer.Option(None, "--analysis", help="Only these analyses (repeatable)."),
+    analysis: Optional[list[str]] = typer.Option(None, "--analysis",
+                                                 help=f"Only these analyses (repeatable): {_analysis_names()}."),
 ) -> None:
-    """Run every registered analysis on a model and prompts into a run directory."""
+    """Run every registered analysis on a model and prompts into a run directory.
+
+    A bar counts the analyses, and an inner bar the forward passes of the one running."""
     import workbench as wb
     from workbench.checks import names
 
@@ -69,19 +92,29 @@ def analyze(
 
 @app.command()
 def report(
-    run: Optional[Path] = typer.Argument(None, help="A run directory (default: analyse --model into runs/<model>)."),
+    runs: Optional[list[Path]] = typer.Argument(
+        None, help="A run directory (default: analyse --model into runs/<model>), or two runs to compare."),
     out: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write (replaced atomically)."),
     model: Optional[str] = typer.Option(None, "--model", help="demo (default), smollm2, minilm, a local HF directory or a hub id."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help=".jsonl (field 'prompt') or .txt, one a line."),
 ) -> None:
-    """Write one self-contained HTML report (plotly.js inlined, works offline), computing missing analyses."""
-    from workbench.report import check_output, report as write_report, report_model
+    """Write one self-contained HTML report (plotly.js inlined, works offline), computing missing
+    analyses; with RUN_A RUN_B, a page comparing the two runs side by side."""
+    from workbench.report import check_output, compare_report, report as write_report, report_model
 
+    runs = list(runs or [])
+    if len(runs) > 2:
+        raise WorkbenchError(f"report takes one run, or two runs to compare; got {len(runs)}: "
+                             f"{', '.join(map(str, runs))}")
     check_output(out)  # before any model is loaded or analysis run
-    if run is None:
+    if len(runs) == 2:
+        if model is not None or prompts is not None:
+            raise WorkbenchError("comparing two runs computes nothing: drop --model and --prompts")
+        path = compare_report(runs[0], runs[1], out)
+    elif not runs:
         path = report_model(model or "demo", out, prompts=prompts)
     else:
-        path = write_report(run, out, model=model, prompts=prompts)
+        path = write_report(runs[0], out, model=model, prompts=prompts)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

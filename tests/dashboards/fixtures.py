@@ -102,3 +102,50 @@ def make_root(root: Path) -> Path:
     (root / "escape").symlink_to(outside / "secret", target_is_directory=True)
     (outside / "note.json").write_text(json.dumps({"secret": True}))
     return root
+
+
+# -- helpers for tests that call layouts and callbacks as plain functions ------------------------
+def in_callback(fn, *args, triggered: tuple[str, ...] = ()):
+    """Call a Dash callback as a plain function with ``ctx.triggered`` set (Dash's documented way
+    of unit-testing callbacks that read the callback context)."""
+    from contextvars import copy_context
+
+    from dash._callback_context import context_value
+    from dash._utils import AttributeDict
+
+    def call():
+        context_value.set(AttributeDict(triggered_inputs=[{"prop_id": t, "value": None} for t in triggered]))
+        return fn(*args)
+
+    return copy_context().run(call)
+
+
+def causal_pattern(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    logits = np.where(np.tril(np.ones((n, n), bool)), rng.normal(size=(n, n)), -np.inf)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+
+
+def find_components(component, cls=None, kind=None) -> list:
+    """All components in a Dash tree with className containing ``cls`` or of type ``kind``."""
+    out, stack = [], [component]
+    while stack:
+        c = stack.pop()
+        if isinstance(c, (list, tuple)):
+            stack.extend(c)
+            continue
+        if c is None or isinstance(c, (str, int, float)):
+            continue
+        if (cls and cls in (getattr(c, "className", None) or "").split()) or (kind and type(c).__name__ == kind):
+            out.append(c)
+        stack.append(getattr(c, "children", None))
+    return out
+
+
+def text_of(component) -> str:
+    if isinstance(component, (list, tuple)):
+        return " ".join(text_of(c) for c in component)
+    if component is None or isinstance(component, (str, int, float)):
+        return "" if component is None else str(component)
+    return text_of(getattr(component, "children", None))

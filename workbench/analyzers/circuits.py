@@ -22,6 +22,9 @@ import torch
 
 from workbench.analyzers import Analyzer, register
 from workbench.heads import ablate_heads, check_heads, edit_heads, record_heads
+from workbench import findings
+from workbench.figures import circuit_figures
+from workbench.findings import summaries
 from workbench.errors import WorkbenchError
 from workbench.analyzers import keyword_defaults
 from workbench.checks import choice, integer, positive
@@ -381,15 +384,14 @@ def _applies(model) -> str | None:
     return None
 
 
-def _figures(frame: pd.DataFrame) -> list:
-    from workbench.figures import circuit_figures
-
-    return circuit_figures(frame)
+def _task_sets(model, prompts) -> dict[str, list[str]]:
+    return {task: [r["prompt"] for r in read_task(task)[:DEMO_EXAMPLES]] for task in TASKS}
 
 
 register(Analyzer(
     "circuits", demo_circuits, "Circuits (ioi, colored objects) and their overlap", mode="exact",
-    applies=_applies, figures=_figures,
+    applies=_applies, figures=circuit_figures, family="circuits", findings=findings.circuits, example="ioi",
+    prompts=_task_sets, summary=summaries.circuits,
     params=keyword_defaults(circuit, method=list(METHODS), tasks=list(TASKS), examples=DEMO_EXAMPLES, threshold=THRESHOLD),
     sources=("Wang et al. 2022, Interpretability in the Wild (IOI; logit difference, mean ablation)",
              "Syed et al. 2023, Attribution Patching Outperforms Automated Circuit Discovery",

@@ -25,6 +25,9 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, keyword_defaults, register
+from workbench import findings
+from workbench.figures import head_grid, importance_ranking, pruning_curve_figure
+from workbench.findings import summaries
 from workbench.capture import run_bridge
 from workbench.checks import choice, fraction, integer, positive_int
 from workbench.errors import WorkbenchError
@@ -372,26 +375,21 @@ def _skip_untrained_mlm(model) -> str | None:
 
 
 def _importance_figures(frame):
-    from workbench.figures import head_grid, importance_ranking
-
-    return [importance_ranking(frame, "raw", title="Heads by gradient importance E|∂L/∂ξ| (global, not normalised)"),
+    return [importance_ranking(frame, "raw", direction="abs",
+                               title="Heads by gradient importance E|∂L/∂ξ| (global, not normalised)"),
             importance_ranking(frame, title="Heads by importance normalised per layer (Michel et al.), then min-max"),
             head_grid(frame, "importance", title="Head importance (gradient, per-layer L2 + min-max)")]
 
 
-def _pruning_figures(frame):
-    from workbench.figures import pruning_curve_figure
-
-    return [pruning_curve_figure(frame)]
-
-
 register(Analyzer("head_importance", _registered_importance, "Head importance (gradient)", mode="exact",
-                  applies=_skip_untrained_mlm, figures=_importance_figures,
+                  applies=_skip_untrained_mlm, figures=_importance_figures, family="importance",
+                  findings=findings.importance, example="prompt",
                   params=lambda prompts: keyword_defaults(head_importance, answers=suite_answers(prompts) is not None,
                                                           normalize_layers=True, min_max=True),  # gradient's
                   sources=("Michel et al. 2019, Are Sixteen Heads Really Better than One? (|∂L/∂ξ|, per-layer L2)",
                            "Li et al. 2023, pruning-based head importance metrics (min-max)")))
 register(Analyzer("pruning_curve", _registered_pruning, "Pruning curve (least important heads first)", mode="exact",
-                  applies=_skip_untrained_mlm, figures=_pruning_figures,
+                  applies=_skip_untrained_mlm, figures=lambda frame: [pruning_curve_figure(frame)],
+                  family="importance", findings=findings.pruning, summary=summaries.pruning,
                   params=lambda prompts: keyword_defaults(pruning_curve, answers=suite_answers(prompts) is not None),
                   sources=("Michel et al. 2019, iterative pruning of 10% of heads by gradient importance",)))

@@ -21,6 +21,9 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
+from workbench import findings
+from workbench.figures import head_grid, umap_scatter
+from workbench.findings import summaries
 from workbench.capture import patterns_for_batch
 from workbench.checks import integer, positive_int
 from workbench.errors import WorkbenchError
@@ -283,13 +286,19 @@ def head_patterns(model, prompts, *, local_window: int = 4, n_probes: int = 8, p
 
 
 def _pattern_figures(frame):
-    from workbench.figures import head_grid, umap_scatter
+    shown = [c for c in FEATURES if c != "sink_mass"]  # sink_mass repeats sink_scores' sink_score
+    return [umap_scatter(frame)] + [head_grid(frame, col) for col in shown]
 
-    return [umap_scatter(frame)] + [head_grid(frame, col) for col in FEATURES]
+
+def _probe_texts(model, prompts) -> dict[str, list[str]]:
+    """The repeated random-token probes of the detector scores, decoded for showing."""
+    probes = repeated_token_probes(model)
+    return {"repeated random tokens (8 × 24, twice, seed 0)": [model.tokenizer.decode(p) for p in probes.tolist()]}
 
 
 register(Analyzer("head_patterns", head_patterns, "Head pattern types and the UMAP head map", mode="stream",
-                  figures=_pattern_figures,
+                  figures=_pattern_figures, family="head types", page="head-map", findings=findings.head_types,
+                  example="repeated", prompts=_probe_texts, summary=summaries.head_types,
                   sources=("Voita et al. 2019, Analyzing Multi-Head Self-Attention (confidence, positional heads)",
                            "TransformerLens head_detector ('mul' score: previous-token, duplicate, induction)",
                            "McInnes et al. 2018, UMAP", "Li et al. 2023 (pattern types of heads)")))

@@ -22,6 +22,9 @@ import torch
 
 from workbench.analyzers import Analyzer, register
 from workbench.heads import ablate_heads, check_heads
+from workbench import findings
+from workbench.figures import niah_heatmap, retrieval_grid
+from workbench.findings import summaries
 from workbench.errors import WorkbenchError
 from workbench.analyzers import keyword_defaults
 from workbench.checks import choice, number
@@ -286,23 +289,23 @@ def _applies(model) -> str | None:
     return None
 
 
-def _score_figures(frame: pd.DataFrame) -> list:
-    from workbench.figures import retrieval_grid
-
-    return [retrieval_grid(frame)]
+def _passkey_sets(model, prompts) -> dict[str, list[str]]:
+    return {"passkey": [r["prompt"] for r in _passkey_rows(DEMO_MAX_CONTEXT)]}
 
 
-def _niah_figures(frame: pd.DataFrame) -> list:
-    from workbench.figures import niah_heatmap
-
-    return [niah_heatmap(frame)]
+def _niah_sets(model, prompts) -> dict[str, list[str]]:
+    return {"passkey, every context length": [r["prompt"] for r in _passkey_rows()]}
 
 
 _WU = "Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality"
 register(Analyzer("retrieval_heads", demo_retrieval, "Retrieval heads (needle-in-a-haystack copying)",
-                  mode="stream", applies=_applies, figures=_score_figures, sources=(_WU,),
+                  mode="stream", applies=_applies, figures=lambda frame: [retrieval_grid(frame)], sources=(_WU,),
+                  family="retrieval", findings=findings.retrieval, example="passkey", prompts=_passkey_sets,
+                  summary=summaries.retrieval,
                   params=keyword_defaults(retrieval_scores, trials="passkey suite", max_context=DEMO_MAX_CONTEXT)))
 register(Analyzer("niah", demo_niah, "Needle-in-a-haystack accuracy, with and without the retrieval heads",
-                  mode="exact", applies=_applies, figures=_niah_figures, sources=(_WU,),
+                  mode="exact", applies=_applies, figures=lambda frame: [niah_heatmap(frame)], sources=(_WU,),
+                  family="retrieval", findings=findings.niah, example="passkey", prompts=_niah_sets,
+                  summary=summaries.niah,
                   params={"trials": "passkey suite", "ablate_threshold": ABLATE_THRESHOLD,
                           "retrieval_max_context": DEMO_MAX_CONTEXT}))

@@ -27,6 +27,9 @@ import torch
 
 from workbench.analyzers import Analyzer, keyword_defaults, register
 from workbench.checks import choice, positive_int
+from workbench import findings
+from workbench.figures import correlation_grid
+from workbench.findings import summaries
 from workbench.errors import WorkbenchError
 
 METHODS = ("integrated_gradients", "saliency", "input_x_gradient", "feature_ablation")
@@ -223,15 +226,15 @@ def registered_saliency(model, prompts) -> pd.DataFrame:
                               n_steps=REGISTERED_STEPS)
 
 
-def _figures(frame: pd.DataFrame) -> list:
-    from workbench.figures import correlation_grid
-
-    return [correlation_grid(frame, metric) for metric in ("spearman", "kendall")]
+def _saliency_sets(model, prompts) -> dict[str, list[str]]:
+    return {f"run (first {REGISTERED_PROMPTS})": list(prompts)[:REGISTERED_PROMPTS]}
 
 
 register(Analyzer(
     "saliency_alignment", registered_saliency, "Attention vs saliency (integrated gradients)", mode="exact",
-    figures=_figures, params=lambda prompts: keyword_defaults(
+    figures=lambda frame: [correlation_grid(frame, metric) for metric in ("spearman", "kendall")],
+    family="saliency", findings=findings.saliency, prompts=_saliency_sets, summary=summaries.saliency,
+    params=lambda prompts: keyword_defaults(
         saliency_alignment, n_steps=REGISTERED_STEPS, n_prompts=min(len(prompts), REGISTERED_PROMPTS)),
     sources=("Jain & Wallace 2019, Attention is not Explanation",
              "Abnar & Zuidema 2020, Quantifying Attention Flow in Transformers (rollout)",

@@ -13,6 +13,9 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
+from workbench import findings
+from workbench.figures import head_grid, massive_activations_figure, ring_heads, secondary_sinks_figure, token_sink_view
+from workbench.findings import summaries
 from workbench.capture import capture_stats, run_bridge
 from workbench.checks import fraction, positive, positive_int
 from workbench.errors import WorkbenchError
@@ -235,41 +238,25 @@ def massive_activations(model, prompts, *, abs_threshold: float = 100.0, ratio_t
 
 # -- registry -------------------------------------------------------------------------------------------
 def _sink_figures(frame):
-    from workbench.figures import head_grid
-
     share = sink_share(frame)
     eps = frame.attrs.get("eps", SINK_EPS)
-    return [head_grid(frame, "sink_score", colorscale="Reds",
-                      title=f"First-token sink score α₀ (Sink^ε = {100 * share:.0f}% of heads at ε = {eps})")]
-
-
-def _token_sink_figures(frame):
-    from workbench.figures import token_sink_view
-
-    return [token_sink_view(frame)]
-
-
-def _massive_figures(frame):
-    from workbench.figures import massive_activations_figure
-
-    return [massive_activations_figure(frame)]
-
-
-def _secondary_figures(frame):
-    from workbench.figures import secondary_sinks_figure
-
-    return [secondary_sinks_figure(frame)]
+    fig = head_grid(frame, "sink_score", colorscale="Reds", label="α₀",
+                    title=f"First-token sink score α₀ (Sink^ε = {100 * share:.0f}% of heads at ε = {eps}; ringed)")
+    return [ring_heads(fig, frame[frame["sink_score"] > eps], "sink head")]
 
 
 _GU = "Gu et al. 2024, When Attention Sink Emerges in Language Models (α, Sink^ε, ε = 0.3)"
 register(Analyzer("sink_scores", sink_scores, "First-token attention sinks", mode="stream",
-                  figures=_sink_figures, sources=(_GU,)))
+                  figures=_sink_figures, sources=(_GU,), family="sinks", findings=findings.sinks,
+                  summary=summaries.sinks))
 register(Analyzer("token_sinks", token_sinks, "Attention received by every token", mode="stream",
-                  figures=_token_sink_figures,
+                  figures=lambda frame: [token_sink_view(frame)], family="sinks", findings=findings.token_sinks,
                   sources=(_GU, "Yu et al. 2024, Unveiling and Harnessing Hidden Attention Sinks (ACT, α > 0.1)")))
 register(Analyzer("secondary_sinks", secondary_sinks, "Secondary sinks (hidden states aligned with the first token)",
-                  mode="exact", figures=_secondary_figures,
+                  mode="exact", figures=lambda frame: [secondary_sinks_figure(frame)], family="sinks",
+                  findings=findings.secondary_sinks,
                   sources=("Wong et al. 2025, Secondary Attention Sinks (|cos| > 0.9)",)))
 register(Analyzer("massive_activations", massive_activations, "Massive activations", mode="exact",
-                  figures=_massive_figures,
+                  figures=lambda frame: [massive_activations_figure(frame)], family="massive activations",
+                  page="sinks", findings=findings.massive, summary=summaries.massive,
                   sources=("Sun et al. 2024, Massive Activations in Large Language Models (|h| > 100, > 1000× median)",)))

@@ -6,6 +6,7 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
+from workbench import findings
 from workbench.capture import patterns_for_batch
 from workbench.checks import positive_int
 
@@ -54,4 +55,5 @@ def head_summary(model, prompts, *, batch_size: int = BATCH) -> pd.DataFrame:
 register(Analyzer(
     "head_summary", head_summary, "Head summary: entropy and max attention", mode="exact",
     sources=("Voita et al. 2019, Analyzing Multi-Head Self-Attention (confidence = max attention)",),
+    family="head types", page="", findings=findings.summary_heads,
 ))
