@@ -17,12 +17,20 @@ dash.register_page(__name__, path="/compare", name="Compare runs", title="Compar
 
 
 def layout(run=None, other=None, **_):
-    ids = data.run_ids(data.served_root())
+    root = data.served_root()
+    ids = data.run_ids(root)
+    problems = []
+    for given in (run, other):  # a run id from the address that is not a run here: say so, never swap silently
+        if given is not None and given not in ids:
+            try:
+                data.open_run(root, given)
+            except WorkbenchError as exc:
+                problems.append(views.message(str(exc), "error"))
     first = run if run in ids else (ids[0] if ids else None)
     second = other if other in ids else next((i for i in ids if i != first), first)
     pick = [dcc.Dropdown(id=f"compare-{k}", options=ids, value=v, clearable=False, className="wb-run-choice")
             for k, v in (("a", first), ("b", second))]
-    return html.Div([html.H2("Compare runs"), html.Div(["A ", pick[0], " B ", pick[1]], className="wb-row"),
+    return html.Div([html.H2("Compare runs"), *problems, html.Div(["A ", pick[0], " B ", pick[1]], className="wb-row"),
                      dcc.Loading(html.Div(id="compare-body"), type="circle")])
 
 

@@ -157,11 +157,11 @@ def test_a_bad_run_id_is_a_message_in_every_page_not_a_500(app, run_id):
 
 def test_a_forged_head_is_a_message_not_a_500(app):
     client = app.server.test_client()
-    scores = {"id": "head-scores", "property": "children"}
+    outputs = [{"id": "head-scores", "property": "children"}, {"id": "head-layer-link", "property": "href"}]
     for layer, message in [("abc", "layer 'abc' is not a layer index: expected an int >= 0"),
                            (-1, "layer must be an int >= 0; got -1"), (1.5, "layer must be an int >= 0; got 1.5 (float)"),
                            ([0], "layer must be an int >= 0; got [0] (list)")]:
-        code, body = _post(client, "head-scores.children", scores,
+        code, body = _post(client, "..head-scores.children...head-layer-link.href..", outputs,
                            [{"id": "head-layer", "property": "value", "value": layer},
                             {"id": "head-head", "property": "value", "value": 0}],
                            [{"id": "head-run", "property": "data", "value": "full"}])
