@@ -18,8 +18,8 @@ import workbench as wb
 N_LAYERS, N_HEADS = 4, 8
 
 
-def model_info(source: str = "nowhere", n_layers: int = N_LAYERS, n_heads: int = N_HEADS):
-    return SimpleNamespace(name="fixture", source=source, architecture="LlamaForCausalLM", n_layers=n_layers,
+def model_info(source: str = "nowhere", n_layers: int = N_LAYERS, n_heads: int = N_HEADS, name: str = "fixture"):
+    return SimpleNamespace(name=name, source=source, architecture="LlamaForCausalLM", n_layers=n_layers,
                            n_heads=n_heads, n_kv_heads=2, d_head=16, n_ctx=64, is_causal=True)
 
 

@@ -23,12 +23,10 @@ def _cli(capsys, *args):
 
 
 def _other_shape(path):
-    run = wb.Run.create(path, model=model_info(n_layers=2, n_heads=4), prompts=["w1"])
+    run = wb.Run.create(path, model=model_info(n_layers=2, n_heads=4, name="other"), prompts=["w1"])
     f = frames()["sink_scores"]
     small = f[(f.layer < 2) & (f["head"] < 4)].assign(sink_score=lambda d: d.sink_score / 2)
     run.add_table("sink_scores", small.assign(is_sink=small.sink_score > 0.3))
-    run.manifest["model"]["name"] = "other"
-    run._write_manifest()
     return run
 
 

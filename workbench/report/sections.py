@@ -25,13 +25,14 @@ ORDER = {"high": "highest first", "low": "lowest first", "abs": "largest |value|
 
 
 class Tables:
-    """The run's tables, each read once."""
+    """The run's tables, each read once; a table whose file is missing or damaged reads as None
+    (its own section says so and gives the command that restores it)."""
 
     def __init__(self, run):
         self.run, self._cache = run, {}
 
     def get(self, name: str) -> pd.DataFrame | None:
-        if name not in self.run:
+        if name not in self.run or self.run.problem(name):
             return None
         if name not in self._cache:
             self._cache[name] = self.run.table(name)
@@ -146,7 +147,7 @@ def findings_section(doc: Page, tables: Tables) -> str:
     examples = tables.get("head_examples")
     blocks = []
     for family in F.family_order(families()):
-        names = [n for n in families()[family] if n in tables.run]
+        names = [n for n in families()[family] if tables.get(n) is not None]
         if not names:
             continue
         sentences, rows, cards, drawn = [], [], [], set()
@@ -186,10 +187,10 @@ def findings_section(doc: Page, tables: Tables) -> str:
 
 
 # -- heads ranked ---------------------------------------------------------------------------
-def per_head_parts(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def per_head_parts(frame: pd.DataFrame | None) -> list[tuple[str, pd.DataFrame]]:
     """``[(label, part)]`` of a per-head table: real heads only (no aggregates, ``view == "head"``),
     split by the text columns that vary within a head; [] for tables that are not per head."""
-    if not {"layer", "head"} <= set(frame.columns) or "position" in frame.columns:
+    if frame is None or not {"layer", "head"} <= set(frame.columns) or "position" in frame.columns:
         return []
     if "view" in frame.columns:
         frame = frame[frame["view"] == "head"]
@@ -235,7 +236,7 @@ def flags(frame: pd.DataFrame) -> str:
 
 # -- glossary -------------------------------------------------------------------------------
 def glossary_section(tables: Tables) -> str:
-    used = [(n, tables.get(n).columns) for n in tables.run.tables if n not in SUPPORT]
+    used = [(n, tables.get(n).columns) for n in tables.run.tables if n not in SUPPORT and tables.get(n) is not None]
     rows = []
     for name, column, term in entries(used):
         same = f" Same numbers as {term.same_as}." if term.same_as else ""
