@@ -49,6 +49,8 @@ def _plain_call(module, query, key, attention_mask, dropout, rec: _Recorder, kwa
     """Whether this attention call is one `attention_stats` computes exactly as SDPA would."""
     if attention_mask is not None or rec.key_padding_mask is not None or rec.options["backend"] not in _ATTENTION_BACKEND:
         return False
+    if query.device.type not in ("cpu", "cuda"):
+        return False
     if (dropout and module.training) or any(kwargs.get(name) is not None for name in ("softcap", "sliding_window", "position_bias")):
         return False
     causal = kwargs.get("is_causal")

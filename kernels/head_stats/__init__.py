@@ -174,6 +174,8 @@ def attention_stats(
             f"v {tuple(v.shape)} {v.dtype} on {v.device}"
         )
     finite("v", v)
+    if q.device.type not in ("cpu", "cuda"):
+        raise WorkbenchError(f"attention_stats runs on CPU or CUDA tensors, got {q.device}; use head_stats there")
     N, M = q.shape[2], k.shape[2]
     if causal and N not in (1, M):
         raise WorkbenchError(
