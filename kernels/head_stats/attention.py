@@ -28,12 +28,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .bands import group_rows, local_mass, sink_mass
 from .stats import HeadStats
 
 #: Temperature of the row-max call: lse(βs)/β is within log(M)/β of max s (Boyd & Vandenberghe,
 #: the log-sum-exp bound max s <= lse(s) <= max s + log M, applied to βs).
 BETA = 2.0**24
-#: Logits materialized per chunk by the argmax and local-window passes.
+#: Logits materialized per chunk by the argmax pass.
 CHUNK_ELEMENTS = 1 << 20
 
 _cpu_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -64,48 +65,6 @@ def device_attention(q, k, v, *, causal: bool, scale: float) -> tuple[torch.Tens
     return out, lse[..., : q.shape[2]].float()  # lse may be padded to a multiple of 32 rows
 
 
-def _grouped(q: torch.Tensor, Hkv: int) -> torch.Tensor:
-    """(B, Hq, N, d) -> (B, Hkv, G, N, d): the query heads that share a key head, side by side."""
-    B, Hq, N, d = q.shape
-    return q.view(B, Hkv, Hq // Hkv, N, d)
-
-
-def _sink_mass(q, k, lse, *, causal: bool, scale: float, sink_tokens: int) -> torch.Tensor:
-    """Σ_{j < sink_tokens, visible} exp(s_tj - lse_t): (B, Hq, N)."""
-    B, Hq, N, _ = q.shape
-    S = min(sink_tokens, k.shape[2])
-    if S == 0:
-        return q.new_zeros(B, Hq, N, dtype=torch.float32)
-    s = torch.matmul(_grouped(q, k.shape[1]), k[:, :, None, :S].transpose(-1, -2))  # (B, Hkv, G, N, S)
-    s = s.reshape(B, Hq, N, S) * scale
-    if causal:  # N == M here: query t sees key j <= t
-        s = s.masked_fill(torch.arange(S)[None, :] > torch.arange(N)[:, None], float("-inf"))
-    return torch.exp(s - lse[..., None]).sum(-1)
-
-
-def _local_mass(q, k, lse, *, scale: float, window: int) -> torch.Tensor:
-    """Σ over keys (t - window, t] of exp(s_tj - lse_t), by bands of query rows: (B, Hq, N)."""
-    B, Hq, N, d = q.shape
-    Hkv, M = k.shape[1], k.shape[2]
-    out = q.new_zeros(B, Hq, N, dtype=torch.float32)
-    if window == 0:
-        return out
-    offset = M - N  # query t sits at key position t + offset
-    chunk = max(1, min(N, CHUNK_ELEMENTS // (B * Hq * (window + 64)), 256))
-    qg = _grouped(q, Hkv)
-    for t0 in range(0, N, chunk):
-        t1 = min(N, t0 + chunk)
-        lo, hi = max(0, t0 + offset - window + 1), min(M, t1 + offset)  # keys any row's window holds
-        s = torch.matmul(qg[:, :, :, t0:t1], k[:, :, None, lo:hi].transpose(-1, -2))  # (B, Hkv, G, c, w)
-        s = s.reshape(B, Hq, t1 - t0, hi - lo) * scale
-        qpos = torch.arange(t0, t1)[:, None] + offset
-        keys = torch.arange(lo, hi)[None, :]
-        band = (keys > qpos - window) & (keys <= qpos)  # (c, w)
-        p = torch.exp(s - lse[:, :, t0:t1, None]).masked_fill(~band, 0.0)
-        out[:, :, t0:t1] = p.sum(-1)
-    return out
-
-
 def _col_mass(q, k, lse, *, causal: bool, scale: float) -> torch.Tensor:
     """Attention each key receives, Σ_t exp(s_tj - lse_t), from one flash call with the roles
     swapped: (B, Hq, M). The extra dimension folds -lse into the dot product."""
@@ -118,7 +77,7 @@ def _col_mass(q, k, lse, *, causal: bool, scale: float) -> torch.Tensor:
     _, lse_col = _cpu_flash(kq, qk, torch.zeros_like(qk), 0.0, causal, scale=1.0)  # (B, Hq, M)
     if causal:
         lse_col = lse_col.flip(2)
-    return torch.exp(lse_col)
+    return torch.exp(lse_col)  # lse_col <= log N: no overflow
 
 
 def _argmax(q, k, *, causal: bool, scale: float) -> torch.Tensor:
@@ -127,13 +86,13 @@ def _argmax(q, k, *, causal: bool, scale: float) -> torch.Tensor:
     Hkv, M = k.shape[1], k.shape[2]
     out = torch.empty(B, Hq, N, dtype=torch.int64)
     chunk = max(1, CHUNK_ELEMENTS // (B * Hq * M))
-    qg, kt = _grouped(q, Hkv), k[:, :, None].transpose(-1, -2)  # kt: (B, Hkv, 1, d, M)
+    kt = k.transpose(-1, -2)  # (B, Hkv, d, M)
     for t0 in range(0, N, chunk):
         t1 = min(N, t0 + chunk)
         hi = t1 if causal else M
-        s = torch.matmul(qg[:, :, :, t0:t1], kt[..., :hi]).reshape(B, Hq, t1 - t0, hi)  # (B, Hq, c, hi)
+        s = torch.matmul(group_rows(q, Hkv, t0, t1), kt[..., :hi]).view(B, Hq, t1 - t0, hi)  # (B, Hq, c, hi)
         if causal:
-            s = s.masked_fill(torch.arange(hi)[None, :] > torch.arange(t0, t1)[:, None], float("-inf"))
+            s = s.masked_fill_(torch.arange(hi)[None, :] > torch.arange(t0, t1)[:, None], float("-inf"))
         out[:, :, t0:t1] = s.argmax(-1)
     return out
 
@@ -156,11 +115,11 @@ def attention_stats_flash(q, k, v, *, causal: bool, scale: float, sink_tokens: i
 
     # step 2: the row max, from lse at temperature β
     _, lse_beta = _cpu_flash(q, k, torch.zeros_like(k), 0.0, causal, scale=scale * BETA)
-    max_prob = torch.exp(lse_beta / BETA - lse).clamp_max(1.0)
+    max_prob = torch.exp(lse_beta / BETA - lse).clamp_max(1.0)  # >= 1/M: no underflow
 
     # step 3: the few keys of the sink and the local window
-    sink = _sink_mass(q, k, lse, causal=causal, scale=scale, sink_tokens=sink_tokens)
-    local = _local_mass(q, k, lse, scale=scale, window=window)
+    sink = sink_mass(q, k, lse, causal=causal, scale=scale, sink_tokens=sink_tokens)
+    local = local_mass(q, k, lse, scale=scale, window=window)
     stats = HeadStats(
         lse=lse, entropy=entropy, max_prob=max_prob,
         argmax=_argmax(q, k, causal=causal, scale=scale) if argmax else None,

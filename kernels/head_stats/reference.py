@@ -9,9 +9,10 @@ sees its whole key row, so its statistics are exact. Two ways through a chunk:
       lse = m + log l    entropy = log l - u / l    max_prob = 1 / l
       sink_mass = Σ_{j < sink} e^{s-m} / l    col_mass[j] = Σ_t e^{s_tj - lse_t}
 - with the row's lse given (from the forward's own attention), one pass, p = e^{s - lse}:
-      entropy = Σ p (lse - s)    max_prob = e^{max s - lse}    sink/local/col = partial sums of p
-  `onepass_chunk` is the whole chunk as one function; with WORKBENCH_COMPILE=1 it runs through
-  `torch.compile` (fused into one loop over the logits), falling back to eager if compiling fails.
+      entropy = Σ p (lse - s)    max_prob = e^{max s - lse}    col_mass = Σ_t p
+  `onepass_chunk` is that pass over a chunk as one function; with WORKBENCH_COMPILE=1 it runs
+  through `torch.compile` (fused loops over the logits), falling back to eager if compiling
+  fails. Sink and local mass touch only their few keys (bands.py).
 
 Runs on any device; GQA shares each key head across its query group without expanding K.
 """
@@ -23,6 +24,7 @@ import warnings
 
 import torch
 
+from .bands import exp_clamped, local_mass, sink_mass
 from .stats import HeadStats
 
 # Logits materialized per chunk (32 MiB in fp32); the working set is a few times this.
@@ -51,34 +53,33 @@ def _local(qpos: torch.Tensor, hi: int, window: int) -> torch.Tensor:
     return (keys[None, :] > qpos[:, None] - window) & (keys[None, :] <= qpos[:, None])
 
 
-def onepass_chunk(qc, kf, lse_c, kmask, t0: int, offset: int, causal: bool, scale: float, sink_tokens: int,
-                  window: int, want_col: bool, want_arg: bool):
-    """Statistics of one chunk of c query rows from their known lse, in one pass over the logits.
+def onepass_chunk(qc, kf, lse_c, kmask, t0: int, offset: int, causal: bool, scale: float, want_col: bool,
+                  want_arg: bool):
+    """Row and column statistics of one chunk of c query rows from their known lse, in one pass.
 
     qc: (B, Hkv, G*c, d) fp32 queries, the G heads of a group stacked; kf: (B, Hkv, d, hi) fp32 keys
     (transposed); lse_c: (B, Hq, c) fp32; kmask: (B, hi) bool or None; query row i sits at key
-    position t0 + i + offset. Returns entropy, max_prob, argmax (or None), sink, local (each
-    (B, Hq, c)) and the chunk's column sums (B, Hq, hi) or None.
+    position t0 + i + offset. Returns entropy, max_prob, argmax (or None), each (B, Hq, c), and the
+    chunk's column sums (B, Hq, hi) or None.
     """
-    B, Hkv, Gc, _ = qc.shape
+    B = qc.shape[0]
     hi = kf.shape[-1]
     Hq, c = lse_c.shape[1], lse_c.shape[2]
-    s = torch.matmul(qc, kf).reshape(B, Hq, c, hi) * scale  # (B, Hq, c, hi) logits
+    s = torch.matmul(qc, kf).view(B, Hq, c, hi) * scale  # (B, Hq, c, hi) logits
     qpos = torch.arange(c, device=qc.device) + (t0 + offset)
     valid = _visible(qpos, hi, causal, kmask)
     live = lse_c > float("-inf")  # (B, Hq, c); dead rows (no visible key) have lse = -inf
     lse_safe = torch.where(live, lse_c, 0.0)[..., None]
+    keep = valid & live[..., None]
+    z = torch.where(keep, s - lse_safe, 0.0)  # log p where visible
+    p = torch.where(keep, exp_clamped(z), 0.0)
+    entropy = torch.where(live, -(p * z).sum(-1), 0.0).clamp_min(0.0)
     s = torch.where(valid, s, float("-inf"))
-    z = s - lse_safe  # log p where visible, -inf elsewhere
-    p = torch.where(valid & live[..., None], torch.exp(z), 0.0)
-    entropy = torch.where(live, -(p * torch.where(p > 0, z, 0.0)).sum(-1), 0.0).clamp_min(0.0)
     best = s.amax(-1)  # (B, Hq, c)
     max_prob = torch.where(live, torch.exp(best - lse_safe[..., 0]), 0.0)
     arg = torch.where(live, s.argmax(-1), -1) if want_arg else None
-    sink = p[..., :sink_tokens].sum(-1)
-    local = (p * _local(qpos, hi, window)).sum(-1)
     col = p.sum(-2) if want_col else None  # (B, Hq, hi)
-    return entropy, max_prob, arg, sink, local, col
+    return entropy, max_prob, arg, col
 
 
 def _chunk_function():
@@ -161,10 +162,10 @@ def head_stats_reference(
         # step 3: shifted exponentials; fully masked rows get m = 0 and e = 0 everywhere
         m = s.amax(dim=-1, keepdim=True)  # (B, Hq, c, 1)
         m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
-        z = s - m
-        e = torch.exp(z)
+        z = torch.where(valid, s - m, 0.0)
+        e = torch.where(valid, exp_clamped(z), 0.0)
         l = e.sum(dim=-1)  # (B, Hq, c)
-        u = (e * torch.where(valid, z, torch.zeros_like(z))).sum(dim=-1)
+        u = (e * z).sum(dim=-1)
         live = l > 0
         l_safe = torch.where(live, l, torch.ones_like(l))
 
@@ -187,7 +188,8 @@ def head_stats_reference(
 
 
 def _reference_onepass(q, k, lse, *, causal, scale, sink_tokens, window, key_padding_mask, column_mass, argmax):
-    """One pass over the logits per chunk, from the given lse (B, Hq, N)."""
+    """One pass over the logits per chunk, from the given lse (B, Hq, N); sink and local mass
+    from their own few keys."""
     B, Hq, N, d = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     G = Hq // Hkv
@@ -202,15 +204,16 @@ def _reference_onepass(q, k, lse, *, causal, scale, sink_tokens, window, key_pad
         hi = min(M, t1 + offset) if causal else M  # keys any query of the chunk can see
         qc = q[:, :, t0:t1].float().reshape(B, Hkv, G * (t1 - t0), d)  # (B, Hkv, G*c, d)
         kmask = None if key_padding_mask is None else key_padding_mask[:, :hi]
-        ent, maxp, a, sink, local, part = _run_chunk(qc, kf[..., :hi], lse[:, :, t0:t1], kmask, t0, offset,
-                                                     causal, scale, sink_tokens, window, column_mass, argmax)
-        rows = slice(t0, t1)
-        row["entropy"][:, :, rows], row["max_prob"][:, :, rows] = ent, maxp
-        row["sink"][:, :, rows], row["local"][:, :, rows] = sink, local
+        ent, maxp, a, part = _run_chunk(qc, kf[..., :hi], lse[:, :, t0:t1], kmask, t0, offset, causal, scale,
+                                        column_mass, argmax)
+        row["entropy"][:, :, t0:t1], row["max_prob"][:, :, t0:t1] = ent, maxp
         if arg is not None:
-            arg[:, :, rows] = a
+            arg[:, :, t0:t1] = a
         if col is not None:
             col[..., :hi] += part
+    row["sink"] = sink_mass(q, k, lse, causal=causal, scale=scale, sink_tokens=sink_tokens,
+                            key_padding_mask=key_padding_mask)
+    row["local"] = local_mass(q, k, lse, scale=scale, window=window, key_padding_mask=key_padding_mask)
     return _result(row, arg, col)
 
 
