@@ -32,11 +32,13 @@ def _mass(q, kt, lse, key_padding_mask, t0, t1, lo, hi, keep, scale):
     B, Hq = q.shape[:2]
     s = torch.matmul(group_rows(q, kt.shape[1], t0, t1), kt[..., lo:hi])  # (B, Hkv, G*c, w)
     lse_c = lse[:, :, t0:t1, None]  # (B, Hq, c, 1)
-    p = exp_clamped(s.view(B, Hq, t1 - t0, hi - lo) * scale - lse_c)
-    keep = keep[None, None] & (lse_c > float("-inf"))  # (B or 1, Hq, c, w)
+    p = exp_clamped(s.view(B, Hq, t1 - t0, hi - lo) * scale - lse_c).masked_fill_(~keep, 0.0)
     if key_padding_mask is not None:
-        keep = keep & key_padding_mask[:, None, None, lo:hi]
-    return torch.where(keep, p, 0.0).sum(-1)
+        p.masked_fill_(~key_padding_mask[:, None, None, lo:hi], 0.0)
+    dead = lse_c == float("-inf")
+    if bool(dead.any()):  # rows with no visible key (padding only)
+        p.masked_fill_(dead, 0.0)
+    return p.sum(-1)
 
 
 def sink_mass(q, k, lse, *, causal: bool, scale: float, sink_tokens: int,
