@@ -108,10 +108,10 @@ def bench_capture(source: str = "demo", sizes=DEFAULT_SIZES, paths=tuple(PATHS),
 
         raise WorkbenchError(f"unknown capture path(s) {unknown}: expected some of {list(PATHS)}")
     rows, versions, commit = [], package_versions(), git_commit(".")
-    for path in paths:
-        history: list[tuple[int, float]] = []
-        for n in sorted(sizes):
-            predicted = _extrapolate(history, n)
+    history: dict[str, list[tuple[int, float]]] = {path: [] for path in paths}
+    for n in sorted(sizes):  # paths interleaved at each N: a shared machine's load hits them alike
+        for path in paths:
+            predicted = _extrapolate(history[path], n)
             if predicted is not None and predicted > mem_limit_gib:
                 result = {"status": f"not run: ~{predicted:.0f} GiB predicted > {mem_limit_gib:.0f} GiB"}
             else:
@@ -122,8 +122,10 @@ def bench_capture(source: str = "demo", sizes=DEFAULT_SIZES, paths=tuple(PATHS),
                    "status": result["status"], "source": source, "device": "cpu",
                    "machine": f"{platform.machine()} x{os.cpu_count()}", "commit": commit, **versions}
             rows.append(row)
+            print(f"  {path:15s} N={n:<6d} {row['status']:8s} {row['seconds'] or float('nan'):.3f} s", file=sys.stderr,
+                  flush=True)
             if result["status"] == "ok":
-                history.append((n, row["peak_rss_gib"]))
+                history[path].append((n, row["peak_rss_gib"]))
     return pd.DataFrame(rows)
 
 
