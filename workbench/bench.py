@@ -28,6 +28,7 @@ from workbench.run import package_versions
 PATHS = {
     "stream": "streaming capture as wb.capture_stats runs it: head statistics + column mass, frames (no N×N)",
     "stream_rows": "the same without column mass (wb.capture_stats without columns)",
+    "stream_compiled": "stream through the one-pass reference, torch.compile'd (WORKBENCH_COMPILE=1, backend='reference')",
     "run_with_cache": "TransformerLens bridge.run_with_cache: every activation, patterns included",
     "sdpa": "plain HF forward with SDPA attention: the floor, no capture at all",
 }
@@ -35,11 +36,13 @@ DEFAULT_SIZES = (512, 1024, 2048, 4096, 8192, 16384)
 
 _CHILD = r"""
 import json, os, resource, sys, time
-import psutil, torch
+path, n, source, seed, reps = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 os.environ["HF_HUB_OFFLINE"] = "1"
+if path == "stream_compiled":
+    os.environ["WORKBENCH_COMPILE"] = "1"
+import psutil, torch
 import workbench as wb
 from probes.streaming import stream_capture
-path, n, source, seed, reps = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 torch.manual_seed(seed)
 model = wb.load_model(source)
 vocab = model.hf_model.config.vocab_size
@@ -50,10 +53,11 @@ if path == "sdpa":
 
 def once(ids):
     with torch.no_grad():
-        if path in ("stream", "stream_rows"):  # what wb.capture_stats does for one equal-length batch
-            cap = stream_capture(model, ids, column_mass=path == "stream")
+        if path.startswith("stream"):  # what wb.capture_stats does for one equal-length batch
+            columns = path != "stream_rows"
+            cap = stream_capture(model, ids, column_mass=columns, backend="reference" if path == "stream_compiled" else "auto")
             cap.to_frame()
-            if path == "stream":
+            if columns:
                 cap.column_frame()
         elif path == "run_with_cache":
             _, cache = model.bridge.run_with_cache(ids)

@@ -2,8 +2,9 @@
 
 The forward's own flash attention returns each row's log-sum-exp; with it every statistic is
 one pass over the logits. Three routes (inputs already validated by `kernels.attention_stats`):
-(measured on 2 CPU cores, `python -m kernels.bench`: the flash route costs about 4 CPU flash
-calls' worth, the one-pass reference about as much compiled and twice that eager)
+(`python -m kernels.bench --device cpu --sizes 4096`, 1 thread, 4 heads, d = 64, a loaded
+machine: SDPA 174 ms; flash route 660 ms for out and every statistic; the one-pass reference
+353 ms compiled, 619 ms eager, for the statistics alone, beside the 174 ms forward)
 
 - ``"flash"`` (CPU): every statistic from identities over the CPU flash-attention kernel
   (`aten._scaled_dot_product_flash_attention_for_cpu`, which returns lse), so the only O(N²) work
