@@ -46,7 +46,7 @@ def test_one_real_case_runs_in_a_subprocess():
 def test_bad_sizes_and_paths_are_one_clear_error(capsys):
     with pytest.raises(SystemExit) as done:
         main(["bench", "--sizes", "0,-5"])
-    assert done.value.code == 2 and "--sizes must be comma-separated positive integers" in capsys.readouterr().err
+    assert done.value.code == 2 and "each of --sizes must be a positive int; got 0" in capsys.readouterr().err
     with pytest.raises(wb.WorkbenchError, match=r"unknown capture path\(s\) \['fast'\]"):
         bench_capture("demo", sizes=[16], paths=["fast"])
 
