@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -41,15 +42,36 @@ _NAMED = ("demo", "smollm2", "minilm")
 _ENV = ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
 
 
+@dataclass(frozen=True)
+class RayTable:
+    """A per-prompt analysis the Ray engine computes batch by batch.
+
+    Attributes:
+        fn: ``fn(model, prompts) -> frame`` with ``prompt_id`` counted within the batch.
+        columns: the frame's columns, in order (shard files written together carry each
+            other's columns too; a table is read back with its own).
+        dense: every prompt has rows (the shard's file must cover all its prompts); a sparse
+            table has rows only where something was found, so a shard may hold none.
+    """
+
+    fn: Callable[..., pd.DataFrame]
+    columns: tuple[str, ...]
+    dense: bool = True
+
+
 def _capture_stats(model, prompts) -> pd.DataFrame:
     from workbench.capture import capture_stats
 
     return capture_stats(model, prompts)
 
 
-#: The analyses the Ray engine runs batch by batch: ``fn(model, prompts) -> frame`` with a
-#: ``prompt_id`` column (0-based within the batch) and one or more rows per prompt.
-TABLES: dict[str, Callable[..., pd.DataFrame]] = {"capture_stats": _capture_stats}
+#: The analyses the Ray engine runs, by table name.
+TABLES: dict[str, RayTable] = {
+    "capture_stats": RayTable(_capture_stats, ("prompt_id", "layer", "head", "entropy", "max_prob", "sink_mass",
+                                               "local_mass", "n_queries")),
+}
+#: The dense table every Ray job writes when it computes no other: its shards tell which batches landed.
+ANCHOR = "capture_stats"
 
 
 def require_ray():
@@ -89,44 +111,45 @@ class CaptureActor:
         source: what `actor_source` returned; loaded with `workbench.load_model`.
         dtype: the driver's weight dtype (``"float32"``, ...), so both compute alike.
         tables: the `TABLES` names to compute for each batch.
-        expect: the driver model's shape facts; a different model on a worker is refused.
+        fingerprint: the driver model's `workbench.run.model_fingerprint`; an actor whose node
+            loads other weights or another config is refused.
     """
 
-    def __init__(self, source: str, dtype: str, tables: Sequence[str], expect: dict):
+    def __init__(self, source: str, dtype: str, tables: Sequence[str], fingerprint: dict):
         import torch
 
         import workbench as wb
+        from workbench.run import model_fingerprint
 
         device = "cuda" if torch.cuda.is_available() else None  # Ray shows each GPU actor its own GPU
         self.model = wb.load_model(source, dtype=dtype, device=device)
-        facts = _facts(self.model)
-        if facts != expect:
-            raise WorkbenchError(f"the actor loaded {source!r} as {facts}, not the driver's model {expect}: "
-                                 "every node must see the same model files")
+        mine = model_fingerprint(self.model)
+        for key in ("weights_sha256", "config_sha256"):
+            if mine[key] != fingerprint[key]:
+                raise WorkbenchError(f"the actor on this node loaded {source!r} with {key} {mine[key][:12]}, not the "
+                                     f"driver's {fingerprint[key][:12]}: every node must hold the same model files")
         self.tables = list(tables)
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def __call__(self, batch: pd.DataFrame):
         """One shard: ``batch`` has ``prompt_id, prompt, shard``; returns every table's rows for
-        it with the global ``prompt_id`` and the partition columns ``table, shard``."""
-        import numpy as np
+        it (an Arrow table: the union of the tables' columns, each null outside its own table's
+        rows, so ints stay ints) with the run-wide ``prompt_id`` and the partition columns
+        ``table, shard``."""
+        import pyarrow as pa
 
         ids = batch["prompt_id"].to_numpy()
         prompts = [p if isinstance(p, str) else [int(t) for t in p] for p in batch["prompt"]]
-        frames = []
+        parts = []
         for name in self.tables:
-            frame = TABLES[name](self.model, prompts)
-            frame["prompt_id"] = ids[frame["prompt_id"].to_numpy()]  # batch-local -> run-wide ids
-            frame["table"] = name
-            frames.append(frame)
-        out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        out["shard"] = np.asarray(batch["shard"])[0]
-        return out
-
-
-def _facts(model) -> dict:
-    return {"name": model.name, "n_layers": model.n_layers, "n_heads": model.n_heads,
-            "n_kv_heads": model.n_kv_heads, "d_head": model.d_head,
-            "vocab": int(model.hf_model.config.vocab_size)}
+            spec = TABLES[name]
+            frame = spec.fn(self.model, prompts)
+            if tuple(frame.columns) != spec.columns:
+                raise WorkbenchError(f"{name} returned columns {list(frame.columns)}; the Ray engine expects "
+                                     f"{list(spec.columns)} (workbench.distributed.TABLES)")
+            frame = frame.assign(prompt_id=ids[frame["prompt_id"].to_numpy()], table=name)  # batch-local -> run-wide
+            parts.append(pa.Table.from_pandas(frame, preserve_index=False))
+        out = pa.concat_tables(parts, promote_options="default")
+        return out.append_column("shard", pa.array([str(batch["shard"].iloc[0])] * len(out)))
 
 
 # -- the cluster -----------------------------------------------------------------------------
@@ -181,6 +204,12 @@ def connect(address: str | None, *, concurrency: int | None) -> Iterator[dict]:
             ray.shutdown()
 
 
+def check_options(*, concurrency: int | None, batch_size: int) -> dict:
+    """The Ray job's options, checked: ``concurrency`` None or an int >= 1, ``batch_size`` >= 1."""
+    return {"concurrency": None if concurrency is None else positive_int("concurrency", concurrency),
+            "batch_size": positive_int("batch_size", batch_size)}
+
+
 def _per_actor(resources: dict, concurrency: int | None) -> tuple[dict, int]:
     """One GPU per actor where the cluster has GPUs, else one CPU; and how many actors."""
     gpus, cpus = int(resources["GPU"]), int(resources["CPU"])
@@ -196,7 +225,8 @@ def _per_actor(resources: dict, concurrency: int | None) -> tuple[dict, int]:
 
 # -- the job ---------------------------------------------------------------------------------
 def run_tables(model, prompts: list, run, names: Sequence[str], *, address: str | None = None,
-               concurrency: int | None = None, batch_size: int = BATCH_SIZE, progress: bool = True) -> dict:
+               concurrency: int | None = None, batch_size: int = BATCH_SIZE, params: dict | None = None,
+               progress: bool = True) -> dict:
     """Compute the tables ``names`` on Ray and record them in ``run`` as sharded tables.
 
     Args:
@@ -207,6 +237,7 @@ def run_tables(model, prompts: list, run, names: Sequence[str], *, address: str 
         address: a Ray cluster address; None starts a local Ray (or reuses this process's).
         concurrency: number of actors (default: one per GPU, else CPUs - 1).
         batch_size: prompts per shard.
+        params: ``{table: parameters}`` for the manifest (``batch_size`` is added).
         progress: show Ray Data's progress bars.
     Returns:
         ``{"written": [shard names], "kept": [shard names], "engine": manifest engine record}``.
@@ -217,15 +248,20 @@ def run_tables(model, prompts: list, run, names: Sequence[str], *, address: str 
     unknown = [n for n in names if n not in TABLES]
     if unknown:
         raise WorkbenchError(f"engine='ray' cannot compute {unknown[0]!r}: it runs {sorted(TABLES)}")
-    batch_size = positive_int("batch_size", batch_size)
-    if concurrency is not None:
-        concurrency = positive_int("concurrency", concurrency)
+    if not any(TABLES[n].dense for n in names):
+        names.insert(0, ANCHOR)  # sparse tables alone cannot tell an empty shard from a missing one
+    options = check_options(concurrency=concurrency, batch_size=batch_size)
+    concurrency, batch_size = options["concurrency"], options["batch_size"]
     source = actor_source(model)
     require_ray()
     plan = shard_store.plan(len(prompts), batch_size)
     for name in names:
         shard_store.check_names(run.path / name, plan, batch_size=batch_size)
-    kept = [s for s in plan if all(shard_store.landed(run.path / n, s) for n in names)]
+
+    def landed(shard) -> bool:
+        return all(shard_store.landed(run.path / n, shard, dense=TABLES[n].dense) for n in names)
+
+    kept = [s for s in plan if landed(s)]
     todo = [s for s in plan if s not in kept]
     start = time.perf_counter()
     with connect(address, concurrency=concurrency) as cluster:
@@ -238,21 +274,23 @@ def run_tables(model, prompts: list, run, names: Sequence[str], *, address: str 
             actors = min(actors, len(todo))  # no actor without a batch to compute
             engine["actors"] = actors
             _execute(model, source, prompts, todo, names, run.path, per_actor, actors, progress)
-    missing = [s.name for s in plan if not all(shard_store.landed(run.path / n, s) for n in names)]
+    missing = [s.name for s in plan if not landed(s)]
     if missing:
         raise WorkbenchError(f"the Ray job ended without shard(s) {missing[:3]} of {names}: run it again to resume")
     seconds = time.perf_counter() - start
     engine.update(shards_written=len(todo), shards_kept=len(kept))
     for name in names:
-        rows, columns = _table_facts(run.path / name, plan)
-        run.add_sharded_table(name, shards=[s.name for s in plan], columns=columns, rows=rows, mode="stream",
-                              backend="triton" if "num_gpus" in per_actor else "reference", engine=engine,
-                              seconds=seconds, params={"batch_size": batch_size})
+        run.add_sharded_table(name, shards=shard_store.describe(run.path / name, plan), columns=TABLES[name].columns,
+                              mode="stream", backend="triton" if "num_gpus" in per_actor else "reference",
+                              engine=engine, seconds=seconds, device="cuda" if "num_gpus" in per_actor else "cpu",
+                              params={**(params or {}).get(name, {}), "batch_size": batch_size})
     return {"written": [s.name for s in todo], "kept": [s.name for s in kept], "engine": engine}
 
 
 def _execute(model, source, prompts, todo, names, root: Path, per_actor: dict, actors: int, progress: bool) -> None:
     import ray.data
+
+    from workbench.run import model_fingerprint
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
@@ -263,7 +301,7 @@ def _execute(model, source, prompts, todo, names, root: Path, per_actor: dict, a
     dtype = str(next(model.hf_model.parameters()).dtype).removeprefix("torch.")
     dataset = ray.data.from_pandas(blocks).map_batches(
         CaptureActor, fn_constructor_kwargs={"source": source, "dtype": dtype, "tables": names,
-                                             "expect": _facts(model)},
+                                             "fingerprint": model_fingerprint(model)},
         batch_size=None, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=actors),
         runtime_env={"env_vars": env}, **per_actor)
     try:
@@ -284,17 +322,3 @@ def _workbench_cause(exc: BaseException) -> WorkbenchError | None:
             return exc
         exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
     return None
-
-
-def _table_facts(table_dir: Path, plan) -> tuple[int, list[str]]:
-    """Rows over all shards and the table's own columns (its non-null ones in the first shard)."""
-    import pyarrow.parquet as pq
-
-    rows, columns = 0, None
-    for shard in plan:
-        file = shard_store.shard_files(table_dir / shard.name)[0]
-        rows += pq.read_metadata(file).num_rows
-        if columns is None:
-            table = pq.read_table(file)
-            columns = [c for c in table.column_names if table.column(c).null_count < len(table)]
-    return rows, columns

@@ -56,18 +56,31 @@ def shard_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
 
 
-def landed(table_dir: Path, shard: Shard) -> bool:
-    """True when the shard's folder holds one complete Parquet file covering exactly its prompts."""
+def _prompt_ids(file: Path) -> list[int] | None:
+    """The ``prompt_id`` values of a shard file, or None when it does not read back whole."""
     import pyarrow.parquet as pq
 
-    files = shard_files(table_dir / shard.name)
-    if len(files) != 1:
-        return False
     try:
-        ids = pq.read_table(files[0], columns=["prompt_id"]).column("prompt_id").to_pylist()
+        return pq.read_table(file, columns=["prompt_id"]).column("prompt_id").to_pylist()
     except Exception:  # noqa: BLE001 - a cut or damaged file raises one of several pyarrow errors
+        return None
+
+
+def landed(table_dir: Path, shard: Shard, *, dense: bool = True) -> bool:
+    """Whether a shard of one table landed whole.
+
+    Args:
+        dense: every prompt has rows in this table: the shard's one file must cover exactly its
+            prompts. A sparse table (rows only where something was found) may have no folder for
+            a shard, which then holds no rows; a file it has must read back whole.
+    """
+    files = shard_files(table_dir / shard.name)
+    if not files:
+        return not dense and not (table_dir / shard.name).exists()
+    ids = _prompt_ids(files[0]) if len(files) == 1 else None
+    if ids is None:
         return False
-    return set(ids) == set(shard.prompt_ids)
+    return set(ids) == set(shard.prompt_ids) if dense else set(ids) <= set(shard.prompt_ids)
 
 
 def check_names(table_dir: Path, shards: Sequence[Shard], *, batch_size: int) -> None:
@@ -96,23 +109,55 @@ def discard(table_dir: Path, shard: Shard) -> None:
         shutil.rmtree(folder)
 
 
-def read(table_dir: Path, names: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
-    """Concatenate the shards ``names`` (in that order) of one table into one frame.
+def describe(table_dir: Path, shards: Sequence[Shard]) -> dict[str, dict]:
+    """The manifest record of a table's landed shards: ``{shard name: {"file", "rows", "bytes",
+    "sha256"}}`` in prompt order (``file`` relative to ``table_dir``; shards of a sparse table
+    that hold no rows are left out)."""
+    import pyarrow.parquet as pq
+
+    from workbench.runfiles import file_sha256
+
+    out = {}
+    for shard in shards:
+        files = shard_files(table_dir / shard.name)
+        if files:
+            out[shard.name] = {"file": f"{shard.name}/{files[0].name}", "rows": pq.read_metadata(files[0]).num_rows,
+                               "bytes": files[0].stat().st_size, "sha256": file_sha256(files[0])}
+    return out
+
+
+def problem(table_dir: Path, entries: dict[str, dict]) -> str | None:
+    """Why a sharded table cannot be trusted (a shard file missing, cut or changed since it was
+    written), or None when every shard is intact."""
+    from workbench.runfiles import file_sha256
+
+    for entry in entries.values():
+        file = table_dir / entry["file"]
+        try:
+            size = file.stat().st_size
+            if size != entry["bytes"]:
+                return f"its shard {entry['file']} has {size} bytes, not the {entry['bytes']} written"
+            if file_sha256(file) != entry["sha256"]:
+                return f"its shard {entry['file']} changed since it was written (sha256 differs)"
+        except FileNotFoundError:
+            return f"its shard {entry['file']} is missing"
+        except OSError as exc:
+            return f"its shard {entry['file']} cannot be read ({exc.strerror or exc})"
+    return None
+
+
+def read(table_dir: Path, entries: dict[str, dict], columns: Sequence[str]) -> pd.DataFrame:
+    """Concatenate a table's shards (in the manifest's order) into one frame.
 
     Args:
         table_dir: ``<run>/<table>``.
-        names: shard folder names, as the manifest lists them.
-        columns: the table's columns (files written together with other tables may carry more).
-    Raises:
-        WorkbenchError: a shard folder without exactly one Parquet file.
+        entries: the manifest's ``{shard name: {"file", ...}}``.
+        columns: the table's columns (files written together with other tables carry theirs too).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parts = []
-    for name in names:
-        files = shard_files(table_dir / name)
-        if len(files) != 1:
-            raise WorkbenchError(f"shard {name!r} of {str(table_dir)!r} holds {len(files)} Parquet files; expected 1")
-        parts.append(pq.read_table(files[0], columns=list(columns)))
+    parts = [pq.read_table(table_dir / entry["file"], columns=list(columns)) for entry in entries.values()]
+    if not parts:  # a sparse table with no rows at all
+        return pd.DataFrame(columns=list(columns))
     return pa.concat_tables(parts).to_pandas()

@@ -196,7 +196,7 @@ def test_numpy_integer_token_ids_are_accepted(demo):
         got, mask = demo.to_tokens(ids)
         assert got.dtype == torch.long and torch.equal(got, expected) and bool(mask.all())
     assert demo.check_layer(np.int64(1)) == 1 and demo.check_head(np.int32(0)) == 0
-    with pytest.raises(wb.WorkbenchError, match=r"layer 1.5 is out of range"):
+    with pytest.raises(wb.WorkbenchError, match=r"layer must be an int; got 1.5"):
         demo.check_layer(1.5)
 
 

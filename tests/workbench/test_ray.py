@@ -80,13 +80,14 @@ def ray_run(cluster, demo, prompts, tmp_path_factory):
     return out
 
 
-def _copy(run: Path, to: Path) -> Path:
-    """A copy of a run without the sharded table in its manifest, as a job killed before its
-    manifest update leaves the run."""
+def _copy(run: Path, to: Path, *, forget: bool = False) -> Path:
+    """A copy of a run; ``forget`` drops the sharded table from its manifest, as a job killed
+    before its manifest update leaves the run."""
     shutil.copytree(run, to)
-    manifest = json.loads((to / "manifest.json").read_text())
-    del manifest["tables"]["capture_stats"]
-    (to / "manifest.json").write_text(json.dumps(manifest))
+    if forget:
+        manifest = json.loads((to / "manifest.json").read_text())
+        del manifest["tables"]["capture_stats"]
+        (to / "manifest.json").write_text(json.dumps(manifest))
     return to
 
 
@@ -98,7 +99,8 @@ def test_capture_stats_equals_the_local_engine(cluster, ray_run, demo, prompts, 
     _assert_equal(got, local.table("capture_stats"))  # row for row, same dtypes, numbers to 1e-6
     _assert_equal(got, local_stats)
     entry = run.manifest["tables"]["capture_stats"]
-    assert entry["shards"] == [s.name for s in shards.plan(48, 8)] == sorted(entry["shards"])
+    assert list(entry["shards"]) == [s.name for s in shards.plan(48, 8)] == sorted(entry["shards"])
+    assert sum(s["rows"] for s in entry["shards"].values()) == len(got) and run.problem("capture_stats") is None
     assert entry["rows"] == len(got) and entry["columns"] == list(local_stats.columns)
     engine = entry["engine"]
     assert engine["name"] == "ray" and engine["cluster"] == "connected" and engine["address"] == cluster
@@ -110,7 +112,10 @@ def test_capture_stats_equals_the_local_engine(cluster, ray_run, demo, prompts, 
     assert "capture_stats" in local.manifest["tables"] and "engine" not in local.manifest["tables"]["capture_stats"]
 
 
-def test_rerun_writes_only_missing_and_damaged_shards(cluster, ray_run, demo, prompts, local_stats, tmp_path):
+def test_rerun_writes_only_missing_and_damaged_shards(cluster, ray_run, demo, prompts, local_stats, tmp_path,
+                                                     capsys):
+    """The run store finds a deleted and a cut shard (sizes and sha256 in the manifest); analyze
+    computes the table again, and the Ray job writes those two shards only."""
     out = _copy(ray_run, tmp_path / "run")
     table = out / "capture_stats"
     before = _landed(table)
@@ -119,6 +124,7 @@ def test_rerun_writes_only_missing_and_damaged_shards(cluster, ray_run, demo, pr
         file.unlink()
     (file,) = shards.shard_files(table / cut)
     file.write_bytes(file.read_bytes()[:200])  # a write cut short: no Parquet footer
+    assert "is missing" in wb.Run.open(out).problem("capture_stats")
 
     run = wb.analyze(demo, prompts, out=out, analyses=["capture_stats"], batch_size=8, **RAY_OPTIONS)
     after = _landed(table)
@@ -128,11 +134,12 @@ def test_rerun_writes_only_missing_and_damaged_shards(cluster, ray_run, demo, pr
     engine = run.manifest["tables"]["capture_stats"]["engine"]
     assert engine["shards_written"] == 2 and engine["shards_kept"] == 4
     _assert_equal(run.table("capture_stats"), local_stats)
+    assert "cannot be trusted" in capsys.readouterr().err and run.problem("capture_stats") is None
 
 
 def test_shards_of_another_batch_size_are_refused(ray_run, demo, prompts, tmp_path):
     """Resuming a table whose shards came from another batch size is refused; nothing is deleted."""
-    out = _copy(ray_run, tmp_path / "run")
+    out = _copy(ray_run, tmp_path / "run", forget=True)
     before = _landed(out / "capture_stats")
     with pytest.raises(wb.WorkbenchError, match=r"holds shard '000000-000007' \(batches of 8 prompts\?\)"):
         wb.analyze(demo, prompts, out=out, analyses=["capture_stats"], batch_size=4, **RAY_OPTIONS)
@@ -214,15 +221,35 @@ def test_bad_engine_options(cluster, demo, tmp_path):
         (dict(engine="spark"), r"unknown engine 'spark'"),
         (dict(ray_address="head:6379"), r"ray_address='head:6379' needs engine='ray'"),
         (dict(concurrency=2), r"concurrency=2 needs engine='ray'"),
-        (dict(engine="ray", concurrency=0), r"concurrency must be an int >= 1; got 0"),
-        (dict(engine="ray", concurrency=True), r"concurrency must be an int; got the bool True"),
-        (dict(engine="ray", concurrency=1, batch_size=-3), r"batch_size must be an int >= 1; got -3"),
+        (dict(engine="ray", concurrency=0), r"concurrency must be a positive int; got 0"),
+        (dict(engine="ray", concurrency=True), r"concurrency must be a positive int; got the bool True"),
+        (dict(engine="ray", concurrency=1, batch_size=-3), r"batch_size must be a positive int; got -3"),
         (dict(engine="ray", concurrency=2), r"concurrency=2 CPU actors would take every CPU .* \(2\)"),
         (dict(engine="ray", ray_address="10.9.9.9:1"), r"already connected to Ray at .*ray_address='10.9.9.9:1'"),
     ]
     for i, (options, message) in enumerate(bad):
         with pytest.raises(wb.WorkbenchError, match=message):
             wb.analyze(demo, prompts, out=tmp_path / f"r{i}", analyses=["capture_stats"], progress=False, **options)
+
+
+def test_shard_plan_and_what_counts_as_landed(tmp_path):
+    plan = shards.plan(10, 4)
+    assert [(s.name, s.start, s.stop) for s in plan] == [("000000-000003", 0, 4), ("000004-000007", 4, 8),
+                                                          ("000008-000009", 8, 10)]
+    assert shards.plan(1_234_567, 1_000_000)[1].name == "1000000-1234566"  # one width: names sort as prompts
+    table, (first, second, third) = tmp_path / "t", plan
+    (table / first.name).mkdir(parents=True)
+    pd.DataFrame({"prompt_id": [0, 1, 2, 3], "x": 1.0}).to_parquet(table / first.name / "a.parquet")
+    (table / second.name).mkdir()
+    pd.DataFrame({"prompt_id": [5], "x": 1.0}).to_parquet(table / second.name / "a.parquet")
+    assert shards.landed(table, first) and not shards.landed(table, second)  # dense: every prompt has rows
+    assert shards.landed(table, second, dense=False)  # sparse: rows only where something was found
+    assert not shards.landed(table, third) and shards.landed(table, third, dense=False)  # no rows at all
+    (table / third.name).mkdir()
+    (table / third.name / "a.parquet").write_bytes(b"PAR1 cut short")
+    assert not shards.landed(table, third, dense=False)  # a file that does not read back whole
+    pd.DataFrame({"prompt_id": [0], "x": 1.0}).to_parquet(table / first.name / "b.parquet")
+    assert not shards.landed(table, first)  # two files: a batch written twice
 
 
 def test_missing_ray_names_the_extra(demo, tmp_path, monkeypatch):

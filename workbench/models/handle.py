@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from workbench.checks import integer
 from workbench.errors import WorkbenchError
 
 
@@ -123,14 +124,16 @@ class ModelHandle:
         return self.tokenizer.convert_ids_to_tokens(ids)
 
     def check_layer(self, layer: int) -> int:
-        if isinstance(layer, bool) or not _is_int(layer) or not 0 <= operator.index(layer) < self.n_layers:
+        layer = integer("layer", layer)  # numpy ints pass; bools, floats and strings do not
+        if not 0 <= layer < self.n_layers:
             raise WorkbenchError(f"layer {layer!r} is out of range: {self.name} has layers 0..{self.n_layers - 1}")
-        return operator.index(layer)
+        return layer
 
     def check_head(self, head: int) -> int:
-        if isinstance(head, bool) or not _is_int(head) or not 0 <= operator.index(head) < self.n_heads:
+        head = integer("head", head)
+        if not 0 <= head < self.n_heads:
             raise WorkbenchError(f"head {head!r} is out of range: {self.name} has heads 0..{self.n_heads - 1}")
-        return operator.index(head)
+        return head
 
 
 def _is_int(value) -> bool:
