@@ -112,6 +112,25 @@ def test_capture_stats_equals_the_local_engine(cluster, ray_run, demo, prompts, 
     assert "capture_stats" in local.manifest["tables"] and "engine" not in local.manifest["tables"]["capture_stats"]
 
 
+def test_ray_run_opens_in_the_report_and_the_dashboard(ray_run, local_stats, tmp_path):
+    from dashboards import data
+
+    page = wb.report(ray_run, tmp_path / "report.html", compute=False, progress=False).read_text()
+    assert "Streaming head statistics per prompt" in page and "sink_mass" in page
+    _assert_equal(data.table(wb.Run.open(ray_run), "capture_stats"), local_stats)
+    assert len(data.figures(wb.Run.open(ray_run), "capture_stats")) == 4  # a layer x head grid per statistic
+
+
+def test_manifest_shard_files_stay_inside_the_run(ray_run, tmp_path):
+    out = _copy(ray_run, tmp_path / "run")
+    manifest = json.loads((out / "manifest.json").read_text())
+    first = next(iter(manifest["tables"]["capture_stats"]["shards"].values()))
+    first["file"] = "../../../etc/passwd.parquet"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(wb.WorkbenchError, match=r"damaged manifest.json.*sharded table"):
+        wb.Run.open(out)
+
+
 def test_rerun_writes_only_missing_and_damaged_shards(cluster, ray_run, demo, prompts, local_stats, tmp_path,
                                                      capsys):
     """The run store finds a deleted and a cut shard (sizes and sha256 in the manifest); analyze
