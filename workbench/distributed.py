@@ -13,6 +13,7 @@ Ray is an optional extra: ``pip install "attention-workbench[ray]"`` (Ray Data).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -29,7 +30,8 @@ from workbench.errors import WorkbenchError
 
 EXTRA = 'pip install "attention-workbench[ray]"'
 
-#: Prompts per batch, i.e. per shard (the unit of resuming).
+#: Prompts per batch, i.e. per shard (the unit of resuming). A multiple of the shared capture's
+#: forward batch (`wb.describe`'s 8), so each prompt is padded and computed as the local engine does.
 BATCH_SIZE = 16
 
 #: Object store of a Ray started here: the shards hold tidy numbers, not tensors.
@@ -47,29 +49,62 @@ class RayTable:
     """A per-prompt analysis the Ray engine computes batch by batch.
 
     Attributes:
-        fn: ``fn(model, prompts) -> frame`` with ``prompt_id`` counted within the batch.
+        fn: ``fn(model, prompts, capture) -> frame`` with ``prompt_id`` counted within the batch;
+            ``capture`` is the batch's shared `workbench.description.Description` when
+            ``shared`` (one per batch for all such tables), else None.
         columns: the frame's columns, in order (shard files written together carry each
             other's columns too; a table is read back with its own).
         dense: every prompt has rows (the shard's file must cover all its prompts); a sparse
             table has rows only where something was found, so a shard may hold none.
+        shared: reads the shared descriptive capture.
+        order: the local engine's row order when it is not prompt order: ``(column, ascending)``
+            pairs (``"|value|"`` sorts by the absolute value), applied stably to the shards read
+            in prompt order (`workbench.shards.read`).
     """
 
     fn: Callable[..., pd.DataFrame]
     columns: tuple[str, ...]
     dense: bool = True
+    shared: bool = False
+    order: tuple[tuple[str, bool], ...] = ()
 
 
-def _capture_stats(model, prompts) -> pd.DataFrame:
+def _capture_stats(model, prompts, capture=None) -> pd.DataFrame:
     from workbench.capture import capture_stats
 
     return capture_stats(model, prompts)
 
 
-#: The analyses the Ray engine runs, by table name.
+def _described(name: str) -> Callable[..., pd.DataFrame]:
+    """The public analysis ``wb.<name>`` with its defaults, reading the batch's shared capture."""
+    def fn(model, prompts, capture):
+        import workbench as wb
+
+        return getattr(wb, name)(model, prompts, capture=capture)
+
+    fn.__name__ = name
+    return fn
+
+
+#: The analyses the Ray engine runs, by table name: the streaming statistics and the per-prompt
+#: descriptive analyses (one shared capture per batch, `wb.describe`).
 TABLES: dict[str, RayTable] = {
     "capture_stats": RayTable(_capture_stats, ("prompt_id", "layer", "head", "entropy", "max_prob", "sink_mass",
                                                "local_mass", "n_queries")),
 }
+if importlib.util.find_spec("workbench.description") is not None:
+    TABLES.update({
+        "token_sinks": RayTable(_described("token_sinks"),
+                                ("prompt_id", "layer", "head", "position", "token", "alpha"), shared=True),
+        "secondary_sinks": RayTable(
+            _described("secondary_sinks"),
+            ("prompt_id", "position", "token", "start_layer", "end_layer", "n_layers", "mean_cos"),
+            dense=False, shared=True, order=(("n_layers", False), ("mean_cos", False))),
+        "massive_activations": RayTable(
+            _described("massive_activations"), ("prompt_id", "layer", "position", "token", "dim", "value", "ratio"),
+            dense=False, shared=True,
+            order=(("|value|", False), ("prompt_id", True), ("layer", True), ("position", True), ("dim", True))),
+    })
 #: The dense table every Ray job writes when it computes no other: its shards tell which batches landed.
 ANCHOR = "capture_stats"
 
@@ -139,16 +174,23 @@ class CaptureActor:
 
         ids = batch["prompt_id"].to_numpy()
         prompts = [p if isinstance(p, str) else [int(t) for t in p] for p in batch["prompt"]]
+        capture = None
+        if any(TABLES[n].shared for n in self.tables):
+            from workbench.description import describe
+
+            capture = describe(self.model, prompts)  # one capture of the batch for every descriptive table
         parts = []
         for name in self.tables:
             spec = TABLES[name]
-            frame = spec.fn(self.model, prompts)
+            frame = spec.fn(self.model, prompts, capture)
             if tuple(frame.columns) != spec.columns:
                 raise WorkbenchError(f"{name} returned columns {list(frame.columns)}; the Ray engine expects "
                                      f"{list(spec.columns)} (workbench.distributed.TABLES)")
+            if frame.empty:  # a sparse table found nothing in this batch (its empty frame may be untyped)
+                continue
             frame = frame.assign(prompt_id=ids[frame["prompt_id"].to_numpy()], table=name)  # batch-local -> run-wide
             parts.append(pa.Table.from_pandas(frame, preserve_index=False))
-        out = pa.concat_tables(parts, promote_options="default")
+        out = pa.concat_tables(parts, promote_options="permissive")
         return out.append_column("shard", pa.array([str(batch["shard"].iloc[0])] * len(out)))
 
 
@@ -254,7 +296,8 @@ def run_tables(model, prompts: list, run, names: Sequence[str], *, address: str 
     concurrency, batch_size = options["concurrency"], options["batch_size"]
     source = actor_source(model)
     require_ray()
-    plan = shard_store.plan(len(prompts), batch_size)
+    _, mask = model.to_tokens(prompts)
+    plan = shard_store.plan(mask.sum(-1).tolist(), batch_size)  # longest first, as the local capture pads
     for name in names:
         shard_store.check_names(run.path / name, plan, batch_size=batch_size)
 
@@ -283,6 +326,7 @@ def run_tables(model, prompts: list, run, names: Sequence[str], *, address: str 
         run.add_sharded_table(name, shards=shard_store.describe(run.path / name, plan), columns=TABLES[name].columns,
                               mode="stream", backend="triton" if "num_gpus" in per_actor else "reference",
                               engine=engine, seconds=seconds, device="cuda" if "num_gpus" in per_actor else "cpu",
+                              order=[list(o) for o in TABLES[name].order],
                               params={**(params or {}).get(name, {}), "batch_size": batch_size})
     return {"written": [s.name for s in todo], "kept": [s.name for s in kept], "engine": engine}
 

