@@ -15,7 +15,8 @@ from workbench.analyzers.saliency import saliency_alignment, token_attributions
 from workbench.analyzers.importance import head_importance, pruning_curve
 from workbench.analyzers.patterns import head_patterns
 from workbench.analyzers.sinks import hidden_sinks, massive_activations, secondary_sinks, sink_scores, sink_share, token_sinks
-from workbench.capture import capture_patterns, capture_stats
+from workbench.capture import capture_columns, capture_patterns, capture_stats
+from workbench.describe import Description, describe
 from workbench.errors import WorkbenchError
 from workbench.heads import ablate_heads, head_mask, head_means
 from workbench.models import SOURCES, ModelHandle, load_model
@@ -24,9 +25,9 @@ from workbench.report import report  # wb.report(run, "report.html")
 from workbench.run import Run
 
 __all__ = [
-    "ANALYZERS", "SOURCES", "ablate", "ablate_heads", "analyze", "Analyzer", "capture_patterns",
-    "capture_stats", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap",
-    "head_importance", "head_mask", "head_means", "head_patterns", "head_summary", "hidden_sinks",
+    "ANALYZERS", "SOURCES", "ablate", "ablate_heads", "analyze", "Analyzer", "capture_columns",
+    "capture_patterns", "capture_stats", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap",
+    "describe", "Description", "head_importance", "head_mask", "head_means", "head_patterns", "head_summary", "hidden_sinks",
     "load_model", "load_prompts", "massive_activations", "ModelHandle", "niah_grid",
     "pruning_curve", "register", "report", "retrieval_scores", "Run", "saliency_alignment",
     "secondary_sinks", "sink_scores", "sink_share", "task_metric", "token_attributions",

@@ -9,6 +9,7 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from workbench.analyzers import ANALYZERS
+from workbench.describe import describe
 from workbench.errors import WorkbenchError
 from workbench.prompts import load_prompts
 from workbench.run import Run
@@ -29,6 +30,11 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | N
     Returns:
         The `Run`. Analyses that do not apply to the model (e.g. causal-only ones on an
         encoder) are recorded in ``run.manifest["skipped"]`` with the reason.
+
+    The descriptive analyses (registered with ``capture=True``: head summary, sinks, massive
+    activations, pattern descriptors) share one capture pass over the prompts (`wb.describe`),
+    made once before the first of them; its mode and seconds go into each of their frames'
+    ``attrs["capture"]``, and each table's ``seconds`` is its own work on top of it.
     """
     if prompts is None or isinstance(prompts, (str, Path)):
         prompts = load_prompts(prompts, model=model)
@@ -41,6 +47,7 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | N
     run = Run.create(out, model=model, prompts=prompts)
     todo = [n for n in names if n not in run]
     bar = tqdm(todo, desc="analyses", unit="analysis", disable=not progress)
+    shared = None
     for name in bar:
         analyzer = ANALYZERS[name]
         bar.set_postfix_str(name)
@@ -49,7 +56,14 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | N
             run.manifest.setdefault("skipped", {})[name] = reason
             run._write_manifest()
             continue
+        mode, kwargs = analyzer.mode, {}
+        if analyzer.capture:
+            if shared is None:
+                shared = describe(model, prompts)
+            mode, kwargs = shared.mode, {"capture": shared}
         start = time.perf_counter()
-        frame = analyzer.fn(model, prompts)
-        run.add_table(name, frame, mode=analyzer.mode, seconds=time.perf_counter() - start)
+        frame = analyzer.fn(model, prompts, **kwargs)
+        if analyzer.capture:
+            frame.attrs["capture"] = {"shared": True, "mode": shared.mode, "seconds": round(shared.seconds, 3)}
+        run.add_table(name, frame, mode=mode, seconds=time.perf_counter() - start)
     return run

@@ -24,7 +24,7 @@ from kernels.bench import git_commit
 from workbench.run import package_versions
 
 PATHS = {
-    "stream": "wb.capture_stats: streaming head statistics + column mass (no N×N)",
+    "stream": "wb.capture_columns: streaming head statistics + column mass (no N×N)",
     "run_with_cache": "TransformerLens bridge.run_with_cache: every activation, patterns included",
     "sdpa": "plain HF forward with SDPA attention: the floor, no capture at all",
 }
@@ -45,7 +45,7 @@ ids[0, 0] = model.tokenizer.bos_token_id if model.tokenizer.bos_token_id is not 
 def once(ids):
     with torch.no_grad():
         if path == "stream":
-            wb.capture_stats(model, ids, columns=True)
+            wb.capture_columns(model, ids)
         elif path == "run_with_cache":
             _, cache = model.bridge.run_with_cache(ids)
             del cache

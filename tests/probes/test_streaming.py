@@ -29,7 +29,8 @@ def _row_stats(p, window=16):
 def test_stream_stats_equal_exact_capture(tiny, batch_size):
     model, _ = tiny
     prompts = PROMPTS + ["w20 w21 w22", "w30 w31 w32 w33 w34 w35 w36"]  # two pairs of equal length
-    frame, cols = wb.capture_stats(model, prompts, batch_size=batch_size, columns=True)
+    frame = wb.capture_stats(model, prompts, batch_size=batch_size)
+    cols = wb.capture_columns(model, prompts, batch_size=batch_size)
     assert sorted(frame.prompt_id.unique()) == list(range(len(prompts)))
     patterns = wb.capture_patterns(model, prompts)
     assert len(frame) == len(prompts) * model.n_layers * model.n_heads
@@ -84,5 +85,5 @@ def test_stream_outputs_match_the_model(tiny):
 
 def test_bad_batch_size(tiny):
     model, _ = tiny
-    with pytest.raises(wb.WorkbenchError, match="batch_size must be a positive int; got 0"):
+    with pytest.raises(wb.WorkbenchError, match="batch_size must be an int >= 1; got 0"):
         wb.capture_stats(model, PROMPTS, batch_size=0)

@@ -25,6 +25,8 @@ class Analyzer:
         figures: ``figures(frame) -> list[go.Figure]`` for the report, dashboard and notebooks
             (default: a layer × head grid per numeric score, `workbench.figures.default_figures`).
         sources: the papers its definitions and defaults come from (for the report's method note).
+        capture: ``fn`` reads the shared descriptive capture (``fn(model, prompts, capture=...)``
+            with a `workbench.describe.Description`): `analyze` makes one for all such analyses.
     """
 
     name: str
@@ -34,6 +36,7 @@ class Analyzer:
     applies: Callable[[object], str | None] = lambda model: None
     figures: Callable[[pd.DataFrame], list] | None = None
     sources: tuple[str, ...] = ()
+    capture: bool = False
 
     def make_figures(self, frame: pd.DataFrame) -> list:
         from workbench.figures import default_figures
