@@ -16,7 +16,7 @@ from workbench.analyzers.importance import head_importance, pruning_curve
 from workbench.analyzers.patterns import head_patterns
 from workbench.analyzers.sinks import hidden_sinks, massive_activations, secondary_sinks, sink_scores, sink_share, token_sinks
 from workbench.capture import capture_columns, capture_patterns, capture_stats
-from workbench.describe import Description, describe
+from workbench.description import Description, describe
 from workbench.errors import WorkbenchError
 from workbench.heads import ablate_heads, head_mask, head_means
 from workbench.models import SOURCES, ModelHandle, load_model

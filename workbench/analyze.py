@@ -9,7 +9,7 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from workbench.analyzers import ANALYZERS
-from workbench.describe import describe
+from workbench.description import describe
 from workbench.errors import WorkbenchError
 from workbench.prompts import load_prompts
 from workbench.run import Run

@@ -26,7 +26,7 @@ class Analyzer:
             (default: a layer × head grid per numeric score, `workbench.figures.default_figures`).
         sources: the papers its definitions and defaults come from (for the report's method note).
         capture: ``fn`` reads the shared descriptive capture (``fn(model, prompts, capture=...)``
-            with a `workbench.describe.Description`): `analyze` makes one for all such analyses.
+            with a `workbench.description.Description`): `analyze` makes one for all such analyses.
     """
 
     name: str

@@ -25,7 +25,7 @@ import torch
 from workbench.analyzers import Analyzer, register
 from workbench.capture import patterns_for_batch
 from workbench.checks import integer, positive_int
-from workbench.describe import ROW_FIELDS, Description, resolve
+from workbench.description import ROW_FIELDS, Description, resolve
 from workbench.errors import WorkbenchError
 from workbench.frames import head_frame
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from workbench.analyzers import Analyzer, register
 from workbench.checks import fraction, positive, positive_int
-from workbench.describe import MASSIVE_ABS, MASSIVE_RATIO, ROW_FIELDS, Description, resolve
+from workbench.description import MASSIVE_ABS, MASSIVE_RATIO, ROW_FIELDS, Description, resolve
 from workbench.errors import WorkbenchError
 from workbench.frames import head_frame
 

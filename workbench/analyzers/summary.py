@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from workbench.analyzers import Analyzer, register
-from workbench.describe import ROW_FIELDS, Description, resolve
+from workbench.description import ROW_FIELDS, Description, resolve
 from workbench.frames import head_frame
 
 BATCH = 8

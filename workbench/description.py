@@ -52,7 +52,7 @@ LOCAL_WINDOW = 4
 MASSIVE_COLUMNS = ["prompt_id", "layer", "position", "dim", "value", "ratio"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: tensors and frames have no single truth value
 class Description:
     """What one capture pass over the prompts kept for the descriptive analyses.
 
@@ -225,7 +225,9 @@ class _Accumulator:
     def add_hidden(self, layer: int, rows: list[int], resid: torch.Tensor) -> None:
         """``resid [batch, pos, d_model]`` of ``blocks.{layer}.hook_resid_post``."""
         h = resid.detach().float()
-        cos = torch.nn.functional.cosine_similarity(h, h[:, :1, :], dim=-1).cpu()  # (batch, pos)
+        norm = h.norm(dim=-1)  # (batch, pos)
+        dots = torch.matmul(h, h[:, 0, :, None]).squeeze(-1)  # (batch, pos, 1) -> (batch, pos)
+        cos = (dots / (norm * norm[:, :1]).clamp_min(1e-8)).cpu()  # cos(h_t, h_0)
         for b, pid in enumerate(rows):
             n = self.lengths[pid]
             self.first_cos[pid][layer] = cos[b, :n]
@@ -261,7 +263,7 @@ def _pattern_rows(pattern: torch.Tensor, real: torch.Tensor, window: int, causal
         pos = torch.arange(p.shape[-1], device=p.device, dtype=p.dtype)
         per_row.append((p * (pos[:, None] - pos[None, :]).abs()).sum(-1))  # Σ_k A[t, k] |t − k|
     fields = torch.stack([(f * keep).sum(-1) for f in per_row], dim=-1)  # (batch, head, field)
-    col = torch.einsum("bhqk,bq->bhk", p, real)  # (batch, head, key)
+    col = torch.matmul(real[:, None, None, :], p).squeeze(-2)  # (batch, head, 1, key) -> (batch, head, key)
     return fields, col
 
 
