@@ -212,29 +212,38 @@ class _Accumulator:
 
     def add_rows(self, layer: int, rows: list[int], fields: torch.Tensor, col: torch.Tensor) -> None:
         """``fields [batch, head, field]`` row sums (distance NaN for causal models: it comes
-        from ``col [batch, head, key]``, Σ_t Σ_k A[t, k](t − k) = n(n−1)/2 − Σ_k k·col_k)."""
+        from ``col [batch, head, key]``, Σ_t Σ_k A[t, k](t − k) = n(n−1)/2 − Σ_k k·col_k;
+        padded keys receive nothing from real rows)."""
         fields, col = fields.double().cpu(), col.double().cpu()
+        if self.causal:
+            n = torch.tensor([self.lengths[pid] for pid in rows], dtype=torch.float64)[:, None]  # (batch, 1)
+            keys = torch.arange(col.shape[-1], dtype=torch.float64)
+            fields[..., -1] = n * (n - 1) / 2 - col @ keys  # (batch, head)
+        self.row_sums[rows, layer] = fields
         for b, pid in enumerate(rows):
-            n = self.lengths[pid]
-            self.col_mass[pid][layer] = col[b, :, :n]
-            self.row_sums[pid, layer] = fields[b]
-            if self.causal:
-                keys = torch.arange(n, dtype=torch.float64)
-                self.row_sums[pid, layer, :, -1] = n * (n - 1) / 2 - col[b, :, :n] @ keys
+            self.col_mass[pid][layer] = col[b, :, :self.lengths[pid]]
 
-    def add_hidden(self, layer: int, rows: list[int], resid: torch.Tensor) -> None:
-        """``resid [batch, pos, d_model]`` of ``blocks.{layer}.hook_resid_post``."""
+    def add_hidden(self, layer: int, rows: list[int], resid: torch.Tensor, real: torch.Tensor) -> None:
+        """``resid [batch, pos, d_model]`` of ``blocks.{layer}.hook_resid_post``; ``real
+        [batch, pos]`` bool marks the prompts' own tokens (False on padding)."""
         h = resid.detach().float()
         norm = h.norm(dim=-1)  # (batch, pos)
         dots = torch.matmul(h, h[:, 0, :, None]).squeeze(-1)  # (batch, pos, 1) -> (batch, pos)
         cos = (dots / (norm * norm[:, :1]).clamp_min(1e-8)).cpu()  # cos(h_t, h_0)
         for b, pid in enumerate(rows):
-            n = self.lengths[pid]
-            self.first_cos[pid][layer] = cos[b, :n]
-            mag = h[b, :n].abs()  # (pos, d_model)
-            ratio = mag / max(float(mag.median()), 1e-12)
-            hits = ((mag > self.massive_abs) & (ratio > self.massive_ratio)).nonzero().tolist()
-            self.massive += [(pid, layer, pos, dim, float(h[b, pos, dim]), float(ratio[pos, dim])) for pos, dim in hits]
+            self.first_cos[pid][layer] = cos[b, :self.lengths[pid]]
+        mag = h.abs()  # (batch, pos, d_model)
+        keep = real.to(h.device)[..., None]
+        if bool(keep.all()):
+            median = mag.flatten(1).median(dim=1).values  # (batch,): the lower median, as torch.median
+        else:  # over the real entries only
+            median = mag.masked_fill(~keep, float("nan")).flatten(1).nanmedian(dim=1).values
+        b, pos, dim = ((mag > self.massive_abs) & keep).nonzero(as_tuple=True)  # candidates: few
+        ratio = mag[b, pos, dim] / median[b].clamp_min(1e-12)
+        hit = ratio > self.massive_ratio
+        b, pos, dim, ratio = b[hit].tolist(), pos[hit].tolist(), dim[hit].tolist(), ratio[hit].tolist()
+        values = h[b, pos, dim].tolist()
+        self.massive += [(rows[i], layer, t, d, v, r) for i, t, d, v, r in zip(b, pos, dim, values, ratio)]
 
 
 def _band(p: torch.Tensor, window: int) -> torch.Tensor:
@@ -269,6 +278,7 @@ def _pattern_rows(pattern: torch.Tensor, real: torch.Tensor, window: int, causal
 
 def _exact_batch(model, ids: torch.Tensor, mask: torch.Tensor, rows: list[int], acc: _Accumulator) -> None:
     real = mask.to(torch.float32)  # (batch, query)
+    tokens = mask.bool()
 
     def on_pattern(layer: int):
         def hook(pattern, hook=None):  # noqa: ARG001 - (batch, head, query, key)
@@ -277,7 +287,7 @@ def _exact_batch(model, ids: torch.Tensor, mask: torch.Tensor, rows: list[int], 
 
     def on_resid(layer: int):
         def hook(resid, hook=None):  # noqa: ARG001 - (batch, pos, d_model)
-            acc.add_hidden(layer, rows, resid)
+            acc.add_hidden(layer, rows, resid, tokens)
         return hook
 
     fns = {f"blocks.{layer}.attn.hook_pattern": on_pattern(layer) for layer in range(model.n_layers)}
@@ -295,7 +305,7 @@ def _stream_batch(model, ids: torch.Tensor, mask: torch.Tensor, rows: list[int],
         pids = [rows[i] for i in chosen]
 
         def on_layer(layer: int, resid: torch.Tensor) -> None:
-            acc.add_hidden(layer, pids, resid)
+            acc.add_hidden(layer, pids, resid, torch.ones(resid.shape[:2], dtype=torch.bool))
 
         with torch.no_grad(), _layer_outputs(model, on_layer):
             cap = stream_capture(model, ids[chosen, :n], prompt_ids=pids, sink_tokens=1, window=acc.window,
