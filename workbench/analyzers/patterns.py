@@ -149,9 +149,7 @@ def umap_embedding(features: np.ndarray, *, n_neighbors: int | None = None, seed
         k = min(2, u.shape[1])
         out[:, :k] = u[:, :k] * s[:k]
         return out
-    k = min(15 if n_neighbors is None else n_neighbors, n - 1)
-    if k < 2:
-        raise WorkbenchError(f"n_neighbors must be at least 2; got {n_neighbors!r}")
+    k = min(15 if n_neighbors is None else integer("n_neighbors", n_neighbors, low=2), n - 1)
     threads = torch.get_num_threads()  # umap/numba start-up changes torch's thread count
     try:
         return _fit_umap(x, k, n, seed)

@@ -8,6 +8,8 @@ kept: on a machine shared with other jobs the CPU-time ratio is the steadier one
 
 Paths:
 - ``eager``: the plain HF model with ``output_attentions=True`` (the baseline).
+- ``bridge``: the TransformerLens bridge's forward with no hook attached (what the exact capture
+  runs under its hooks: the part of its cost that is not the reductions).
 - ``describe``: `wb.describe`, the shared capture itself.
 - ``descriptive``: the capture plus every descriptive table read from it (head summary, sink
   scores, token / hidden / secondary sinks, massive activations, head_patterns' descriptors),
@@ -31,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-PATHS = ("eager", "describe", "descriptive", "head_patterns_extra")
+PATHS = ("eager", "bridge", "describe", "descriptive", "head_patterns_extra")
 
 
 def bench_prompts(model, n: int = 20, max_len: int = 128, *, min_len: int = 16) -> list[list[int]]:
@@ -70,7 +72,7 @@ def bench_describe(source: str = "demo", *, n_prompts: int = 20, max_len: int = 
     """
     import workbench as wb
     from kernels.bench import git_commit
-    from workbench.capture import padded_batches
+    from workbench.capture import padded_batches, run_bridge
     from workbench.checks import positive_int
     from workbench.run import package_versions
 
@@ -84,6 +86,11 @@ def bench_describe(source: str = "demo", *, n_prompts: int = 20, max_len: int = 
         with torch.no_grad():
             for rows, width in padded_batches(mask, batch_size):  # the batches describe runs
                 model.hf_model(input_ids=ids[rows, :width], attention_mask=mask[rows, :width], output_attentions=True)
+
+    def bridge():
+        with torch.no_grad():
+            for rows, width in padded_batches(mask, batch_size):
+                run_bridge(model, ids[rows, :width], mask[rows, :width], return_type=None)
 
     state = {}
 
@@ -102,7 +109,7 @@ def bench_describe(source: str = "demo", *, n_prompts: int = 20, max_len: int = 
     rows, versions, commit = [], package_versions(), git_commit("workbench")
     for r in range(rounds):
         times = {}
-        for path, fn in zip(PATHS, (eager, capture, descriptive, patterns_extra)):
+        for path, fn in zip(PATHS, (eager, bridge, capture, descriptive, patterns_extra)):
             wall, cpu = time.perf_counter(), time.process_time()
             fn()
             times[path] = (time.perf_counter() - wall, time.process_time() - cpu)
