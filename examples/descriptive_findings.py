@@ -36,7 +36,7 @@ def _word_sequences(model, n: int, length: int, seed: int) -> list[str]:
     """``n`` strings of ``length`` random single-token words, each repeated twice."""
     tok = model.tokenizer
     words = []
-    for token, i in tok.get_vocab().items():
+    for i in tok.get_vocab().values():
         text = tok.decode([i])
         if text.startswith(" ") and text[1:].isalpha() and len(text) > 3 and tok(text)["input_ids"] == [i]:
             words.append(text)
@@ -105,7 +105,9 @@ def main(argv=None) -> None:
 
     # -- massive activations -------------------------------------------------------------------
     massive = wb.massive_activations(model, prompts, capture=desc)
-    print(f"massive activations: {len(massive)} entries")
+    at_first = int((massive.position == 0).sum())
+    print(f"massive activations: {len(massive)} entries, {at_first} at position 0, "
+          f"{len(massive) - at_first} elsewhere (positions {sorted(set(massive.position))[:10]})")
     if len(massive):
         for dim, group in massive.groupby("dim"):
             positions = group.groupby(["position", "token"]).size().sort_values(ascending=False)

@@ -304,7 +304,7 @@ def _stream_batch(model, ids: torch.Tensor, mask: torch.Tensor, rows: list[int],
     for chosen, n in equal_length_batches(mask, batch_size):
         pids = [rows[i] for i in chosen]
 
-        def on_layer(layer: int, resid: torch.Tensor) -> None:
+        def on_layer(layer: int, resid: torch.Tensor, pids: list[int] = pids) -> None:
             acc.add_hidden(layer, pids, resid, torch.ones(resid.shape[:2], dtype=torch.bool))
 
         with torch.no_grad(), _layer_outputs(model, on_layer):
