@@ -33,7 +33,7 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | N
 
     The descriptive analyses (registered with ``capture=True``: head summary, sinks, massive
     activations, pattern descriptors) share one capture pass over the prompts (`wb.describe`),
-    made once before the first of them; its mode and seconds go into each of their frames'
+    made once, when the first of them runs; its mode and seconds go into each of their frames'
     ``attrs["capture"]``, and each table's ``seconds`` is its own work on top of it.
     """
     if prompts is None or isinstance(prompts, (str, Path)):
