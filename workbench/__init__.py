@@ -15,7 +15,8 @@ from workbench.analyzers.saliency import saliency_alignment, token_attributions
 from workbench.analyzers.importance import head_importance, pruning_curve
 from workbench.analyzers.patterns import head_patterns
 from workbench.analyzers.sinks import hidden_sinks, massive_activations, secondary_sinks, sink_scores, sink_share, token_sinks
-from workbench.capture import capture_patterns, capture_stats
+from workbench.capture import capture_columns, capture_patterns, capture_stats
+from workbench.description import Description, describe
 from workbench.errors import WorkbenchError
 from workbench import glossary  # wb.glossary.describe("sink_score"): every score column defined once
 from workbench.heads import HeadEdit, ablate_heads, edit_heads, head_mask, head_means, patch_heads, record_heads
@@ -26,10 +27,10 @@ from workbench.report import report  # wb.report(run, "report.html")
 from workbench.run import Run
 
 __all__ = [
-    "ANALYZERS", "SOURCES", "ablate", "ablate_heads", "analyze", "Analyzer", "capture_patterns",
-    "edit_heads", "HeadEdit", "patch_heads", "record_heads",
-    "capture_stats", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap", "glossary",
-    "head_importance", "head_mask", "head_means", "head_patterns", "head_summary", "hidden_sinks",
+    "ANALYZERS", "SOURCES", "ablate", "ablate_heads", "analyze", "Analyzer", "capture_columns",
+    "capture_patterns", "capture_stats", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap",
+    "describe", "Description", "edit_heads", "glossary", "HeadEdit", "head_importance", "head_mask", "head_means",
+    "head_patterns", "head_summary", "hidden_sinks", "patch_heads", "record_heads",
     "load_model", "load_prompts", "massive_activations", "ModelHandle", "niah_grid",
     "pruning_curve", "register", "report", "retrieval_scores", "Run", "saliency_alignment",
     "secondary_sinks", "sink_scores", "sink_share", "task_metric", "token_attributions",

@@ -13,7 +13,6 @@ Ray is an optional extra: ``pip install "attention-workbench[ray]"`` (Ray Data).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import time
@@ -91,20 +90,17 @@ def _described(name: str) -> Callable[..., pd.DataFrame]:
 TABLES: dict[str, RayTable] = {
     "capture_stats": RayTable(_capture_stats, ("prompt_id", "layer", "head", "entropy", "max_prob", "sink_mass",
                                                "local_mass", "n_queries")),
+    "token_sinks": RayTable(_described("token_sinks"),
+                            ("prompt_id", "layer", "head", "position", "token", "alpha"), shared=True),
+    "secondary_sinks": RayTable(
+        _described("secondary_sinks"),
+        ("prompt_id", "position", "token", "start_layer", "end_layer", "n_layers", "mean_cos"),
+        dense=False, shared=True, order=(("n_layers", False), ("mean_cos", False))),
+    "massive_activations": RayTable(
+        _described("massive_activations"), ("prompt_id", "layer", "position", "token", "dim", "value", "ratio"),
+        dense=False, shared=True,
+        order=(("|value|", False), ("prompt_id", True), ("layer", True), ("position", True), ("dim", True))),
 }
-if importlib.util.find_spec("workbench.description") is not None:
-    TABLES.update({
-        "token_sinks": RayTable(_described("token_sinks"),
-                                ("prompt_id", "layer", "head", "position", "token", "alpha"), shared=True),
-        "secondary_sinks": RayTable(
-            _described("secondary_sinks"),
-            ("prompt_id", "position", "token", "start_layer", "end_layer", "n_layers", "mean_cos"),
-            dense=False, shared=True, order=(("n_layers", False), ("mean_cos", False))),
-        "massive_activations": RayTable(
-            _described("massive_activations"), ("prompt_id", "layer", "position", "token", "dim", "value", "ratio"),
-            dense=False, shared=True,
-            order=(("|value|", False), ("prompt_id", True), ("layer", True), ("position", True), ("dim", True))),
-    })
 #: The dense table every Ray job writes when it computes no other: its shards tell which batches landed.
 ANCHOR = "capture_stats"
 
@@ -324,7 +320,7 @@ def run_tables(model, prompts: list, run, names: Sequence[str], *, address: str 
     engine.update(shards_written=len(todo), shards_kept=len(kept))
     for name in names:
         run.add_sharded_table(name, shards=shard_store.describe(run.path / name, plan), columns=TABLES[name].columns,
-                              mode="stream", backend="triton" if "num_gpus" in per_actor else "reference",
+                              mode="auto" if TABLES[name].shared else "stream",  # auto: wb.describe's, per batch backend="triton" if "num_gpus" in per_actor else "reference",
                               engine=engine, seconds=seconds, device="cuda" if "num_gpus" in per_actor else "cpu",
                               order=[list(o) for o in TABLES[name].order],
                               params={**(params or {}).get(name, {}), "batch_size": batch_size})
