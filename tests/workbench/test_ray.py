@@ -132,7 +132,7 @@ def test_descriptive_tables_equal_the_local_engine(ray_run, demo, prompts, tmp_p
         if want.empty:  # the demo has no massive activations or secondary sinks
             assert got.empty and list(got.columns) == list(want.columns), name
             assert run.manifest["tables"][name]["shards"] == {}
-        else:
+        else:  # batches of 8 prompts, longest first: padded as the local capture pads them
             _assert_equal(got, want)
     sinks = run.table("token_sinks")
     assert len(sinks) == sum(len(t) for t in demo.tokenizer(prompts)["input_ids"]) * demo.n_layers * demo.n_heads
@@ -172,7 +172,10 @@ def test_sparse_tables_of_a_real_model_resort_like_the_local_engine(cluster, tmp
     for name in names:
         got, want = run.table(name), local.table(name)
         assert len(want) > 0, name
-        pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-6, rtol=1e-6)
+        # Batches of 1 run unpadded, the local capture pads the 4 prompts into one forward: through
+        # 30 float32 layers that moves numbers by ~1e-5 relative (batch sizes that are multiples
+        # of 8 pad as locally; the demo test above holds those to 1e-6).
+        pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-6, rtol=1e-4)
     with_rows = set(local.table("secondary_sinks").prompt_id)
     assert 0 < len(with_rows) < len(prompts)
     plan = shards.plan([len(t) for t in model.tokenizer(prompts)["input_ids"]], 1)
