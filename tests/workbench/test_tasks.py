@@ -313,11 +313,11 @@ def test_smollm2_suites_and_retrieval_sections(smollm2, tmp_path, monkeypatch):
     check_ioi(smollm2.tokenizer, ioi)
     assert sum(r["model_correct"] for r in ioi) >= 3  # SmolLM2 does IOI (0.94 on the default 16)
     run = wb.analyze(smollm2, ["The cat sat on the mat."], out=tmp_path / "run",
-                     analyses=["task_accuracy", "retrieval_heads", "niah"], progress=False)
-    assert not run.manifest.get("skipped")
+                     analyses=["task_accuracy", "retrieval_heads"], progress=False)
+    assert not run.manifest.get("skipped") and run.manifest["model"]["n_heads"] == 9
+    acc = run.table("task_accuracy").set_index("suite")
+    assert acc.loc["ioi", "n_correct"] == sum(r["model_correct"] for r in ioi)
     scores = run.table("retrieval_heads")
     assert len(scores) == 270 and scores["retrieval_score"].max() > 0.5  # real copy heads exist
-    niah = run.table("niah")
-    assert niah["condition"].nunique() == 3 and niah["condition"].str.startswith("random heads ablated").any()
     frame = wb.circuit(smollm2, "ioi")  # attribution patching on the generated ABC suite
     assert frame.attrs["ld_clean"] > frame.attrs["ld_corrupted"] and frame.attrs["n"] == 4

@@ -295,6 +295,7 @@ ABLATE_THRESHOLD = 0.5
 
 
 RANDOM_DRAWS = 5  # random head sets of the same size in the NIAH control (median reported)
+HELD_OUT_SEED = 1  # NIAH reads passkey trials of this seed; the retrieval scores read seed 0
 
 
 def _passkey_rows(max_context: int | None = None) -> list[dict]:
@@ -308,6 +309,13 @@ def passkey_retrieval(model, prompts=None, *, threshold: float = THRESHOLD) -> p
     causal LM (`workbench.tasks.analysis_suite`). ``prompts`` is not used: retrieval needs
     needle trials. When the model answers no trial correctly the scores are undefined (Wu et
     al. average over correct trials): every score is NaN and no head is a retrieval head."""
+    from workbench.tasks import ANALYSIS_SUITES, memo
+
+    key = ("passkey_retrieval", threshold, repr(ANALYSIS_SUITES["passkey"]))
+    return memo(model, key, lambda: _passkey_retrieval(model, threshold))
+
+
+def _passkey_retrieval(model, threshold: float) -> pd.DataFrame:
     rows = _passkey_rows(DEMO_MAX_CONTEXT) if model.source == "demo" else read_trials(None, model=model)
     if model.source != "demo" and not any(r["model_correct"] for r in rows):
         layer, head = np.meshgrid(np.arange(model.n_layers), np.arange(model.n_heads), indexing="ij")
@@ -330,26 +338,40 @@ def ablation_set(scores: pd.DataFrame) -> list[tuple[int, int]]:
 def passkey_niah(model, prompts=None, *, draws: int = RANDOM_DRAWS, seed: int = 0) -> pd.DataFrame:
     """The registered analysis: the passkey NIAH grid as is, with the strong retrieval heads of
     `passkey_retrieval` zeroed (`ablation_set`), and with as many random other heads zeroed
-    (``draws`` seeded draws; per cell the median accuracy). Columns ``condition,
+    (``draws`` seeded draws; per cell the median accuracy). The trials are held out from those
+    that found the heads: the passkey suite of seed `HELD_OUT_SEED` (for the demo, new rows from
+    its own generators, 128–1024 tokens). Columns ``condition,
     context_length, depth, accuracy, n_trials``; conditions ``"full"``, ``"retrieval heads
     ablated (k heads, score > 0.5)"`` and ``"random heads ablated (k heads, median of 5)"``
-    (the last two absent when no head passes the threshold)."""
-    trials = None if model.source == "demo" else read_trials(None, model=model)
+    (the last two absent when no head passes the threshold). ``frame.attrs``: the ablated and
+    random heads, and the overall accuracy in full, ablated and per random draw."""
+    from workbench.tasks import analysis_suite
+
+    trials = analysis_suite("passkey", model, seed=HELD_OUT_SEED)  # not the trials that found the heads
     frames = [niah_grid(model, trials).assign(condition="full")]
     heads = ablation_set(passkey_retrieval(model))
+    attrs: dict = {"ablated_heads": [list(h) for h in heads], "accuracy_full": _overall(frames[0])}
     if heads:
         k = len(heads)
         frames.append(niah_grid(model, trials, ablate=heads)
                       .assign(condition=f"retrieval heads ablated ({k} heads, score > {ABLATE_THRESHOLD})"))
         rng = np.random.default_rng(seed)
         others = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads) if (l, h) not in heads]
-        random = [niah_grid(model, trials, ablate=[others[i] for i in rng.choice(len(others), k, replace=False)])
-                  for _ in range(draws)]
+        picks = [[others[i] for i in rng.choice(len(others), k, replace=False)] for _ in range(draws)]
+        random = [niah_grid(model, trials, ablate=pick) for pick in picks]
         median = (pd.concat(random).groupby(["context_length", "depth"], as_index=False)
                   .agg(accuracy=("accuracy", "median"), n_trials=("n_trials", "first")))
         frames.append(median.assign(condition=f"random heads ablated ({k} heads, median of {draws})"))
-    frame = pd.concat(frames, ignore_index=True)
-    return frame[["condition", "context_length", "depth", "accuracy", "n_trials"]]
+        attrs.update(accuracy_ablated=_overall(frames[1]), random_heads=[[list(h) for h in p] for p in picks],
+                     accuracy_random=[_overall(g) for g in random])
+    frame = pd.concat(frames, ignore_index=True)[["condition", "context_length", "depth", "accuracy", "n_trials"]]
+    frame.attrs.update(attrs)
+    return frame
+
+
+def _overall(grid: pd.DataFrame) -> float:
+    """Accuracy over all trials of a `niah_grid` frame."""
+    return float((grid["accuracy"] * grid["n_trials"]).sum() / grid["n_trials"].sum())
 
 
 demo_niah = passkey_niah

@@ -40,14 +40,18 @@ CIRCUIT_TASKS = ("ioi", "colored_objects")
 PASSKEY_LENGTHS = (256, 512, 1024)
 PASSKEY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: The rows the registered analyses (circuits, retrieval heads, NIAH, task accuracy) read on a
-#: non-demo model: sizes chosen so that all causal sections of smollm2 (270 heads) take a few
-#: minutes on 2 CPU cores (see README "What a real-model report shows").
-ANALYSIS_SUITES: dict[str, dict] = {"ioi": {"n": 16}, "colored_objects": {"n": 16}, "induction": {"n": 40},
-                                    "passkey": {"n": 15}}
+#: non-demo model. Sizes fit smollm2 (270 heads) on 2 CPU cores: activation patching runs one
+#: patched copy of every example per head (8 x 270 sequences a task), and NIAH reads the passkey
+#: suite 7 times (full, retrieval heads ablated, 5 random sets), so passkey is one trial per
+#: (length, depth) cell of 3 lengths x 3 depths. Measured by `python -m workbench.tasks.bench`.
+ANALYSIS_SUITES: dict[str, dict] = {
+    "ioi": {"n": 8}, "colored_objects": {"n": 8}, "induction": {"n": 40},
+    "passkey": {"n": 9, "depths": (0.0, 0.5, 1.0)},
+}
 _DEMO_SEED = 12345  # the bundled suites' seed (workbench.demo.corpus.make_suites)
 
-__all__ = ["ANALYSIS_SUITES", "CIRCUIT_TASKS", "SUITES", "analysis_suite", "greedy_match", "greedy_match_ids", "passkey_lengths", "supports",
-           "task_suite"]
+__all__ = ["ANALYSIS_SUITES", "CIRCUIT_TASKS", "SUITES", "analysis_suite", "greedy_match", "greedy_match_ids", "memo",
+           "passkey_lengths", "supports", "task_suite"]
 
 
 def passkey_lengths(model, lengths=PASSKEY_LENGTHS) -> list[int]:
@@ -73,12 +77,13 @@ def supports(model, name: str) -> str | None:
     return None
 
 
-def analysis_suite(name: str, model) -> list[dict]:
-    """The suite the registered analyses use: `ANALYSIS_SUITES` rows (seed 0) for a generated
-    suite, the whole bundled suite for the demo."""
+def analysis_suite(name: str, model, seed: int = 0) -> list[dict]:
+    """The suite the registered analyses use: `ANALYSIS_SUITES` rows for a generated suite, the
+    whole bundled suite for the demo (seed 0; other seeds: as many rows from its generators).
+    Seed 1 gives the held-out rows that causal checks of a ranking made on seed 0 read."""
     if model.source == "demo" and name != "induction":
-        return task_suite(name, model, n=40)
-    return task_suite(name, model, **ANALYSIS_SUITES[choice("suite", name, SUITES)])
+        return task_suite(name, model, n=40, seed=seed)
+    return task_suite(name, model, seed=seed, **ANALYSIS_SUITES[choice("suite", name, SUITES)])
 
 
 def task_suite(name: str, model, n: int = 40, seed: int = 0, **options) -> list[dict]:
@@ -110,20 +115,14 @@ def task_suite(name: str, model, n: int = 40, seed: int = 0, **options) -> list[
         raise WorkbenchError(f"unknown option {unknown[0]!r} for the {name} suite: expected some of {sorted(allowed)}")
     if not model.is_causal:
         raise WorkbenchError(f"task suites are scored by next-token prediction; {model.name} is an encoder")
-    for dead in [k for k, (ref, _) in _CACHE.items() if ref() is None]:
-        del _CACHE[dead]
-    key = (name, n, seed, repr(sorted(options.items())), _weights_version(model))
-    cached = _CACHE.get(id(model))
-    if cached is not None and cached[0]() is model and key in cached[1]:
-        return copy.deepcopy(cached[1][key])
-    rows = _rows(model, name, n, np.random.default_rng([seed, SUITES.index(name)]), options, seed=seed)
-    with sdpa(model.hf_model):
-        correct = greedy_match(model.hf_model, model.tokenizer, rows)
-    rows = [{**row, "id": i, "model_correct": hit} for i, (row, hit) in enumerate(zip(rows, correct))]
-    if cached is None or cached[0]() is not model:
-        cached = _CACHE[id(model)] = (weakref.ref(model), {})
-    cached[1][key] = rows
-    return copy.deepcopy(rows)
+
+    def build() -> list[dict]:
+        rows = _rows(model, name, n, np.random.default_rng([seed, SUITES.index(name)]), options, seed=seed)
+        with sdpa(model.hf_model):
+            correct = greedy_match(model.hf_model, model.tokenizer, rows)
+        return [{**row, "id": i, "model_correct": hit} for i, (row, hit) in enumerate(zip(rows, correct))]
+
+    return memo(model, ("task_suite", name, n, seed, repr(sorted(options.items()))), build)
 
 
 def _rows(model, name: str, n: int, rng, options: dict, seed: int = 0) -> list[dict]:
@@ -176,6 +175,20 @@ def _demo_rows(name: str, n: int, seed: int) -> list[dict]:
 
 # -- memo: suites are scored once per model, weights and arguments ------------------------
 _CACHE: dict[int, tuple] = {}  # id(model) -> (weakref to the model, {key: rows})
+
+
+def memo(model, key, compute):
+    """``compute()`` once per model, weights and ``key``; later calls get a deep copy (used for
+    results that several registered analyses read, e.g. the retrieval scores NIAH ablates)."""
+    for dead in [k for k, (ref, _) in _CACHE.items() if ref() is None]:
+        del _CACHE[dead]
+    key = (key, _weights_version(model))
+    cached = _CACHE.get(id(model))
+    if cached is None or cached[0]() is not model:
+        cached = _CACHE[id(model)] = (weakref.ref(model), {})
+    if key not in cached[1]:
+        cached[1][key] = compute()
+    return copy.deepcopy(cached[1][key])
 
 
 def _weights_version(model) -> tuple:
