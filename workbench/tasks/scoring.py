@@ -15,8 +15,8 @@ evaluation (`workbench.demo.evaluate`).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Sequence
 
 import torch
 

@@ -59,9 +59,9 @@ def single_tokens(tokenizer, words, *, before: str = "and") -> dict[str, int]:
     out = {}
     for word in words:
         full = _ids(tokenizer, f"{before} {word}")
-        if len(full) == len(head) + 1 and full[:len(head)] == head and full[-1] != unk:
-            if tokenizer.decode([full[-1]]).strip() == word:
-                out[word] = full[-1]
+        if (len(full) == len(head) + 1 and full[:len(head)] == head and full[-1] != unk
+                and tokenizer.decode([full[-1]]).strip() == word):
+            out[word] = full[-1]
     return out
 
 
