@@ -30,11 +30,16 @@ def main(argv=None) -> dict:
     import workbench as wb
     from workbench.analyzers import circuits as C
     from workbench.analyzers import retrieval as R
-    from workbench.tasks import analysis_suite
+    from workbench.tasks import SUITES, analysis_suite
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo")
     parser.add_argument("--out", default=None, help="write the numbers as JSON here")
+    parser.add_argument("--suite-n", type=int, default=0,
+                        help="also print each suite's accuracy on task_suite(name, model, n=N) (0: off)")
+    parser.add_argument("--heldout", type=int, default=0,
+                        help="also test the ablated retrieval heads on N held-out passkey trials (seed 1) "
+                             "against 5 random sets of the same size (0: off)")
     parser.add_argument("--methods", default=",".join(C.METHODS),
                         help="circuit methods to run, comma-separated (activation patching is the slow one)")
     args = parser.parse_args(argv)
@@ -107,6 +112,27 @@ def main(argv=None) -> dict:
             c = res[f"circuit_{task}_{method}"]
             print(f"{task} circuit by {method} (LD clean {c['ld_clean']:.2f}, corrupted {c['ld_corrupted']:.2f}, "
                   f"n {c['n']}): {c['heads']}")
+    if args.suite_n:
+        res["suite_accuracy"] = {}
+        for name in SUITES:
+            rows = wb.task_suite(name, model, n=args.suite_n)
+            res["suite_accuracy"][name] = float(np.mean([r["model_correct"] for r in rows]))
+            if name == "passkey":
+                for c in sorted({r["context_length"] for r in rows}):
+                    part = [r["model_correct"] for r in rows if r["context_length"] == c]
+                    res["suite_accuracy"][f"passkey@{c}"] = float(np.mean(part))
+        print(f"\naccuracy on task_suite(name, model, n={args.suite_n}): {res['suite_accuracy']}")
+    if args.heldout and heads:
+        trials = wb.task_suite("passkey", model, n=args.heldout, seed=R.HELD_OUT_SEED)
+        rng = np.random.default_rng(1)
+        others = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads) if (l, h) not in heads]
+        random = [R._overall(wb.niah_grid(model, trials, ablate=[others[i] for i in rng.choice(len(others), len(heads),
+                                                                                                    replace=False)]))
+                  for _ in range(R.RANDOM_DRAWS)]
+        res["heldout"] = {"n": args.heldout, "full": R._overall(wb.niah_grid(model, trials)),
+                          "ablated": R._overall(wb.niah_grid(model, trials, ablate=heads)),
+                          "random": random, "random_median": float(np.median(random))}
+        print(f"held-out NIAH ({args.heldout} trials, seed {R.HELD_OUT_SEED}): {res['heldout']}")
     print(f"\ncausal sections: {res['seconds_causal']:.0f} s = {res['seconds_causal'] / forward_s:.0f} plain forwards "
           f"(one plain forward: {forward_s:.2f} s before, {res['forward_s_after']:.2f} s after)")
     if args.out:
