@@ -9,6 +9,7 @@
 from workbench.analyze import analyze
 from workbench.analyzers import ANALYZERS, Analyzer, register
 from workbench.analyzers.summary import head_summary
+from workbench.analyzers.accuracy import task_accuracy
 from workbench.analyzers.circuits import circuit, circuit_agreement, circuit_faithfulness, circuit_overlap, task_metric
 from workbench.analyzers.retrieval import niah_grid, retrieval_scores
 from workbench.analyzers.saliency import saliency_alignment, token_attributions
@@ -25,6 +26,7 @@ from workbench.models import SOURCES, ModelHandle, load_model
 from workbench.prompts import load_prompts
 from workbench.report import report  # wb.report(run, "report.html")
 from workbench.run import Run
+from workbench.tasks import task_suite
 
 __all__ = [
     "ANALYZERS", "SOURCES", "ablate", "ablate_heads", "analyze", "Analyzer", "capture_columns",
@@ -34,6 +36,6 @@ __all__ = [
     "load_model", "load_prompts", "massive_activations", "ModelHandle", "niah_grid",
     "pruning_curve", "register", "report", "retrieval_scores", "Run", "saliency_alignment",
     "secondary_sinks", "sink_scores", "sink_share", "task_metric", "token_attributions",
-    "token_sinks", "WorkbenchError",
+    "task_accuracy", "task_suite", "token_sinks", "WorkbenchError",
 ]
 __version__ = "0.1.0"

@@ -169,7 +169,7 @@ def table_params(analyzer: Analyzer, prompts: list) -> dict:
     declares in ``Analyzer.params`` (a dict, or ``params(prompts) -> dict``), which wins."""
     taken = inspect.signature(analyzer.fn).parameters.get("prompts")
     out = {"n_prompts": len(prompts)} if taken is not None and taken.default is inspect.Parameter.empty else {}
-    out.update(keyword_defaults(analyzer.fn))
+    out.update({k: v for k, v in keyword_defaults(analyzer.fn).items() if k != "capture"})  # an object, not a setting
     declared = getattr(analyzer, "params", None)
     if callable(declared):
         declared = declared(prompts)
