@@ -157,6 +157,8 @@ def _stamp(run: Run, name: str) -> tuple[int, int]:
     entry = run.manifest["tables"].get(name)
     if entry is None:
         run.table(name)  # raises the run store's "has no table" error
+    if entry.get("shards") is not None:  # a sharded table (engine="ray"): one stamp over its shard files
+        return hash(tuple(s.get("sha256") for s in entry["shards"].values())), int(entry.get("bytes", 0))
     try:
         stat = (run.path / str(entry.get("file", ""))).stat()
         return stat.st_mtime_ns, stat.st_size

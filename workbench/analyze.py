@@ -12,11 +12,16 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from workbench.analyzers import ANALYZERS, Analyzer, keyword_defaults
+from workbench.checks import choice
 from workbench.checks import names as check_names
+from workbench.errors import WorkbenchError
 from workbench.description import Description, describe
 from workbench.progress import forward_bar
 from workbench.prompts import load_prompts
 from workbench.run import Run
+
+
+ENGINES = ("local", "ray")
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -24,7 +29,8 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | str | None = None,
-            progress: bool = True) -> Run:
+            progress: bool = True, engine: str = "local", ray_address: str | None = None,
+            concurrency: int | None = None, batch_size: int | None = None) -> Run:
     """Run the registered analyses and store each as a table of one run.
 
     Args:
@@ -38,13 +44,23 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | s
         analyses: names from `ANALYZERS` (one name or a list; default: all that apply).
         progress: show a progress bar over the analyses, and an inner one counting the
             forward passes of the analysis running (`workbench.progress.forward_bar`).
+        engine: ``"local"`` (this process) or ``"ray"``: the per-prompt analyses
+            (`workbench.distributed.TABLES`) run on Ray Data actors that each load the model from
+            its source name or directory, and land as Parquet shards, one folder per table and
+            one sub-folder per prompt batch; an interrupted job resumes with the shards that
+            landed. The other analyses run here, as with ``"local"``. Needs the ``ray`` extra.
+        ray_address: the Ray cluster to join (``"head:6379"``, ``"ray://head:10001"``, ``"auto"``);
+            None starts a local Ray. The manifest records which.
+        concurrency: Ray actors (default: one per GPU, else the cluster's CPUs - 1).
+        batch_size: prompts per Ray batch and shard (default `workbench.distributed.BATCH_SIZE`).
     Returns:
         The `Run`. Each table's manifest entry records its capture mode, backend, device,
         parameters and seconds. Analyses that do not apply to the model (e.g. causal-only ones
         on an encoder) are recorded in ``run.skipped`` with the reason.
     Raises:
-        WorkbenchError: bad prompts or analysis names, or a run at ``out`` made from other
-            prompts or with another model. `RunInterrupted` (a KeyboardInterrupt) on Ctrl-C.
+        WorkbenchError: bad prompts, analysis names or engine options (``engine="ray"``
+            without Ray installed, or with an in-memory model), or a run at ``out`` made from
+            other prompts or with another model. `RunInterrupted` (a KeyboardInterrupt) on Ctrl-C.
 
     The descriptive analyses (registered with ``capture=True``: head summary, sinks, massive
     activations, pattern descriptors) share one capture pass over the prompts (`wb.describe`),
@@ -58,6 +74,7 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | s
     prompts = list(prompts)
     names = list(ANALYZERS) if analyses is None else check_names("analyses", analyses, ANALYZERS)
     model.to_tokens(prompts)  # validate before anything is written
+    ray_job = _engine_options(model, engine, ray_address, concurrency, batch_size)
     run = Run.create(out, model=model, prompts=prompts, prompts_source=source)
     problems = {n: run.problem(n) for n in names if n in run}  # None when intact
     for name, why in problems.items():
@@ -68,6 +85,10 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | s
     bar = tqdm(total=len(todo), desc="analyses", unit="analysis", disable=not progress)
     shared = None  # the shared descriptive capture, made by the first analysis that reads it
     try:
+        if ray_job is not None:
+            done = ray_job(run, [n for n in todo if not ANALYZERS[n].applies(model)], prompts, progress)
+            bar.update(len(done))
+            todo = [n for n in todo if n not in done]
         for name in todo:  # not `in bar`: its generator would close the bar (leaving it) before we can clear it
             bar.set_postfix_str(name)
             shared = _one(run, ANALYZERS[name], model, prompts, progress, shared)
@@ -84,6 +105,33 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | s
             "run the same command again to resume (finished tables are not recomputed)") from None
     bar.close()
     return run
+
+
+def _engine_options(model, engine: str, ray_address, concurrency, batch_size):
+    """Check the engine options before anything is written; for ``engine="ray"`` return
+    ``job(run, names, prompts, progress) -> names done`` computing the per-prompt tables on Ray."""
+    choice("engine", engine, ENGINES)
+    if engine != "ray":
+        for option, value in (("ray_address", ray_address), ("concurrency", concurrency), ("batch_size", batch_size)):
+            if value is not None:
+                raise WorkbenchError(f"{option}={value!r} needs engine='ray'; got engine={engine!r}")
+        return None
+    from workbench import distributed
+
+    distributed.require_ray()
+    distributed.actor_source(model)  # an in-memory model fails here, before the run exists
+    options = distributed.check_options(concurrency=concurrency,
+                                        batch_size=distributed.BATCH_SIZE if batch_size is None else batch_size)
+
+    def job(run: Run, names: list[str], prompts: list, progress: bool) -> list[str]:
+        names = [n for n in names if n in distributed.TABLES]
+        if names:
+            params = {n: table_params(ANALYZERS[n], prompts) for n in names}
+            distributed.run_tables(model, prompts, run, names, address=ray_address, params=params,
+                                   progress=progress, **options)
+        return names
+
+    return job
 
 
 def _one(run: Run, analyzer: Analyzer, model, prompts: list, progress: bool = False,

@@ -72,19 +72,32 @@ def analyze(
     prompts: Optional[Path] = typer.Option(None, "--prompts", help=".jsonl (field 'prompt') or .txt, one a line."),
     analysis: Optional[list[str]] = typer.Option(None, "--analysis",
                                                  help=f"Only these analyses (repeatable): {_analysis_names()}."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray: per-prompt analyses on Ray Data actors, "
+                               "written as Parquet shards (pip install 'attention-workbench[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (head:6379, "
+                                              "ray://head:10001, auto); default: start a local Ray."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Ray actors (default: one per GPU, "
+                                              "else the cluster's CPUs - 1)."),
 ) -> None:
     """Run every registered analysis on a model and prompts into a run directory.
 
     A bar counts the analyses, and an inner bar the forward passes of the one running."""
     import workbench as wb
-    from workbench.checks import names
+    from workbench.analyze import ENGINES
+    from workbench.checks import choice, names
 
+    choice("engine", engine, ENGINES)  # fail before loading the model
+    if engine == "ray":
+        from workbench.distributed import require_ray
+
+        require_ray()
     if prompts is not None:
         wb.load_prompts(prompts)  # fail before loading the model
     chosen = names("--analysis", analysis, wb.ANALYZERS) if analysis else None
     handle = wb.load_model(model)
     out = out or Path("runs") / Path(model).name
-    run = wb.analyze(handle, prompts, out=out, analyses=chosen)  # the path: the manifest records it
+    run = wb.analyze(handle, prompts, out=out, analyses=chosen, engine=engine,  # the path: the manifest records it
+                     ray_address=ray_address, concurrency=concurrency)
     typer.echo(f"wrote run {run.path} with tables: {', '.join(run.tables)}")
     for name, reason in run.manifest.get("skipped", {}).items():
         typer.echo(f"skipped {name}: {reason}")

@@ -119,7 +119,8 @@ class Run:
     """A stored analysis run.
 
     Create with `Run.create(path, model=..., prompts=...)`, reopen with `Run.open(path)`.
-    Tables: `add_table(name, frame, mode=..., seconds=...)`, `table(name)`, `tables`,
+    Tables: `add_table(name, frame, mode=..., seconds=...)`, `add_sharded_table(...)` (a folder of
+    Parquet shards that a distributed engine wrote), `table(name)`, `tables`,
     `problem(name)` (why a table's file cannot be trusted), `mark_skipped(name, reason)`,
     `refresh()` (re-read what other writers stored), `restore_command(names)`.
     """
@@ -277,6 +278,44 @@ class Run:
 
         self._update(change)
 
+    def add_sharded_table(self, name: str, *, shards: dict[str, dict], columns: list[str], mode: str, engine: dict,
+                          backend: str | None = None, seconds: float | None = None, params: dict | None = None,
+                          **extra: Any) -> None:
+        """Record a table whose shards already landed in ``<run>/<name>/<shard>/`` (see
+        `workbench.shards`); a distributed engine's driver calls this once every shard is there.
+
+        Args:
+            name: table name (lower-case letters, digits, ``_``).
+            shards: ``{shard name: {"file", "rows", "bytes", "sha256"}}`` in prompt order
+                (`workbench.shards.describe`); `table` reads them as one frame and `problem`
+                checks each file.
+            columns: the table's columns, in order.
+            mode, backend, seconds, params, extra: as for `add_table`.
+            engine: which engine and cluster wrote the shards (``name``, ``cluster``, ``address``, ...).
+        """
+        if not isinstance(name, str) or not TABLE_NAME.match(name):
+            raise WorkbenchError(f"table name {name!r} is invalid: expected lower-case letters, digits and _")
+        entry = {
+            "file": name,
+            "shards": jsonable(shards),
+            "rows": int(sum(s["rows"] for s in shards.values())),
+            "columns": [str(c) for c in columns],
+            "capture_mode": mode,
+            "backend": backend,
+            "engine": jsonable(engine),
+            "seconds": None if seconds is None else round(float(seconds), 3),
+            "params": jsonable(params or {}),
+            **jsonable(extra),
+            "bytes": int(sum(s["bytes"] for s in shards.values())),
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+        def change(manifest: dict) -> None:
+            manifest["tables"][name] = entry
+            (manifest.get("skipped") or {}).pop(name, None)
+
+        self._update(change)
+
     def mark_skipped(self, name: str, reason: str) -> None:
         """Record that analysis ``name`` does not apply to the run's model, and why."""
         if not isinstance(name, str) or not TABLE_NAME.match(name):
@@ -290,6 +329,10 @@ class Run:
         entry = self.manifest["tables"].get(name)
         if entry is None:
             return f"the run has no table {name!r}"
+        if entry.get("shards") is not None:
+            from workbench import shards
+
+            return shards.problem(self.path / entry["file"], entry["shards"])
         file = self.path / entry["file"]
         try:
             size = file.stat().st_size
@@ -323,9 +366,14 @@ class Run:
         if name not in self.manifest["tables"]:
             raise WorkbenchError(f"run {str(self.path)!r} has no table {name!r}; it has {self.tables}")
         why = self.problem(name)
-        file = self.path / self.manifest["tables"][name]["file"]
+        entry = self.manifest["tables"][name]
+        file = self.path / entry["file"]
         if why is None:
             try:
+                if entry.get("shards") is not None:  # a folder of Parquet shards, one per prompt batch
+                    from workbench import shards
+
+                    return shards.read(file, entry["shards"], entry["columns"], order=entry.get("order") or ())
                 return pd.read_parquet(file)
             except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for broken files
                 why = f"its file {file.name} cannot be read ({type(exc).__name__})"

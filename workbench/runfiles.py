@@ -144,6 +144,20 @@ def remove_stale_temp_files(folder: Path) -> list[str]:
 
 
 # -- manifest -----------------------------------------------------------------------------------
+_SHARD_FILE = re.compile(r"^b\d+-\d+/[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.parquet$")
+
+
+def _table_files_ok(name: str, entry: dict) -> bool:
+    """A table's files stay inside the run: ``<name>.parquet``, or a sharded table's folder
+    ``<name>`` whose shard files are ``b<batch size>-<number>/<file>.parquet`` (`workbench.shards`)."""
+    if "shards" not in entry:
+        return entry.get("file") == f"{name}.parquet"
+    shards = entry["shards"]
+    return entry.get("file") == name and isinstance(shards, dict) and all(
+        isinstance(s, dict) and isinstance(s.get("file"), str) and _SHARD_FILE.match(s["file"])
+        and s["file"].split("/")[0] == k and ".." not in s["file"] for k, s in shards.items())
+
+
 def read_manifest(path: Path) -> dict:
     """The manifest of run directory ``path``, checked (WorkbenchError naming what is wrong)."""
     try:
@@ -176,10 +190,11 @@ def read_manifest(path: Path) -> dict:
         )
     tables = manifest.get("tables")
     if not isinstance(tables, dict) or any(
-            not isinstance(e, dict) or not TABLE_NAME.match(str(n)) or e.get("file") != f"{n}.parquet"
+            not isinstance(e, dict) or not TABLE_NAME.match(str(n)) or not _table_files_ok(str(n), e)
             for n, e in tables.items()):
         raise WorkbenchError(f"run {str(path)!r} has a damaged manifest.json: 'tables' must map table names "
-                             "to entries whose file is '<name>.parquet'")
+                             "to entries whose file is '<name>.parquet' (or the folder '<name>' of a sharded "
+                             "table, with shard files 'b<batch size>-<number>/<file>.parquet')")
     if not isinstance(manifest.get("skipped", {}), dict):
         raise WorkbenchError(f"run {str(path)!r} has a damaged manifest.json: 'skipped' must map names to reasons")
     return manifest
