@@ -153,7 +153,8 @@ def _cpu_case(backend, N, H, Hkv, d, dtype, causal, reps, warmup):
     """One CPU backend in a fresh subprocess: times and peak RSS beyond the inputs."""
     if backend == "eager" and _eager_bytes(H, N, N) > 0.7 * _mem_available():
         need, have = _eager_bytes(H, N, N) / 2**30, _mem_available() / 2**30
-        return _row(backend, N, H, Hkv, d, dtype, causal, True, status=f"skipped: needs ~{need:.1f} GiB, {have:.1f} GiB available")
+        return _row(backend, N, H, Hkv, d, dtype, causal, True,
+                    status=f"skipped: needs ~{need:.1f} GiB, {have:.1f} GiB available")
     args = dict(backend=backend, N=N, H=H, Hkv=Hkv, d=d, dtype=dtype, causal=causal, column_mass=True, argmax=False,
                 reps=reps, warmup=warmup)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
@@ -178,7 +179,8 @@ def _cuda_case(backend, N, H, Hkv, d, dtype, causal, column_mass, device):
     dt = DTYPES[dtype]
     free = torch.cuda.mem_get_info(device)[0]
     if backend == "eager" and _eager_bytes(H, N, N) > 0.8 * free:
-        return _row(backend, N, H, Hkv, d, dtype, causal, column_mass, status=f"skipped: needs ~{_eager_bytes(H, N, N) / 2**30:.0f} GiB")
+        return _row(backend, N, H, Hkv, d, dtype, causal, column_mass,
+                    status=f"skipped: needs ~{_eager_bytes(H, N, N) / 2**30:.0f} GiB")
     g = torch.Generator(device=device).manual_seed(0)
     q = torch.randn(1, H, N, d, device=device, dtype=dt, generator=g)  # (B, H, N, d)
     k = torch.randn(1, Hkv, N, d, device=device, dtype=dt, generator=g)  # (B, Hkv, N, d)
@@ -281,7 +283,8 @@ def bench_kernels(
                     raise WorkbenchError(f"CPU backend {backend!r} is unknown: expected some of {CPU_BACKENDS}")
                 rows.append(_cpu_case(backend, N, H, Hkv, d, dtype, causal, reps, warmup))
     df = _add_ratios(pd.DataFrame(rows), "sdpa" if on_cuda else "eager")
-    df["device"] = torch.cuda.get_device_name(dev) if on_cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    cpu = f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    df["device"] = torch.cuda.get_device_name(dev) if on_cuda else cpu
     df["torch_version"] = torch.__version__
     df["triton_version"] = _triton_version()
     df["commit"] = git_commit()
@@ -316,7 +319,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     backends = tuple(a.backends.split(",")) if a.backends else None
     df = bench_kernels(a.device, sizes, heads=a.heads, kv_heads=a.kv_heads, head_dim=a.head_dim, dtype=a.dtype,
                        reps=a.reps, backends=backends)
-    print(f"{df.device.iloc[0]} | torch {df.torch_version.iloc[0]} | triton {df.triton_version.iloc[0]} | commit {df.commit.iloc[0]}")
+    first = df.iloc[0]
+    print(f"{first.device} | torch {first.torch_version} | triton {first.triton_version} | commit {first.commit}")
     print(format_table(df))
     df.to_parquet(a.out, index=False)
     print(f"wrote {len(df)} rows to {a.out} in {time.perf_counter() - t0:.0f} s")

@@ -52,7 +52,7 @@ def plan(model, prompts, names: NameFilter = "blocks.*.attn.hook_pattern", *, mo
         A `CapturePlan`. Exact shapes come from two 2- and 3-token probe forwards: dimensions
         that follow the sequence length are scaled to the real prompt length.
     """
-    from workbench.errors import WorkbenchError
+    from kernels.errors import WorkbenchError  # the lower layers' error type (wb.WorkbenchError)
 
     ids, mask = model.to_tokens(prompts)
     batch, max_len = ids.shape

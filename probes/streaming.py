@@ -51,7 +51,8 @@ def _plain_call(module, query, key, attention_mask, dropout, rec: _Recorder, kwa
         return False
     if query.device.type not in ("cpu", "cuda"):
         return False
-    if (dropout and module.training) or any(kwargs.get(name) is not None for name in ("softcap", "sliding_window", "position_bias")):
+    unsupported = ("softcap", "sliding_window", "position_bias")
+    if (dropout and module.training) or any(kwargs.get(name) is not None for name in unsupported):
         return False
     causal = kwargs.get("is_causal")
     causal = getattr(module, "is_causal", True) if causal is None else causal

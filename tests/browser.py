@@ -1,8 +1,9 @@
 """Headless Debian Chromium for browser tests (the HTML report here, the Dash app later).
 
-Use the fixtures by importing them into a test module::
+The fixtures (`browser`, `browser_factory`) are offered to every test by tests/conftest.py;
+import the helpers::
 
-    from tests.browser import browser, console_errors, wait_for  # noqa: F401  (pytest fixture)
+    from tests.browser import console_errors, wait_for
 
     @pytest.mark.browser
     def test_page(browser):

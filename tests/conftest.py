@@ -12,6 +12,7 @@ import copy  # noqa: E402
 import pytest  # noqa: E402
 
 from tests import tiny_models  # noqa: E402
+from tests.browser import browser, browser_factory  # noqa: E402,F401  (fixtures for every test module)
 
 
 @pytest.fixture(params=tiny_models.KINDS)
@@ -39,3 +40,14 @@ def smollm2():
     import workbench as wb
 
     return wb.load_model("smollm2")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_threads():
+    """Give back torch's thread count after each module: some fixtures pin one thread (the demo's
+    measured bars are made that way), and that must not slow the modules that run after them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -54,6 +54,9 @@ def _analysis_names() -> str:
     return ", ".join(ANALYZERS)
 
 
+ANALYSIS_HELP = f"Only these analyses (repeatable): {_analysis_names()}."
+
+
 @app.command()
 def models() -> None:
     """List the model sources `--model` accepts and what each one is."""
@@ -71,7 +74,7 @@ def analyze(
     model: str = typer.Option("demo", "--model", help="demo, smollm2, minilm, a local HF directory or a hub id."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help=".jsonl (field 'prompt') or .txt, one a line."),
     analysis: Optional[list[str]] = typer.Option(None, "--analysis",
-                                                 help=f"Only these analyses (repeatable): {_analysis_names()}."),
+                                                 help=ANALYSIS_HELP),
     engine: str = typer.Option("local", "--engine", help="local, or ray: per-prompt analyses on Ray Data actors, "
                                "written as Parquet shards (pip install 'attention-workbench[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (head:6379, "
@@ -108,7 +111,8 @@ def report(
     runs: Optional[list[Path]] = typer.Argument(
         None, help="A run directory (default: analyse --model into runs/<model>), or two runs to compare."),
     out: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write (replaced atomically)."),
-    model: Optional[str] = typer.Option(None, "--model", help="demo (default), smollm2, minilm, a local HF directory or a hub id."),
+    model: Optional[str] = typer.Option(None, "--model",
+                                        help="demo (default), smollm2, minilm, a local HF directory or a hub id."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help=".jsonl (field 'prompt') or .txt, one a line."),
 ) -> None:
     """Write one self-contained HTML report (plotly.js inlined, works offline), computing missing

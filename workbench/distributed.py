@@ -320,7 +320,9 @@ def run_tables(model, prompts: list, run, names: Sequence[str], *, address: str 
     engine.update(shards_written=len(todo), shards_kept=len(kept))
     for name in names:
         run.add_sharded_table(name, shards=shard_store.describe(run.path / name, plan), columns=TABLES[name].columns,
-                              mode="auto" if TABLES[name].shared else "stream",  # auto: wb.describe's, per batch backend="triton" if "num_gpus" in per_actor else "reference",
+                              # shared tables: wb.describe's mode="auto", chosen per batch (exact where the pattern fits)
+                              mode="auto" if TABLES[name].shared else "stream",
+                              backend=None if TABLES[name].shared else ("triton" if "num_gpus" in per_actor else "reference"),
                               engine=engine, seconds=seconds, device="cuda" if "num_gpus" in per_actor else "cpu",
                               order=[list(o) for o in TABLES[name].order],
                               params={**(params or {}).get(name, {}), "batch_size": batch_size})

@@ -93,8 +93,8 @@ def thumbnails(key, run_id):
         if found is None:
             raise WorkbenchError(f"the run stores no example {key['example']!r} for layer {layer}")
         patterns, tokens, positions, n = found
-        return layer_thumbnails(patterns, tokens, layer, positions=positions, title=f"layer {layer} on stored example “{key['example']}” "
-                                f"({len(positions)} of {n} positions)")
+        title = f"layer {layer} on stored example “{key['example']}” ({len(positions)} of {n} positions)"
+        return layer_thumbnails(patterns, tokens, layer, positions=positions, title=title)
     found = data.cached_layer(key["source"], key["prompt"], layer)
     if found is None:
         return views.placeholder("computing…")

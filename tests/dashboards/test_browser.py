@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.browser import browser, console_errors, wait_for  # noqa: F401,F811  (pytest fixture)
+from tests.browser import console_errors, wait_for
 from tests.dashboards.fixtures import frames
 from dashboards import views
 import workbench as wb
@@ -127,7 +127,8 @@ def test_click_on_overview_selects_the_head_everywhere_and_latencies(browser, li
     for layer, head in ((2, 5), (0, 3), (3, 7)):
         start = time.perf_counter()
         _click_cell(browser, browser.find_element("css selector", "#overview-grid .js-plotly-plot"), head, layer)
-        assert wait_for(lambda: f"layer {layer}, head {head}" in _selected(browser), 10, 0.01), _selected(browser)
+        want = f"layer {layer}, head {head}"
+        assert wait_for(lambda want=want: want in _selected(browser), 10, 0.01), _selected(browser)
         selections.append(time.perf_counter() - start - 0.3)  # minus the hover pause
     # the Head page shows the last selection, with its scores from the run's tables
     start = time.perf_counter()
@@ -207,7 +208,8 @@ def test_typed_prompt_draws_its_pattern(browser, live_server, tiny_dir):
         return browser.execute_script(
             "const gd = document.querySelector('#head-pattern .js-plotly-plot');"
             "if (!gd || !gd.data || !gd.data.length || !gd.querySelector('.main-svg')) return null;"
-            "const t = gd._fullData[0]; return {y: Array.from(t.y), z: Array.from(t.z, r => Array.from(r)), title: gd.layout.title.text};")
+            "const t = gd._fullData[0]; "
+            "return {y: Array.from(t.y), z: Array.from(t.z, r => Array.from(r)), title: gd.layout.title.text};")
 
     got = wait_for(lambda: (p := drawn_pattern()) and list(p["y"]) == labels and p, 60)
     assert got, drawn_pattern()
@@ -285,7 +287,7 @@ def test_clicking_a_ringed_retrieval_head_selects_it(browser, live_server):
         grid = browser.find_elements("css selector", "#_pages_content .js-plotly-plot")[0]
         _click_cell(browser, grid, int(row["head"]), int(row.layer))
         want = f"layer {int(row.layer)}, head {int(row['head'])}"
-        assert wait_for(lambda: want in _selected(browser), 10), (want, _selected(browser))
+        assert wait_for(lambda want=want: want in _selected(browser), 10), (want, _selected(browser))
     assert console_errors(browser) == []
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import workbench as wb
-from tests.browser import browser, console_errors, wait_for  # noqa: F401,F811  (pytest fixture)
+from tests.browser import console_errors, wait_for
 
 pytestmark = pytest.mark.browser
 

@@ -42,7 +42,8 @@ def test_port_in_use_is_one_clear_line(runs_root, capsys):
 
 def test_missing_or_empty_folder_is_one_clear_line(tmp_path, capsys):
     code, out = _serve([str(tmp_path / "nope"), "--port", str(_free_port())], capsys)
-    assert code == 2 and out.err.strip() == f"error: {str(tmp_path / 'nope')!r} does not exist: expected a run directory or a folder of runs"
+    expected = f"error: {str(tmp_path / 'nope')!r} does not exist: expected a run directory or a folder of runs"
+    assert code == 2 and out.err.strip() == expected
     (tmp_path / "empty").mkdir()
     code, out = _serve([str(tmp_path / "empty"), "--port", str(_free_port())], capsys)
     assert code == 2 and "holds no run" in out.err and "Traceback" not in out.err
@@ -112,7 +113,7 @@ def test_workbench_serve_answers_http_on_localhost(runs_root):
         proc.wait(timeout=20)
 
 
-# -- issue 19: no HTTP 500, a warning when bound beyond loopback --------------------------------
+# -- no HTTP 500, a warning when bound beyond loopback --------------------------------
 import json  # noqa: E402
 
 import dashboards.app as dash_app  # noqa: E402

@@ -69,7 +69,7 @@ def assert_stats_close(got: HeadStats, want: HeadStats, *, atol, rtol, q=None, k
             continue
         assert a.dtype == torch.float32 and a.shape == b.shape, (name, a.dtype, a.shape, b.shape)
         assert not torch.isnan(a).any(), f"{name} has NaN"
-        torch.testing.assert_close(a.cpu(), b.cpu(), atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a.cpu(), b.cpu(), atol=atol, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}")
     if want.argmax is None or got.argmax is None:
         assert got.argmax is None and want.argmax is None, "argmax computed by one side only"
         return

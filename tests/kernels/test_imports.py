@@ -1,4 +1,4 @@
-"""Layers point downward: `kernels` and `probes` import nothing from `workbench` (issue 20)."""
+"""Layers point downward: `kernels` and `probes` import nothing from `workbench`."""
 
 import json
 import os

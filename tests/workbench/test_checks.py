@@ -1,4 +1,4 @@
-"""Every numeric argument and selection is checked (issue 19 items 8 and 10, issue 20 item 6):
+"""Every numeric argument and selection is checked:
 NaN, infinities, negatives, floats where ints are expected, bools, empty selections and answers
 outside the vocabulary each end in one WorkbenchError naming the value and what was expected,
 while numpy integers and floats are accepted and give the same result as Python numbers."""

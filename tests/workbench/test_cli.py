@@ -59,7 +59,7 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert "has no config.json" in done.stderr and "Traceback" not in done.stderr
 
 
-# -- issue 19: restore commands, Ctrl-C, numeric options --------------------------------------
+# -- restore commands, Ctrl-C, numeric options --------------------------------------
 import errno  # noqa: E402
 import html  # noqa: E402
 import os  # noqa: E402

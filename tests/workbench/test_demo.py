@@ -18,7 +18,7 @@ import torch
 
 from workbench.demo import corpus
 from workbench.demo.evaluate import (ablate_heads, accuracy, greedy_generate, load_demo,
-                                     sink_scores, sink_share)
+                                     sink_scores, sink_share_past_layer0)
 from workbench.demo.train import TINY  # the CLI's --tiny model
 from workbench.errors import WorkbenchError
 
@@ -146,7 +146,7 @@ def test_first_token_sink_sampled(demo, suites):
     model, tok = demo
     alpha0 = sink_scores(model, tok, [r["prompt"] for r in suites["passkey"][2:5]])
     assert alpha0.shape == (model.config.num_hidden_layers, model.config.num_attention_heads)
-    assert sink_share(alpha0) >= 0.5
+    assert sink_share_past_layer0(alpha0) >= 0.5
 
 
 def test_retrieval_heads_ablation_sampled(demo, suites, report):

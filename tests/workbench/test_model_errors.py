@@ -1,4 +1,4 @@
-"""Loading refuses what it cannot trust (issue 19): every failure is one clear WorkbenchError, no
+"""Loading refuses what it cannot trust: every failure is one clear WorkbenchError, no
 pickle is read, missing or unexpected weights are never filled in silently, and token ids are
 never truncated."""
 

@@ -1,4 +1,4 @@
-"""Models larger than one device (issue 18): Accelerate's device_map / max_memory /
+"""Models larger than one device: Accelerate's device_map / max_memory /
 offload_folder through load_model and the bridge. A model split across the CPU and a disk
 offload folder must capture exactly what the unsplit model does."""
 

@@ -85,7 +85,7 @@ def test_bad_prompts(tiny):
         model.to_tokens(torch.tensor([[1, 500]]))
 
 
-# -- the caller's model is left as it was (issue 14) -----------------------------------------
+# -- the caller's model is left as it was -----------------------------------------
 def _snapshot(model):
     return ([(name, type(m)) for name, m in model.named_modules()],
             {n: (p, p.dtype, p.device, p.data_ptr()) for n, p in model.named_parameters()},

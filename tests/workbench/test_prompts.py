@@ -1,5 +1,5 @@
 """Prompt files: the formats accepted, a size limit checked while streaming, and one clear error
-(file, line, what was expected) for every misread the issue found (issue 19, items 6 and 7)."""
+(file, line, what was expected) for every misread found in review."""
 
 from __future__ import annotations
 

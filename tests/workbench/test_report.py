@@ -18,7 +18,7 @@ import torch
 
 import workbench as wb
 from tests import tiny_models
-from tests.browser import browser, console_errors, requests_made, wait_for  # noqa: F401  (fixture)
+from tests.browser import console_errors, requests_made, wait_for
 from tests.workbench.report_helpers import (CAUSAL_ONLY, Built, build, check_self_contained, expected_figures,
                                             registry, rendered_figures)
 from workbench.analyzers import ANALYZERS

@@ -99,13 +99,13 @@ def test_bad_runs(tmp_path):
 def test_failed_write_keeps_the_old_table(tmp_path):
     run = Run.create(tmp_path / "r")
     run.add_table("scores", _frame())
-    with pytest.raises(Exception):
-        run.add_table("scores", pd.DataFrame({"bad": [object()]}))  # pyarrow cannot store it
+    with pytest.raises(ValueError):  # pyarrow.ArrowInvalid: it cannot store an object column
+        run.add_table("scores", pd.DataFrame({"bad": [object()]}))
     pd.testing.assert_frame_equal(Run.open(tmp_path / "r").table("scores"), _frame())
     assert not list((tmp_path / "r").glob("*.tmp"))
 
 
-# -- issue 19: several writers, model fingerprints, damaged tables, file handling ----------------
+# -- several writers, model fingerprints, damaged tables, file handling ----------------
 import errno  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402

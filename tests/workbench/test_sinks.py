@@ -12,7 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import workbench as wb
 from tests import tiny_models
-from tests.workbench.test_patterns import SINK, handmade_gpt2, handmade_prompts
+from tests.handmade import SINK, handmade_gpt2, handmade_prompts
 from workbench.models import data_dir
 
 
@@ -172,11 +172,8 @@ def test_sink_functions_reject_bad_inputs(handmade):
 
 # -- the demo model -----------------------------------------------------------------------------------
 DEMO = data_dir() / "demo"
-needs_demo = pytest.mark.skipif(not (DEMO / "config.json").exists() or not (DEMO / "training_report.json").exists(),
-                                reason="data/demo is not there yet (workbench demo train)")
 
 
-@needs_demo
 @pytest.mark.slow
 def test_demo_first_token_sink_share_matches_the_training_report():
     """The report measures α₀ on the first `prefix` tokens of 10 passkey prompts (≥ 128 tokens),

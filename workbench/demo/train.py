@@ -33,7 +33,8 @@ class DemoConfig:
     n_heads: int = 8             # query heads (d_head = d_model / n_heads = 16)
     n_kv_heads: int = 2          # key/value heads (GQA: 4 query heads share one KV head)
     d_mlp: int = 384             # SwiGLU hidden width
-    max_positions: int = 16384   # max_position_embeddings in config.json (RoPE: no effect on weights; lets long-context statistics run)
+    # max_position_embeddings in config.json (RoPE: no effect on weights; lets long-context statistics run)
+    max_positions: int = 16384
     rope_theta: float = 10000.0  # RoPE base
     seed: int = 0                # seeds init, data order and data content
     steps: int = 5000            # optimizer steps
@@ -228,12 +229,12 @@ def _monitor_rows(seed: int) -> dict[str, list[dict]]:
 @torch.no_grad()
 def _monitor_sink_share(model, tok, rows: list[dict]) -> float:
     """Share of heads past layer 0 with α₀ > 0.3 on ``rows``' prompts (eager attention)."""
-    from workbench.demo.evaluate import sink_scores, sink_share
+    from workbench.demo.evaluate import sink_scores, sink_share_past_layer0
 
     before = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
-        return sink_share(sink_scores(model, tok, [r["prompt"] for r in rows]))
+        return sink_share_past_layer0(sink_scores(model, tok, [r["prompt"] for r in rows]))
     finally:
         model.set_attn_implementation(before)
 

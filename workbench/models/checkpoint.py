@@ -1,4 +1,4 @@
-"""Reading a Hugging Face directory so that loading refuses what it cannot trust (issue 19).
+"""Reading a Hugging Face directory so that loading refuses what it cannot trust.
 
 - pickle checkpoints (``pytorch_model.bin``, ``*.pt``, ``*.ckpt``, ``*.pth``) are never read:
   only safetensors, with advice on converting;

@@ -27,7 +27,8 @@ nav{position:sticky;top:0;z-index:10;background:#fafbfcf2;border-bottom:1px soli
 padding:.45em 2em;font-size:.88em;line-height:1.9}nav a{margin-right:.9em;white-space:nowrap;color:#1f5fa8}
 section{background:#fff;border:1px solid #dde3ea;border-radius:6px;padding:1em 1.4em;margin:1.2em 0;scroll-margin-top:4em}
 h2{margin:.2em 0 .5em;font-size:1.25em}h3{font-size:1.05em;margin:1.1em 0 .3em}
-table{border-collapse:collapse;font-size:.86em;margin:.4em 0}td,th{border:1px solid #dde3ea;padding:.2em .55em;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:.86em;margin:.4em 0}
+td,th{border:1px solid #dde3ea;padding:.2em .55em;text-align:left;vertical-align:top}
 th{background:#f0f3f6}code{font-size:.92em}.note{color:#5a6673;font-size:.92em}.skipped{border-left:4px solid #c98a1b}
 .missing{border-left:4px solid #9aa5b1}.wb-figure{min-height:200px;margin:.6em 0}
 .block{border-top:1px solid #e6eaef;padding-top:.3em;margin-top:.8em;scroll-margin-top:4em}.caveat{color:#8a4b00}

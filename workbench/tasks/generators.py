@@ -183,7 +183,8 @@ def colored_objects(tok, n: int, rng: np.random.Generator, *, templates=None) ->
         cols, objs = _draw(rng, colors, 3), _draw(rng, things, 3)
         k, j = (int(x) for x in rng.choice(3, 2, replace=False))
         scene = {"SURFACE": surfaces[int(rng.integers(len(surfaces)))],
-                 **{f"C{x}": f"{'an' if cols[x][0] in 'aeiou' else 'a'} {cols[x]}" for x in range(3)}, **{f"O{x}": objs[x] for x in range(3)}}
+                 **{f"C{x}": f"{'an' if cols[x][0] in 'aeiou' else 'a'} {cols[x]}" for x in range(3)},
+                 **{f"O{x}": objs[x] for x in range(3)}}
         text = COLORED_TEMPLATES[template]
         row = {"prompt": text.format(Q=objs[k], **scene), "answer": f" {cols[k]}",
                "corrupted_prompt": text.format(Q=objs[j], **scene), "corrupted_answer": f" {cols[j]}",
