@@ -227,6 +227,25 @@ def head_groups(frame: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     return split(frame)
 
 
+#: Tables that feed other views (examples, prompt lists), with no per-head scores to show.
+SUPPORT = ("prompts", "head_examples")
+
+
+def head_parts(run: Run):
+    """``(table name, where, part)`` for every per-head part of every score table of ``run``
+    (`head_groups` of `per_head`), skipping `SUPPORT` tables and tables that cannot be read (the
+    page of such a table says what is wrong)."""
+    for name in run.tables:
+        if name in SUPPORT:
+            continue
+        try:
+            frame = per_head(table(run, name))
+        except WorkbenchError:
+            continue
+        for where, part in [] if frame is None else head_groups(frame):
+            yield name, where, part
+
+
 # -- on demand: models and patterns ----------------------------------------------------------
 def model_source(run: Run) -> str | None:
     """The run's model source if this machine can load it ("demo", "minilm" or an existing

@@ -7,7 +7,6 @@ import pandas as pd
 from dash import html
 
 from dashboards import data, views
-from workbench.errors import WorkbenchError
 from workbench.glossary import lookup
 
 ORDER = {"high": "highest first", "low": "lowest first", "abs": "by |value|"}
@@ -36,40 +35,33 @@ def head_scores(run, layer: int, head: int) -> list[dict]:
         heads have the flag.
     """
     rows = []
-    for name in run.tables:
-        if name in ("prompts", "head_examples"):
+    for name, where, part in data.head_parts(run):
+        label = views.title_of(name) + (f" ({', '.join(where.values())})" if where else "")
+        mine = (part["layer"] == layer) & (part["head"] == head)
+        for flag in [c for c in part.columns if pd.api.types.is_bool_dtype(part[c])]:
+            hits = part[mine][flag]
+            if len(hits):
+                rows.append({"table": label, "score": flag, "label": views.label_of(flag, name),
+                             "tooltip": views.tooltip(flag, name), "value": bool(hits.any()),
+                             "rank": f"{int(part.groupby(['layer', 'head'])[flag].max().sum())} heads"})
+        names = views.scores_of(part)
+        means = part.groupby(["layer", "head"])[names].mean()  # (head, score), one groupby per part
+        if not names or (layer, head) not in means.index:
             continue
-        try:
-            frame = data.per_head(data.table(run, name))
-        except WorkbenchError:
-            continue
-        for where, part in [] if frame is None else data.head_groups(frame):
-            label = views.title_of(name) + (f" ({', '.join(where.values())})" if where else "")
-            mine = (part["layer"] == layer) & (part["head"] == head)
-            for flag in [c for c in part.columns if pd.api.types.is_bool_dtype(part[c])]:
-                hits = part[mine][flag]
-                if len(hits):
-                    rows.append({"table": label, "score": flag, "label": views.label_of(flag, name),
-                                 "tooltip": views.tooltip(flag, name), "value": bool(hits.any()),
-                                 "rank": f"{int(part.groupby(['layer', 'head'])[flag].max().sum())} heads"})
-            names = views.scores_of(part)
-            means = part.groupby(["layer", "head"])[names].mean()  # (head, score), one groupby per part
-            if not names or (layer, head) not in means.index:
-                continue
-            values = means.loc[(layer, head)]
-            for s in names:
-                term = lookup(s, name)
-                direction = term.direction if term else "high"
-                if direction == "low":
-                    rank = int((means[s] < values[s]).sum()) + 1
-                elif direction == "abs":
-                    rank = int((means[s].abs() > abs(values[s])).sum()) + 1
-                else:
-                    rank = int((means[s] > values[s]).sum()) + 1
-                order = f" ({ORDER[direction]})" if direction else ""
-                rows.append({"table": label, "score": s, "label": views.label_of(s, name),
-                             "tooltip": views.tooltip(s, name), "value": float(values[s]),
-                             "rank": f"{rank} of {len(means)}{order}" if direction else "—"})
+        values = means.loc[(layer, head)]
+        for s in names:
+            term = lookup(s, name)
+            direction = term.direction if term else "high"
+            if direction == "low":
+                rank = int((means[s] < values[s]).sum()) + 1
+            elif direction == "abs":
+                rank = int((means[s].abs() > abs(values[s])).sum()) + 1
+            else:
+                rank = int((means[s] > values[s]).sum()) + 1
+            order = f" ({ORDER[direction]})" if direction else ""
+            rows.append({"table": label, "score": s, "label": views.label_of(s, name),
+                         "tooltip": views.tooltip(s, name), "value": float(values[s]),
+                         "rank": f"{rank} of {len(means)}{order}" if direction else "—"})
     return rows
 
 

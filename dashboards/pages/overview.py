@@ -13,25 +13,17 @@ from workbench.errors import WorkbenchError
 from workbench.figures import head_grid
 
 dash.register_page(__name__, path="/", name="Overview", title="Overview · Attention Workbench", order=0)
-SUPPORT = ("prompts", "head_examples")  # tables that feed other views, with no scores to grid
 
 
 def grid_choices(run) -> list[dict]:
     """Dropdown options, one per score of every per-head table (and per task/method part of
     tables split that way); each value is JSON ``{"table", "score", "where"}``."""
     options = []
-    for name in run.tables:
-        if name in SUPPORT:
-            continue
-        try:
-            frame = data.per_head(data.table(run, name))
-        except WorkbenchError:
-            continue
-        for where, part in [] if frame is None else data.head_groups(frame):
-            suffix = f" ({', '.join(where.values())})" if where else ""
-            options += [{"label": f"{views.title_of(name)}: {views.label_of(score, name)}{suffix}",
-                         "value": json.dumps({"table": name, "score": score, "where": where}, sort_keys=True)}
-                        for score in views.scores_of(part)]
+    for name, where, part in data.head_parts(run):
+        suffix = f" ({', '.join(where.values())})" if where else ""
+        options += [{"label": f"{views.title_of(name)}: {views.label_of(score, name)}{suffix}",
+                     "value": json.dumps({"table": name, "score": score, "where": where}, sort_keys=True)}
+                    for score in views.scores_of(part)]
     return options
 
 
@@ -63,18 +55,11 @@ def headline(run) -> list:
              ("heads", f"{model.get('n_layers')} layers × {model.get('n_heads')} heads"),
              ("prompts", str(run.manifest.get("n_prompts"))),
              ("tables", str(len(run.tables)))]
-    for name in run.tables:
-        if name in SUPPORT:
-            continue
-        try:
-            frame = data.per_head(data.table(run, name))
-        except WorkbenchError:
-            continue
-        for where, part in [] if frame is None else data.head_groups(frame):
-            for col in [c for c in part.columns if pd.api.types.is_bool_dtype(part[c])]:
-                flags = part.groupby(["layer", "head"])[col].max()
-                label = col.removeprefix("is_").replace("_", " ") + (f" ({', '.join(where.values())})" if where else "")
-                cards.append((label, f"{int(flags.sum())} of {len(flags)} heads ({100 * flags.mean():.0f}%)"))
+    for _, where, part in data.head_parts(run):
+        for col in [c for c in part.columns if pd.api.types.is_bool_dtype(part[c])]:
+            flags = part.groupby(["layer", "head"])[col].max()
+            label = col.removeprefix("is_").replace("_", " ") + (f" ({', '.join(where.values())})" if where else "")
+            cards.append((label, f"{int(flags.sum())} of {len(flags)} heads ({100 * flags.mean():.0f}%)"))
     out = [html.Div([html.Div(v, className="wb-card-value"), html.Div(k, className="wb-card-label")],
                     className="wb-card") for k, v in cards]
     skipped = run.manifest.get("skipped") or {}
