@@ -151,12 +151,18 @@ def test_gradient_normalisations(causal_tiny):
     model, _ = causal_tiny
     raw = wb.head_importance(model, PROMPTS, normalize_layers=False, min_max=False)
     grid = raw.importance.to_numpy().reshape(model.n_layers, model.n_heads)
+    default = wb.head_importance(model, PROMPTS)  # global ranking: min-max over all heads (Li et al.)
+    np.testing.assert_allclose(default.importance, (grid.flatten() - grid.min()) / (grid.max() - grid.min()),
+                               rtol=1e-5, atol=1e-6)
+    assert default.attrs["normalize_layers"] is False and default.attrs["min_max"] is True
+    # the order of the default is the raw gradient's, over all heads
+    assert list(default.sort_values("importance").index) == list(raw.sort_values("raw").index)
     per_layer = grid / np.linalg.norm(grid, axis=1, keepdims=True)
-    both = wb.head_importance(model, PROMPTS)  # Michel et al. defaults: per-layer L2, then min-max
+    michel = wb.head_importance(model, PROMPTS, normalize_layers=True)  # the named option: per-layer L2, then min-max
     expected = (per_layer - per_layer.min()) / (per_layer.max() - per_layer.min())
-    np.testing.assert_allclose(both.importance.to_numpy(), expected.flatten(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(both.raw, raw.raw)
-    assert both.importance.min() == 0.0 and both.importance.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(michel.importance.to_numpy(), expected.flatten(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(michel.raw, raw.raw)
+    assert michel.importance.min() == 0.0 and michel.importance.max() == pytest.approx(1.0)
 
 
 def test_ablation_importance_equals_loss_change_in_the_plain_model(causal_tiny):
@@ -288,7 +294,7 @@ def test_importance_bad_inputs(causal_tiny):
         wb.head_importance(model, PROMPTS, answers=["w1"])
     with pytest.raises(wb.WorkbenchError, match="answer 1 must be non-empty text; got ''"):
         wb.pruning_curve(model, PROMPTS, answers=["w1", "", "w2"])
-    with pytest.raises(wb.WorkbenchError, match=r"step must be a fraction in \(0, 1\]; got 0"):
+    with pytest.raises(wb.WorkbenchError, match=r"step must lie in \(0.0, 1.0\]; got 0"):
         wb.pruning_curve(model, PROMPTS, step=0)
     with pytest.raises(wb.WorkbenchError, match="n_steps must be an int >= 2; got 1"):
         wb.head_importance(model, PROMPTS, method="integrated_gradients", n_steps=1)
