@@ -60,8 +60,8 @@ def _target(model, ids: torch.Tensor):
         with torch.no_grad():
             predicted = int(hf(input_ids=ids).logits[0, -1].argmax())
 
-        def forward(embeds):
-            return hf(inputs_embeds=embeds).logits[:, -1]  # (batch, vocab)
+        def forward(embeds):  # only the last position's logits are formed (logits_to_keep)
+            return hf(inputs_embeds=embeds, logits_to_keep=1).logits[:, -1]  # (batch, vocab)
 
         token = model.tokenizer.convert_ids_to_tokens([predicted])[0]
         return forward, predicted, f"logit of the predicted next token {token!r}", ids.shape[1] - 1

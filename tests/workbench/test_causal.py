@@ -1,0 +1,105 @@
+"""Causal checks (`workbench.analyzers.causal`) on the hand-set GPT-2 whose only important head is
+known: L0H0 is the one head that writes to the residual stream (every other head's W_O is zero),
+so ablating a set changes the loss exactly when the set holds L0H0."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import workbench as wb
+from tests import tiny_models
+from tests.workbench.test_patterns import PREV, handmade_gpt2, handmade_prompts
+from workbench.analyzers import causal
+
+
+@pytest.fixture(scope="module")
+def handmade():
+    model = wb.load_model("handmade", hf_model=handmade_gpt2(), tokenizer=tiny_models.tokenizer("gpt2"))
+    oracle = handmade_gpt2()  # an independent copy: ablation by weight surgery
+    return model, oracle
+
+
+def _oracle_loss(model, oracle, prompts, ablate_prev: bool) -> float:
+    """Mean next-token loss from the plain HF copy, L0H0's output projection rows zeroed if asked."""
+    w = oracle.transformer.h[0].attn.c_proj.weight  # (d_model, d_model) Conv1D: rows are the heads' z dims
+    saved = w.detach().clone()
+    rows = slice(PREV * model.d_head, (PREV + 1) * model.d_head)
+    try:
+        with torch.no_grad():
+            if ablate_prev:
+                w[rows] = 0.0
+            losses = []
+            for p in prompts:
+                ids = torch.tensor([model.tokenizer(p)["input_ids"]])
+                logits = oracle(input_ids=ids).logits[0].double()
+                losses.append(float(torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:])))
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+    return sum(losses) / len(losses)
+
+
+def test_causal_check_finds_the_known_head_and_flags_a_ranking_that_does_not(handmade):
+    model, oracle = handmade
+    fit, held_out = handmade_prompts(3, seed=0), handmade_prompts(4, seed=1)
+    assert not set(fit) & set(held_out)
+    ranking = wb.head_importance(model, fit, method="ablation")  # made on other prompts than the check's
+    evaluate = causal.loss_evaluator(model, held_out)
+    table = causal.causal_check(ranking, evaluate, ranking="ablation", score="raw", metric="held-out loss",
+                                higher_is_better=False, ks=(1, 2, 0.5), n_random=6, seed=3)
+    assert list(table.columns[:8]) == list(causal.COLUMNS)
+    assert table["k"].tolist() == [1, 2, 4]  # 0.5 of 8 heads = 4 = half, the largest allowed
+    clean = _oracle_loss(model, oracle, held_out, ablate_prev=False)
+    ablated = _oracle_loss(model, oracle, held_out, ablate_prev=True)
+    assert ablated > clean + 0.05
+    heads = causal.ranked_heads(ranking, "raw")
+    assert heads[0] == (0, PREV)
+    for row in table.itertuples():
+        assert row.clean == pytest.approx(clean, abs=1e-5)
+        assert row.top == pytest.approx(ablated, abs=1e-5)  # every top-k holds L0H0
+        assert row.bottom == pytest.approx(clean, abs=1e-5)  # no bottom-k does
+        draws = causal.random_sets(heads, row.k, 6, seed=3)
+        expected = [ablated if (0, PREV) in d else clean for d in draws]
+        assert row.random_lo == pytest.approx(min(expected), abs=1e-5)
+        assert row.random_hi == pytest.approx(max(expected), abs=1e-5)
+        assert row.beats_random == all((0, PREV) not in d for d in draws)
+    assert table.loc[table.k == 1, "beats_random"].item()  # at k = 1 no draw held L0H0 (seed 3)
+
+    # the same check of a ranking that puts the known head last: its top-k never hurts
+    reversed_ranking = ranking.assign(raw=-ranking["raw"])
+    bad = causal.causal_check(reversed_ranking, evaluate, ranking="reversed", score="raw", metric="held-out loss",
+                              higher_is_better=False, ks=(1, 2), n_random=6, seed=3)
+    assert (bad["top"] - clean).abs().max() < 1e-5 and (bad["bottom"] - ablated).abs().max() < 1e-5
+    assert not bad["beats_random"].any()
+    said = causal.verdicts(bad)
+    assert len(said) == 2 and all("does NOT beat random" in s for s in said)
+    assert "beats random" in causal.verdicts(table)[0] and "NOT" not in causal.verdicts(table)[0]
+
+
+def test_causal_check_ranks_signed_effects_by_magnitude(handmade):
+    model, _ = handmade
+    ranking = wb.head_importance(model, handmade_prompts(2), method="ablation")
+    signed = ranking.assign(effect=-ranking["raw"])  # the known head has the most negative effect
+    assert causal.ranked_heads(signed, "effect", by_magnitude=True)[0] == (0, PREV)
+    assert causal.ranked_heads(signed, "effect")[-1] == (0, PREV)
+
+
+def test_causal_check_bad_inputs(handmade):
+    model, _ = handmade
+    ranking = wb.head_importance(model, handmade_prompts(2), method="ablation")
+
+    def evaluate(sets):
+        return [0.0] * len(sets)
+
+    kwargs = dict(ranking="r", metric="m", higher_is_better=False)
+    with pytest.raises(wb.WorkbenchError, match=r"k = 5 is 5 heads: a causal check needs k <= half of the 8 heads"):
+        causal.causal_check(ranking, evaluate, score="raw", ks=(5,), **kwargs)
+    with pytest.raises(wb.WorkbenchError, match=r"lacks \['score_x'\]"):
+        causal.causal_check(ranking, evaluate, score="score_x", **kwargs)
+    with pytest.raises(wb.WorkbenchError, match="n_random must be an int >= 1; got 0"):
+        causal.causal_check(ranking, evaluate, score="raw", n_random=0, **kwargs)
+    with pytest.raises(wb.WorkbenchError, match="evaluate returned 1 value"):
+        causal.causal_check(ranking, lambda sets: [0.0], score="raw", ks=(1,), **kwargs)
+    with pytest.raises(wb.WorkbenchError, match="ks is empty"):
+        causal.causal_check(ranking, evaluate, score="raw", ks=(), **kwargs)
