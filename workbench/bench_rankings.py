@@ -71,7 +71,8 @@ def _plain_forward(model, prompts):
     return forward, tuple(ids.shape)
 
 
-def run_case(model, case: str, *, n_steps: int, saliency_steps: int, duo_steps: int) -> dict:
+def run_case(model, case: str, *, n_steps: int, saliency_steps: int, duo_steps: int,
+             duo_context: tuple[int | None, int | None] = (None, 256)) -> dict:
     import workbench as wb
     from workbench.analyzers import saliency
 
@@ -102,8 +103,16 @@ def run_case(model, case: str, *, n_steps: int, saliency_steps: int, duo_steps: 
         result = measure(attribute, forward)
         unit, target = saliency_steps, 1.5
     elif case == "duo_attention":
-        forward, shape = _plain_forward(model, _english(model, 1))
-        result = measure(lambda: wb.duo_attention(model, steps=duo_steps), forward, repeats=1)
+        from workbench.analyzers import duo
+
+        lo, hi = duo_context
+        trials = duo._passkey_trials(model, None)
+        lengths = [len(model.tokenizer(r["prompt"])["input_ids"]) for r in trials]
+        chosen = duo.training_trials(lengths, lo, hi, True)
+        forward, shape = _plain_forward(model, [trials[i]["prompt"] for i in chosen[:2]])
+        result = measure(lambda: wb.duo_attention(model, steps=duo_steps, min_context=lo, max_context=hi), forward,
+                         repeats=1)
+        result["per_step_seconds"] = result["seconds"] / duo_steps
         unit, target = None, None
     else:
         raise SystemExit(f"unknown case {case!r}: expected one of {list(CASES)}")
@@ -126,12 +135,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--steps", type=int, default=16, help="IG steps s for importance")
     ap.add_argument("--saliency-steps", type=int, default=32, help="IG steps s for saliency")
     ap.add_argument("--duo-steps", type=int, default=20, help="DuoAttention gate-training steps")
+    ap.add_argument("--duo-context", default="0,256", help="DuoAttention training trials' token range lo,hi")
     ap.add_argument("--out", default="runs/bench/rankings.parquet")
     args = ap.parse_args(argv)
     model = wb.load_model(args.model)
     rows = []
     for case in args.cases.split(","):
-        row = run_case(model, case, n_steps=args.steps, saliency_steps=args.saliency_steps, duo_steps=args.duo_steps)
+        lo, hi = (int(x) for x in args.duo_context.split(","))
+        row = run_case(model, case, n_steps=args.steps, saliency_steps=args.saliency_steps, duo_steps=args.duo_steps,
+                       duo_context=(lo or None, hi))
         rows.append({**row, "model": args.model, "threads": torch.get_num_threads(), "commit": git_commit(".")})
         print(_line(rows[-1]), flush=True)
     frame = pd.DataFrame(rows)
@@ -145,6 +157,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 def _line(row: dict) -> str:
     text = (f"{row['case']:>14}  {row['prompts_shape']:>9}  {row['seconds']:8.2f} s wall, {row['cpu_seconds']:8.2f} s cpu; "
             f"plain forward {row['forward_seconds']:.3f} s ({row['forward_cpu_seconds']:.3f} s cpu)")
+    if row.get("per_step_seconds"):
+        text += f"  -> {row['per_step_seconds']:.2f} s a step ({row['seconds']:.1f} s for the run)"
     if row.get("unit"):
         text += (f"  -> {row['ratio']:.3f} x {row['unit']} forwards (cpu {row['cpu_ratio']:.3f}); "
                  f"target <= {row['target']}: {'met' if row['meets_target'] else 'NOT met'}")

@@ -52,3 +52,4 @@ def register(analyzer: Analyzer) -> Analyzer:
 from workbench.analyzers import summary  # noqa: E402,F401  (registers itself)
 from workbench.analyzers import importance, patterns, sinks  # noqa: E402,F401  (register themselves)
 from workbench.analyzers import circuits, retrieval, saliency  # noqa: E402,F401  (register themselves)
+from workbench.analyzers import rankings  # noqa: E402,F401  (importance by every method, pruning curves)

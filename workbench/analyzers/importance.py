@@ -491,11 +491,6 @@ def _registered_importance(model, prompts) -> pd.DataFrame:
     return head_importance(model, prompts, answers=suite_answers(prompts) if model.is_causal else None)
 
 
-def _registered_pruning(model, prompts) -> pd.DataFrame:
-    """`pruning_curve` with the task loss when the prompts come from the bundled suites."""
-    return pruning_curve(model, prompts, answers=suite_answers(prompts) if model.is_causal else None)
-
-
 def _skip_untrained_mlm(model) -> str | None:
     if model.source == "minilm":
         return ("the bundled MiniLM has no trained MLM head, so there is no loss whose change measures a head; "
@@ -510,17 +505,9 @@ def _importance_figures(frame):
             head_grid(frame, "importance", title="Head importance (gradient E|∂L/∂ξ|, min-max over all heads)")]
 
 
-def _pruning_figures(frame):
-    from workbench.figures import pruning_curve_figure
-
-    return [pruning_curve_figure(frame)]
-
-
 register(Analyzer("head_importance", _registered_importance, "Head importance (gradient)", mode="exact",
                   applies=_skip_untrained_mlm, figures=_importance_figures,
                   sources=("Michel et al. 2019, Are Sixteen Heads Really Better than One? (|∂L/∂ξ|; per-layer L2 "
                            "normalisation is the option normalize_layers=True)",
                            "Li et al. 2023, pruning-based head importance metrics (min-max)")))
-register(Analyzer("pruning_curve", _registered_pruning, "Pruning curve (least important heads first)", mode="exact",
-                  applies=_skip_untrained_mlm, figures=_pruning_figures,
-                  sources=("Michel et al. 2019, iterative pruning of 10% of heads by gradient importance",)))
+# the pruning curves under every method's ranking are registered in workbench.analyzers.rankings
