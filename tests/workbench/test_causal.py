@@ -103,3 +103,38 @@ def test_causal_check_bad_inputs(handmade):
         causal.causal_check(ranking, lambda sets: [0.0], score="raw", ks=(1,), **kwargs)
     with pytest.raises(wb.WorkbenchError, match="ks is empty"):
         causal.causal_check(ranking, evaluate, score="raw", ks=(), **kwargs)
+
+
+def test_evaluators_equal_direct_forwards_with_the_heads_ablated():
+    """The batched evaluators (many sets per forward, prefix reuse) against one plain HF forward
+    per set under `wb.ablate` on a tiny Llama."""
+    model = wb.load_model("tiny-llama", hf_model=tiny_models.hf_model("llama"), tokenizer=tiny_models.tokenizer("llama"))
+    sets = [[], [(1, 2)], [(0, 1), (1, 3)]]
+    from workbench.analyzers.patterns import repeated_token_probes
+
+    probes = repeated_token_probes(model, n_probes=3, probe_len=6, seed=1)  # (3, 1 + 12): <s> then the span twice
+    got = causal.induction_evaluator(model, n_probes=3, probe_len=6, seed=1)(sets)
+    task = [{"prompt": "w1 w2 w3 w4", "answer": " w5", "corrupted_prompt": "w1 w2 w3 w6", "corrupted_answer": " w7"},
+            {"prompt": "w8 w9 w10 w11", "answer": " w12", "corrupted_prompt": "w8 w9 w10 w13", "corrupted_answer": " w14"}]
+    ld = causal.task_evaluator(model, task)(sets)
+    trials = [{"prompt": "w20 w21 w22 w23 w24 w25", "answer": " w22 w23"}, {"prompt": "w30 w31 w32", "answer": " w31"}]
+    niah = causal.niah_evaluator(model, trials)(sets)
+    for heads, loss_v, ld_v, niah_v in zip(sets, got, ld, niah):
+        with torch.no_grad(), wb.ablate(model, heads):
+            logits = model.hf_model(input_ids=probes).logits.double()  # (3, 13, vocab)
+            expected = torch.nn.functional.cross_entropy(logits[:, 7:12].transpose(1, 2), probes[:, 8:13]).item()
+            diffs, hits = [], []
+            for row in task:
+                ids = torch.tensor([model.tokenizer(row["prompt"])["input_ids"]])
+                last = model.hf_model(input_ids=ids).logits[0, -1]
+                a, w = (model.tokenizer(row[k], add_special_tokens=False)["input_ids"][0] for k in ("answer", "corrupted_answer"))
+                diffs.append(float(last[a] - last[w]))
+            for row in trials:
+                p = model.tokenizer(row["prompt"])["input_ids"]
+                a = model.tokenizer(row["answer"], add_special_tokens=False)["input_ids"]
+                out = model.hf_model(input_ids=torch.tensor([p + a])).logits[0, len(p) - 1:-1].argmax(-1)
+                hits.append(float(out.tolist() == a))
+        assert loss_v == pytest.approx(expected, abs=1e-5)
+        assert ld_v == pytest.approx(sum(diffs) / 2, abs=1e-5)
+        assert niah_v == pytest.approx(sum(hits) / 2)
+    assert got[0] != pytest.approx(got[1], abs=1e-6) and ld[0] != pytest.approx(ld[2], abs=1e-6)

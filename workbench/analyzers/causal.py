@@ -206,6 +206,68 @@ def niah_evaluator(model, trials, *, batch_size: int = 4) -> Evaluate:
     return evaluate
 
 
+def task_evaluator(model, task, *, metric: str = "logit_diff") -> Evaluate:
+    """``evaluate(head_sets)``: a circuit task's metric on its clean prompts with each set
+    zero-ablated: the mean logit difference (answer − corrupted answer, first tokens, final
+    position; Wang et al. 2022) or ``"accuracy"`` (top next token = the answer's first token)."""
+    from workbench.analyzers.circuits import encode_task
+    from workbench.masked import masked_forward
+
+    checks.choice("task metric", metric, ("logit_diff", "accuracy"))
+    groups = encode_task(model, task)
+    n = sum(len(g.clean) for g in groups)
+
+    def evaluate(head_sets):
+        masks = _masks(model, head_sets)
+        total = torch.zeros(len(head_sets), dtype=torch.float64)
+        for g in groups:
+            pos = g.clean.shape[1]
+
+            def reduce(logits, g=g):  # (copies * batch, 1, vocab) -> (copies * batch,)
+                copies = logits.shape[0] // len(g.answer)
+                last = logits[:, -1].double()
+                rows = torch.arange(last.shape[0], device=last.device)
+                answer, wrong = g.answer.repeat(copies), g.wrong.repeat(copies)
+                if metric == "accuracy":
+                    return (last.argmax(-1) == answer).double()
+                return last[rows, answer] - last[rows, wrong]
+
+            with torch.no_grad():
+                out = masked_forward(model, g.clean, None, masks, reduce, window=(pos - 1, pos))  # (sets, batch)
+            total += out.sum(1).cpu()
+        return (total / n).tolist()
+
+    return evaluate
+
+
+def induction_evaluator(model, *, n_probes: int = 8, probe_len: int = 24, seed: int = 1) -> Evaluate:
+    """``evaluate(head_sets)``: next-token loss on the repeated half of random token sequences
+    (the TransformerLens induction probe, `patterns.repeated_token_probes`, drawn with a seed
+    other than the one that scored the heads), each set zero-ablated."""
+    from workbench.analyzers.patterns import _special_frame, repeated_token_probes
+    from workbench.masked import masked_forward
+
+    probes = repeated_token_probes(model, n_probes=n_probes, probe_len=probe_len, seed=seed).to(model.device)
+    prefix, suffix = _special_frame(model)
+    length = (probes.shape[1] - len(prefix) - len(suffix)) // 2  # the probe length actually used
+    start = len(prefix) + length  # the repeat's first token (not predictable: it follows the first copy)
+    lo, hi = start, start + length - 1  # logits at these positions predict repeat tokens 2..length
+    targets = probes[:, lo + 1:hi + 1]  # (batch, length - 1)
+
+    def evaluate(head_sets):
+        masks = _masks(model, head_sets)
+
+        def reduce(logits):  # (copies * batch, window, vocab) -> (copies * batch,)
+            labels = targets.repeat(logits.shape[0] // targets.shape[0], 1)
+            return torch.nn.functional.cross_entropy(logits.double().transpose(1, 2), labels, reduction="none").mean(-1)
+
+        with torch.no_grad():
+            out = masked_forward(model, probes, None, masks, reduce, window=(lo, hi))  # (sets, batch)
+        return out.mean(1).tolist()
+
+    return evaluate
+
+
 def summarize_k(table: pd.DataFrame, k: int | None = None) -> pd.DataFrame:
     """The rows of one k (default: the k closest to 5) for a compact view."""
     if table.empty:
@@ -215,5 +277,5 @@ def summarize_k(table: pd.DataFrame, k: int | None = None) -> pd.DataFrame:
     return table[table["k"] == k].reset_index(drop=True)
 
 
-__all__ = ["COLUMNS", "DEFAULT_KS", "causal_check", "loss_evaluator", "niah_evaluator", "ranked_heads",
-           "random_sets", "resolve_ks", "summarize_k", "verdicts"]
+__all__ = ["COLUMNS", "DEFAULT_KS", "causal_check", "induction_evaluator", "loss_evaluator", "niah_evaluator",
+           "ranked_heads", "random_sets", "resolve_ks", "summarize_k", "task_evaluator", "verdicts"]
