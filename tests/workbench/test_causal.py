@@ -4,6 +4,7 @@ so ablating a set changes the loss exactly when the set holds L0H0."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,8 +64,9 @@ def test_causal_check_finds_the_known_head_and_flags_a_ranking_that_does_not(han
         expected = [ablated if (0, PREV) in d else clean for d in draws]
         assert row.random_lo == pytest.approx(min(expected), abs=1e-5)
         assert row.random_hi == pytest.approx(max(expected), abs=1e-5)
-        assert row.beats_random == all((0, PREV) not in d for d in draws)
-    assert table.loc[table.k == 1, "beats_random"].item()  # at k = 1 no draw held L0H0 (seed 3)
+        # top-k is as bad as the worst draw (it holds L0H0); it beats random if the median draw does not hold it
+        assert row.beats_random == bool(np.median(expected) < ablated - 1e-9)
+    assert table.loc[table.k == 1, "beats_random"].item()  # at k = 1 most draws miss L0H0
 
     # the same check of a ranking that puts the known head last: its top-k never hurts
     reversed_ranking = ranking.assign(raw=-ranking["raw"])
