@@ -10,6 +10,8 @@ many times: what does the model compute on these prompts under head mask ξ_1, �
 - **Prefix reuse**: a mask that is 1 in every layer below L leaves layers 0..L−1 unchanged, so
   their output (the residual stream entering layer L) is taken from one clean forward, and only
   layers ≥ L run. Ablating one head of layer L costs (n_layers − L) / n_layers of the decoder.
+  Masks are sorted by their first edited layer and packed ``max_rows`` sequences a forward, each
+  forward starting at the lowest first layer of its masks (as few forwards as without reuse).
   This works where the HF base model runs its decoder layers as one loop over a ``ModuleList``
   (Llama-family: ``model.layers``; GPT-2: ``transformer.h``): the list is shortened to layers
   L.. for the forward and the cached residual replaces the first kept layer's input. Other
@@ -145,26 +147,26 @@ def masked_forward(model, ids: torch.Tensor, attention_mask: torch.Tensor | None
     if reuse:
         starts = first_edited_layer(masks.detach())
         resid, clean_logits = _clean_pass(model, ids, attention_mask, window)
-        groups = [(int(s), (starts == s).nonzero().flatten().tolist()) for s in starts.unique()]
+        clean = [j for j in range(k) if int(starts[j]) == model.n_layers]
+        for j in clean:  # no head edited: the clean pass's output
+            out[j] = reduce(clean_logits)
+        edited = sorted((j for j in range(k) if int(starts[j]) < model.n_layers), key=lambda j: (int(starts[j]), j))
+        # chunks of masks sorted by their first edited layer; a chunk starts at its lowest one
+        chunks = [edited[i:i + per] for i in range(0, len(edited), per)]
+        plan = [(int(starts[chunk[0]]), chunk) for chunk in chunks]
     else:
-        groups = [(0, list(range(k)))]
-    for start, members in groups:
-        for i in range(0, len(members), per):
-            chosen = members[i:i + per]
-            n = len(chosen)
-            rows_ids = ids.repeat(n, 1)  # (n * batch, pos)
-            rows_mask = None if attention_mask is None else attention_mask.repeat(n, 1)
-            scale = masks[chosen].repeat_interleave(batch, 0)  # (n * batch, layer, head)
-            if reuse and start == model.n_layers:  # no head edited: the clean model, once
-                parts = [reduce(clean_logits)] * n  # (batch, ...) each
+        plan = [(0, list(range(k))[i:i + per]) for i in range(0, k, per)]
+    for start, chosen in plan:
+        n = len(chosen)
+        rows_ids = ids.repeat(n, 1)  # (n * batch, pos)
+        rows_mask = None if attention_mask is None else attention_mask.repeat(n, 1)
+        scale = masks[chosen].repeat_interleave(batch, 0)  # (n * batch, layer, head)
+        with edit_heads(model, HeadEdit(scale, baseline), site="hf"):
+            if start > 0:
+                with _from_layer(hf, start, resid[start].repeat(n, 1, 1)):
+                    value = reduce(window_logits(model, rows_ids, rows_mask, window))
             else:
-                with edit_heads(model, HeadEdit(scale, baseline), site="hf"):
-                    if reuse and start > 0:
-                        with _from_layer(hf, start, resid[start].repeat(n, 1, 1)):
-                            value = reduce(window_logits(model, rows_ids, rows_mask, window))
-                    else:
-                        value = reduce(window_logits(model, rows_ids, rows_mask, window))
-                parts = list(value.view(n, batch, *value.shape[1:]))
-            for j, part in zip(chosen, parts):
-                out[j] = part
+                value = reduce(window_logits(model, rows_ids, rows_mask, window))
+        for j, part in zip(chosen, value.view(n, batch, *value.shape[1:])):
+            out[j] = part
     return torch.stack(out)

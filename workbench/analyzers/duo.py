@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 from workbench import checks
+from workbench.analyzers import Analyzer, register
 from workbench.errors import WorkbenchError
 
 IMPLEMENTATION = "workbench_duo"
@@ -383,3 +384,58 @@ def duo_effect(model, gates: pd.DataFrame, trials=None, *, exclude=None, batch_s
     frame = pd.DataFrame(out)
     frame.attrs.update(sink=sink, recent=recent, n_retrieval_kv=int(binary.sum()), n_kv=int(binary.numel()))
     return frame
+
+
+# -- registry -----------------------------------------------------------------------------
+#: The registered run on the demo: its 512-token passkey trials (every other one; the rest and
+#: the other lengths are held out), 60 steps (~0.3 s each on 2 idle cores).
+DEMO_SETTINGS = {"min_context": 512, "max_context": 512, "steps": 60}
+
+
+def _settings(model) -> dict | None:
+    return DEMO_SETTINGS if model.source == "demo" else None
+
+
+def registered_gates(model, prompts=None) -> pd.DataFrame:
+    """The registered analysis: `duo_attention` on the model's passkey suite with Wu et al.'s
+    retrieval scores beside it (``prompts`` is not used: the gates train on needle trials)."""
+    from workbench.analyzers.causal_checks import passkey_split
+    from workbench.analyzers.rankings import memo
+    from workbench.analyzers.retrieval import retrieval_scores
+
+    settings = _settings(model)
+    scored, _ = passkey_split(model)
+    wu = memo(model, ("retrieval_scores", len(scored)), lambda: retrieval_scores(model, scored))
+    return memo(model, ("duo_attention",), lambda: duo_attention(model, retrieval=wu, **settings))
+
+
+def registered_effect(model, prompts=None) -> pd.DataFrame:
+    """The registered analysis: `duo_effect` of the registered gates on the held-out passkey trials."""
+    return duo_effect(model, registered_gates(model))
+
+
+def _applies(model) -> str | None:
+    if not model.is_causal:
+        return "DuoAttention gates KV heads of a causal LM's cache; this model is an encoder"
+    if _settings(model) is None:
+        return "needs passkey trials and a CPU budget for this model (set for the demo)"
+    return None
+
+
+def _gate_figures(frame):
+    from workbench.figures_rankings import duo_gates_figure
+
+    return [duo_gates_figure(frame)]
+
+
+def _effect_figures(frame):
+    from workbench.figures_rankings import duo_effect_figure
+
+    return [duo_effect_figure(frame)]
+
+_XIAO = "Xiao et al. 2024, DuoAttention: Efficient Long-Context LLM Inference with Retrieval and Streaming Heads"
+register(Analyzer("duo_attention", registered_gates, "DuoAttention retrieval heads (trained gates per KV head)",
+                  mode="exact", applies=_applies, figures=_gate_figures,
+                  sources=(_XIAO, "Wu et al. 2024 (retrieval score > 0.1), mapped to KV heads")))
+register(Analyzer("duo_effect", registered_effect, "DuoAttention: NIAH accuracy and KV cache with the other heads streaming",
+                  mode="exact", applies=_applies, figures=_effect_figures, sources=(_XIAO,)))

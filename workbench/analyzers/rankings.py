@@ -1,11 +1,12 @@
 """The registered ranking checks: importance by every method, pruning curves under each, and the
 prompt splits they need (rankings made on one set of prompts, checked on prompts held out).
 
-Splits. A ranking is made on the run's prompts (``fit``) and checked on ``held_out`` prompts of
-the same kind that it never saw; mean ablation takes its means over a third, ``reference``
-set. For the demo they are the bundled suite rows after the run's (the run uses the first 8
-ioi, 8 colored-objects and 4 passkey rows; held out: the next as many of each; reference: the
-ones after), with their answers (the task loss).
+Splits. A ranking is made on ``fit`` prompts and checked on ``held_out`` prompts of the same
+kind that it never saw; mean ablation takes its means over a third, ``reference`` set. For the
+demo they are the bundled suite rows (fit: the run's prompts, the first 8 ioi, 8
+colored-objects and 4 passkey rows; held out: the next as many of each; reference: the ones
+after), with their answers (the task loss). Other prompt sets are cut in thirds
+(`thirds`).
 
 Budget. Ablation importance costs about a quarter of H forwards (prefix reuse) and integrated
 gradients s forward-backward passes; on a model of more than ``BIG_MODEL`` parameters the
@@ -83,13 +84,25 @@ def demo_splits(prompts) -> dict | None:
             "source": "bundled suites: held-out and reference rows follow the run's rows in each suite"}
 
 
+def thirds(prompts) -> dict | None:
+    """Any prompt list of at least 6: fit = every third prompt from the first, held out = from
+    the second, reference = from the third (no answers: next-token loss). None if fewer."""
+    prompts = list(prompts)
+    if len(prompts) < 6:
+        return None
+    return {"fit": {"prompts": prompts[0::3], "answers": None}, "held_out": {"prompts": prompts[1::3], "answers": None},
+            "reference": {"prompts": prompts[2::3], "answers": None},
+            "source": "the run's prompts in thirds: fit prompts[0::3], held out prompts[1::3], reference prompts[2::3]"}
+
+
 def splits(model, prompts) -> dict | None:
-    """The prompt splits for ``model`` (see the module docstring), or None where none are known."""
+    """The prompt splits for ``model`` (see the module docstring): the bundled suites' rows for
+    suite prompts, else the run's prompts in thirds; None with fewer than 6 other prompts."""
     if model.is_causal:
         found = demo_splits(prompts)
         if found is not None:
             return found
-    return None
+    return thirds(prompts)
 
 
 def _budget(model, prompts: list, answers):

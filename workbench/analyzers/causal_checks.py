@@ -1,0 +1,126 @@
+"""The registered ``causal_checks`` table: every head ranking of a run, checked causally.
+
+For each ranking, `workbench.analyzers.causal.causal_check` ablates its top-k, its bottom-k and
+5 random k-sets (k = 1, 3, 5 and 10% of the heads) on prompts held out from those that made the
+ranking, with the ranking's own metric:
+
+| ranking | made on | metric (held out) |
+|---|---|---|
+| importance: gradient, ablation (zero), ablation (mean), integrated gradients | fit prompts | loss on held-out prompts |
+| sink score (Gu et al.) | fit prompts | loss on held-out prompts |
+| induction score (TransformerLens detector) | repeated-token probes, seed 0 | loss on the repeated half of probes, seed 1 |
+| retrieval score (Wu et al.) | the scored passkey trials | NIAH accuracy on the other passkey trials |
+
+Heads are zero-ablated in every check, so the rankings are compared under one intervention. The
+table says per (ranking, k) whether the ranking beats random (`causal.verdicts` words it).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from workbench.analyzers import Analyzer, register
+from workbench.analyzers import causal
+from workbench.analyzers import importance as imp
+from workbench.analyzers.rankings import METHOD_NAMES, _budget, importance_rankings, memo, method_frame, splits
+
+KS = causal.DEFAULT_KS
+N_RANDOM = causal.N_RANDOM
+
+
+def _loss_checks(model, prompts, found, seed: int) -> list[pd.DataFrame]:
+    """Importance (every method) and sink-score rankings against held-out loss."""
+    from workbench.analyzers.sinks import sink_scores
+
+    held = found["held_out"]
+    held_prompts, held_answers, _ = _budget(model, held["prompts"], held["answers"])
+    evaluate = causal.loss_evaluator(model, held_prompts, answers=held_answers)
+    metric = f"held-out {imp._loss_name(model, held_answers)}"
+    out = []
+    rankings = importance_rankings(model, prompts)
+    for method in rankings["method"].unique():
+        out.append(causal.causal_check(method_frame(rankings, method), evaluate, ranking=f"importance: {METHOD_NAMES[method]}",
+                                       score="raw", metric=metric, higher_is_better=False, ks=KS, n_random=N_RANDOM,
+                                       seed=seed))
+    sinks = sink_scores(model, found["fit"]["prompts"])
+    out.append(causal.causal_check(sinks, evaluate, ranking="sink score", score="sink_score", metric=metric,
+                                   higher_is_better=False, ks=KS, n_random=N_RANDOM, seed=seed))
+    return out
+
+
+def _induction_check(model, seed: int) -> pd.DataFrame:
+    from workbench.analyzers.patterns import detector_scores, repeated_token_probes
+    from workbench.capture import capture_patterns
+
+    probes = repeated_token_probes(model, seed=0)  # the probes head_patterns scores induction on
+    scores = detector_scores(capture_patterns(model, probes), probes)
+    evaluate = causal.induction_evaluator(model, seed=1)
+    return causal.causal_check(scores, evaluate, ranking="induction score", score="induction",
+                               metric="loss on the repeated half of held-out random-token probes",
+                               higher_is_better=False, ks=KS, n_random=N_RANDOM, seed=seed)
+
+
+def passkey_split(model) -> tuple[list[dict], list[dict]] | None:
+    """``(scoring trials, held-out trials)`` of the model's passkey suite: the demo's registered
+    retrieval scores use trials up to 256 tokens, so the longer ones are held out."""
+    from workbench.analyzers.retrieval import DEMO_MAX_CONTEXT, read_trials
+
+    if model.source != "demo":
+        return None
+    rows = read_trials(None)
+    scored = [r for r in rows if int(r["context_length"]) <= DEMO_MAX_CONTEXT]
+    held = [r for r in rows if int(r["context_length"]) > DEMO_MAX_CONTEXT]
+    return scored, held
+
+
+def _retrieval_check(model, seed: int) -> pd.DataFrame | None:
+    from workbench.analyzers.retrieval import retrieval_scores
+
+    found = passkey_split(model)
+    if found is None:
+        return None
+    scored, held = found
+    scores = memo(model, ("retrieval_scores", len(scored)), lambda: retrieval_scores(model, scored))
+    return causal.causal_check(scores, causal.niah_evaluator(model, held), ranking="retrieval score (Wu et al.)",
+                               score="retrieval_score", metric="NIAH accuracy on held-out passkey trials",
+                               higher_is_better=True, ks=KS, n_random=N_RANDOM, seed=seed)
+
+
+def causal_checks(model, prompts, *, seed: int = 0) -> pd.DataFrame:
+    """Every ranking's causal check (module docstring): columns ``ranking, k, top, bottom,
+    random_median, random_lo, random_hi, metric`` then ``clean, beats_random, top_heads,
+    bottom_heads, n_random, higher_is_better``. attrs: how the prompts were split, and the
+    rankings that could not be checked with why."""
+    found = splits(model, prompts)
+    parts, skipped = [], {}
+    if found is None:
+        skipped["importance and sink score"] = "fewer than 6 prompts: no held-out prompts to check on"
+    else:
+        parts += _loss_checks(model, prompts, found, seed)
+    if model.is_causal:
+        parts.append(_induction_check(model, seed))
+        retrieval = _retrieval_check(model, seed)
+        if retrieval is None:
+            skipped["retrieval score"] = "no passkey trials known for this model"
+        else:
+            parts.append(retrieval)
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(causal.COLUMNS))
+    table.attrs.update(split=(found or {}).get("source", "none"), skipped=skipped, seed=seed, ks=str(KS),
+                       n_random=N_RANDOM, ablation="zero")
+    return table
+
+
+def _figures(frame):
+    from workbench.figures_rankings import causal_checks_figure
+
+    return [causal_checks_figure(frame)]
+
+
+def _applies(model) -> str | None:
+    return imp._skip_untrained_mlm(model)
+
+
+register(Analyzer("causal_checks", causal_checks, "Causal checks of every head ranking (held-out prompts)",
+                  mode="exact", applies=_applies, figures=_figures,
+                  sources=("Michel et al. 2019; Wu et al. 2024; Gu et al. 2024; Olsson et al. 2022 (induction heads)",
+                           "top-k vs bottom-k vs 5 random k-sets, held-out prompts (issue 16)")))
