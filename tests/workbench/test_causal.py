@@ -140,3 +140,25 @@ def test_evaluators_equal_direct_forwards_with_the_heads_ablated():
         assert ld_v == pytest.approx(sum(diffs) / 2, abs=1e-5)
         assert niah_v == pytest.approx(sum(hits) / 2)
     assert got[0] != pytest.approx(got[1], abs=1e-6) and ld[0] != pytest.approx(ld[2], abs=1e-6)
+
+
+def test_registered_causal_checks_cover_every_ranking_on_held_out_prompts():
+    """On a tiny Llama with 9 prompts (cut in thirds: fit, held out, reference), every ranking
+    that applies is checked; retrieval is skipped with the reason (no passkey trials)."""
+    from workbench.analyzers import causal_checks as registered
+    from workbench.analyzers.rankings import splits
+
+    model = wb.load_model("tiny-llama", hf_model=tiny_models.hf_model("llama"), tokenizer=tiny_models.tokenizer("llama"))
+    prompts = [" ".join(f"w{(7 * i + j) % 90}" for j in range(6 + i)) for i in range(9)]
+    found = splits(model, prompts)
+    assert found["fit"]["prompts"] == prompts[0::3] and found["held_out"]["prompts"] == prompts[1::3]
+    table = registered.causal_checks(model, prompts)
+    assert list(table.columns[:8]) == list(causal.COLUMNS)
+    assert table["ranking"].unique().tolist() == [
+        "importance: gradient", "importance: ablation (zero)", "importance: ablation (mean)",
+        "importance: integrated gradients", "sink score", "induction score"]
+    assert table["k"].unique().tolist() == [1, 3]  # of 1, 3, 5 and 10% of 8 heads: those <= half (4)
+    assert "retrieval score" in table.attrs["skipped"] and "thirds" in table.attrs["split"]
+    # the held-out loss of the clean model is the loss on the held-out third, not on the fit prompts
+    held = causal.loss_evaluator(model, prompts[1::3])([[]])[0]
+    assert table[table.ranking.str.startswith("importance")]["clean"].eq(held).all()

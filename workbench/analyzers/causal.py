@@ -53,6 +53,17 @@ def resolve_ks(ks: Sequence[float], n_heads: int) -> list[int]:
     return sorted(set(out))
 
 
+def fitting_ks(ks: Sequence[float], n_heads: int) -> list[float]:
+    """The ``ks`` that are at most half of ``n_heads`` (a small model cannot have 5 heads in
+    both its top and its bottom of 8)."""
+    out = []
+    for k in ks:
+        count = max(1, round(k * n_heads)) if isinstance(k, float) and 0 < k < 1 else k
+        if count <= n_heads // 2:
+            out.append(k)
+    return out
+
+
 def ranked_heads(frame: pd.DataFrame, score: str, *, by_magnitude: bool = False) -> list[Head]:
     """Heads of a per-head frame ordered most important first by ``score`` (|score| with
     ``by_magnitude``), ties broken by layer then head."""

@@ -28,6 +28,10 @@ KS = causal.DEFAULT_KS
 N_RANDOM = causal.N_RANDOM
 
 
+def _ks(model) -> list[float]:
+    return causal.fitting_ks(KS, model.n_layers * model.n_heads)
+
+
 def _loss_checks(model, prompts, found, seed: int) -> list[pd.DataFrame]:
     """Importance (every method) and sink-score rankings against held-out loss."""
     from workbench.analyzers.sinks import sink_scores
@@ -40,11 +44,11 @@ def _loss_checks(model, prompts, found, seed: int) -> list[pd.DataFrame]:
     rankings = importance_rankings(model, prompts)
     for method in rankings["method"].unique():
         out.append(causal.causal_check(method_frame(rankings, method), evaluate, ranking=f"importance: {METHOD_NAMES[method]}",
-                                       score="raw", metric=metric, higher_is_better=False, ks=KS, n_random=N_RANDOM,
+                                       score="raw", metric=metric, higher_is_better=False, ks=_ks(model), n_random=N_RANDOM,
                                        seed=seed))
     sinks = sink_scores(model, found["fit"]["prompts"])
     out.append(causal.causal_check(sinks, evaluate, ranking="sink score", score="sink_score", metric=metric,
-                                   higher_is_better=False, ks=KS, n_random=N_RANDOM, seed=seed))
+                                   higher_is_better=False, ks=_ks(model), n_random=N_RANDOM, seed=seed))
     return out
 
 
@@ -57,7 +61,7 @@ def _induction_check(model, seed: int) -> pd.DataFrame:
     evaluate = causal.induction_evaluator(model, seed=1)
     return causal.causal_check(scores, evaluate, ranking="induction score", score="induction",
                                metric="loss on the repeated half of held-out random-token probes",
-                               higher_is_better=False, ks=KS, n_random=N_RANDOM, seed=seed)
+                               higher_is_better=False, ks=_ks(model), n_random=N_RANDOM, seed=seed)
 
 
 def passkey_split(model) -> tuple[list[dict], list[dict]] | None:
@@ -83,7 +87,7 @@ def _retrieval_check(model, seed: int) -> pd.DataFrame | None:
     scores = memo(model, ("retrieval_scores", len(scored)), lambda: retrieval_scores(model, scored))
     return causal.causal_check(scores, causal.niah_evaluator(model, held), ranking="retrieval score (Wu et al.)",
                                score="retrieval_score", metric="NIAH accuracy on held-out passkey trials",
-                               higher_is_better=True, ks=KS, n_random=N_RANDOM, seed=seed)
+                               higher_is_better=True, ks=_ks(model), n_random=N_RANDOM, seed=seed)
 
 
 def causal_checks(model, prompts, *, seed: int = 0) -> pd.DataFrame:
