@@ -19,6 +19,8 @@ many times: what does the model compute on these prompts under head mask ξ_1, �
 
 Only the logits of a window of positions are formed (``window``): the vocabulary projection is a
 large part of a small model's forward (SmolLM2-135M: 49,152 × 576, about eight decoder layers).
+No attention weights are needed, so the forwards run with PyTorch's fused SDPA attention (`sdpa`),
+whose backward is also cheaper than the eager softmax's.
 """
 
 from __future__ import annotations
@@ -38,6 +40,27 @@ PREFIX_TYPES = {"llama": ("model", "layers"), "mistral": ("model", "layers"), "q
 
 #: ``reduce(logits [rows, window, vocab]) -> Tensor [rows, ...]``: what is kept of a forward.
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def sdpa(model) -> Iterator[None]:
+    """Run ``model.hf_model`` with SDPA attention inside the block (no attention weights, fused
+    kernels; the same outputs as eager to float precision), restoring its implementation after.
+    Models without SDPA support keep theirs."""
+    hf = model.hf_model
+    previous = hf.config._attn_implementation
+    if previous == "sdpa":
+        yield
+        return
+    try:
+        hf.set_attn_implementation("sdpa")
+    except (ValueError, ImportError):  # no SDPA for this architecture: run as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        hf.set_attn_implementation(previous)
 
 
 def supports_prefix(model) -> bool:
@@ -137,10 +160,15 @@ def masked_forward(model, ids: torch.Tensor, attention_mask: torch.Tensor | None
     Returns:
         ``[k, batch, ...]``: reduce's output for every (mask, prompt).
     """
-    batch, pos = ids.shape
-    window = (0, pos) if window is None else window
-    per = max(1, max_rows // batch)
-    k = masks.shape[0]
+    window = (0, ids.shape[1]) if window is None else window
+    with sdpa(model):
+        return _run(model, ids, attention_mask, masks, reduce, baseline=baseline, window=window,
+                    reuse_prefix=reuse_prefix, per=max(1, max_rows // ids.shape[0]))
+
+
+def _run(model, ids, attention_mask, masks, reduce, *, baseline, window, reuse_prefix: bool, per: int) -> torch.Tensor:
+    """`masked_forward`'s body: plan the forwards (prefix reuse or not), run them, gather."""
+    batch, k = ids.shape[0], masks.shape[0]
     out: list[torch.Tensor | None] = [None] * k
     hf = model.hf_model
     reuse = reuse_prefix and not masks.requires_grad and _layer_list(hf) is not None

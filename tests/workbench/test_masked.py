@@ -118,7 +118,7 @@ def test_encoders_fall_back_to_full_forwards():
         for j in (0, 5, len(masks) - 1):
             with wb.head_mask(model, masks[j], site="hf"):
                 expected = model.hf_model(input_ids=ids, attention_mask=mask).logits.double().sum(-1)
-            torch.testing.assert_close(out[j], expected)
+            torch.testing.assert_close(out[j], expected, atol=1e-5, rtol=1e-6)  # SDPA vs eager: float rounding
 
 
 def test_a_failing_forward_leaves_the_model_whole():

@@ -190,8 +190,8 @@ def niah_hits(model, trials, head_sets: list[list[Head]], *, batch_size: int = 4
     """Greedy exact match of every trial's answer (teacher forced) with each set zero-ablated:
     ``[sets, trials]`` bool. All sets of a batch of equal-length trials share forwards (SDPA
     attention, so long haystacks form no N×N weights)."""
-    from workbench.analyzers.retrieval import _sdpa, encode_trials, read_trials
-    from workbench.masked import masked_forward
+    from workbench.analyzers.retrieval import encode_trials, read_trials
+    from workbench.masked import masked_forward, sdpa
 
     encoded = encode_trials(model, read_trials(trials))
     by: dict[tuple[int, int], list[int]] = {}
@@ -199,7 +199,7 @@ def niah_hits(model, trials, head_sets: list[list[Head]], *, batch_size: int = 4
         by.setdefault((len(t.prompt), len(t.answer)), []).append(i)
     masks = _masks(model, head_sets)
     hits = torch.zeros(len(head_sets), len(encoded), dtype=torch.bool)
-    with torch.no_grad(), _sdpa(model):
+    with torch.no_grad(), sdpa(model):
         for (p, a), members in by.items():
             for start in range(0, len(members), batch_size):
                 chosen = members[start:start + batch_size]

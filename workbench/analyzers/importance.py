@@ -36,7 +36,7 @@ from workbench import checks
 from workbench.analyzers import Analyzer, register
 from workbench.errors import WorkbenchError
 from workbench.heads import ABLATION_MODES, head_mask, head_means
-from workbench.masked import MAX_ROWS, masked_forward
+from workbench.masked import MAX_ROWS, masked_forward, sdpa
 from workbench.masked import window_logits
 
 METHODS = ("gradient", "ablation", "integrated_gradients")
@@ -199,7 +199,7 @@ def _gradient(model, batches, base: torch.Tensor) -> tuple[torch.Tensor, float, 
     loss_sum, n_prompts, correct, targets = 0.0, 0, 0, 0
     for batch in batches:
         xi = base.expand(batch.ids.shape[0], -1, -1).clone().requires_grad_(True)  # (batch, layer, head)
-        with head_mask(model, xi, site="hf"):
+        with sdpa(model), head_mask(model, xi, site="hf"):
             losses, right, count = _losses(model, batch)
         (grad,) = torch.autograd.grad(losses.sum(), xi)
         total += grad.abs().double().sum(0).cpu()

@@ -80,6 +80,13 @@ def _target(model, ids: torch.Tensor):
 
 def _attribute(model, ids: torch.Tensor, method: str, n_steps: int):
     """Per-token attributions ``(magnitude [pos], signed [pos])``, target facts, IG delta."""
+    from workbench.masked import sdpa
+
+    with sdpa(model):  # fused attention: no weights are needed, and its backward is cheaper
+        return _attribute_with(model, ids, method, n_steps)
+
+
+def _attribute_with(model, ids: torch.Tensor, method: str, n_steps: int):
     import captum.attr as ca
 
     forward, target, what, query = _target(model, ids)
