@@ -19,6 +19,7 @@ from workbench.analyzers.patterns import head_patterns
 from workbench.analyzers.sinks import hidden_sinks, massive_activations, secondary_sinks, sink_scores, sink_share, token_sinks
 from workbench.capture import capture_patterns, capture_stats
 from workbench.errors import WorkbenchError
+from workbench import glossary  # wb.glossary.describe("sink_score"): every score column defined once
 from workbench.heads import HeadEdit, ablate_heads, edit_heads, head_mask, head_means, patch_heads, record_heads
 from workbench.heads import ablate_heads as ablate  # the short name: wb.ablate(model, heads)
 from workbench.models import SOURCES, ModelHandle, load_model
@@ -30,7 +31,7 @@ __all__ = [
     "ANALYZERS", "SOURCES", "ablate", "ablate_heads", "analyze", "Analyzer", "capture_patterns",
     "causal_check", "duo_attention", "duo_effect", "pruning_curves",
     "edit_heads", "HeadEdit", "patch_heads", "record_heads",
-    "capture_stats", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap",
+    "capture_stats", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap", "glossary",
     "head_importance", "head_mask", "head_means", "head_patterns", "head_summary", "hidden_sinks",
     "load_model", "load_prompts", "massive_activations", "ModelHandle", "niah_grid",
     "pruning_curve", "register", "report", "retrieval_scores", "Run", "saliency_alignment",

@@ -8,6 +8,7 @@ s steps ≤ 1.5·s forwards.
 
     python -m workbench.bench_rankings --model smollm2            # or a local HF directory
     python -m workbench.bench_rankings --model demo --cases ablation,ig_importance
+    python -m workbench.bench_rankings --model smollm2 --threads 1   # steadier on a shared machine
 """
 
 from __future__ import annotations
@@ -146,8 +147,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--saliency-steps", type=int, default=32, help="IG steps s for saliency")
     ap.add_argument("--duo-steps", type=int, default=20, help="DuoAttention gate-training steps")
     ap.add_argument("--duo-context", default="0,256", help="DuoAttention training trials' token range lo,hi")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's); 1 gives steadier ratios on a shared machine")
     ap.add_argument("--out", default="runs/bench/rankings.parquet")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = wb.load_model(args.model)
     rows = []
     for case in args.cases.split(","):

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 
 from probes.hooks import record
+from workbench.checks import integer, positive_int
 from workbench.errors import WorkbenchError
 from workbench.types import Pattern
 
@@ -84,8 +85,8 @@ def capture_stats(model, prompts, *, batch_size: int = 4, sink_tokens: int = 1, 
     from probes.streaming import equal_length_batches, stream_capture
 
     ids, mask = model.to_tokens(prompts)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise WorkbenchError(f"batch_size must be a positive int; got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
+    sink_tokens, window = integer("sink_tokens", sink_tokens, low=0), integer("window", window, low=0)
     frames, cols = [], []
     for chosen, n in equal_length_batches(mask, batch_size):  # no padding anywhere
         cap = stream_capture(model, ids[chosen, :n], prompt_ids=chosen, sink_tokens=sink_tokens,

@@ -232,7 +232,7 @@ def test_umap_embedding_of_few_heads():
     x = np.random.default_rng(0).normal(size=(8, 5))
     assert pat.umap_embedding(x).shape == (8, 2)
     assert pat.umap_embedding(x[:3]).shape == (3, 2)  # fewer than 4 heads: principal components
-    with pytest.raises(wb.WorkbenchError, match="n_neighbors must be at least 2"):
+    with pytest.raises(wb.WorkbenchError, match="n_neighbors must be an int >= 2; got 1"):
         pat.umap_embedding(x, n_neighbors=1)
 
 

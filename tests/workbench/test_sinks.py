@@ -154,7 +154,7 @@ def test_sink_functions_reject_bad_inputs(handmade):
             fn(handmade, [])
     with pytest.raises(wb.WorkbenchError, match="abs_threshold must be a positive number; got -1"):
         wb.massive_activations(handmade, ["w1"], abs_threshold=-1)
-    with pytest.raises(wb.WorkbenchError, match=r"cos_threshold must be a number in \(0, 1\]; got 2"):
+    with pytest.raises(wb.WorkbenchError, match=r"cos_threshold must be a number in \(0, 1\); got 2"):
         wb.secondary_sinks(handmade, ["w1"], cos_threshold=2)
     with pytest.raises(wb.WorkbenchError, match="min_queries must be a positive int; got 0"):
         wb.hidden_sinks(handmade, ["w1"], min_queries=0)

@@ -4,12 +4,12 @@ For each ranking, `workbench.analyzers.causal.causal_check` ablates its top-k, i
 5 random k-sets (k = 1, 3, 5 and 10% of the heads) on prompts held out from those that made the
 ranking, with the ranking's own metric:
 
-| ranking | made on | metric (held out) |
+| ranking (``<table>.<score>``) | made on | metric (held out) |
 |---|---|---|
-| importance: gradient, ablation (zero), ablation (mean), integrated gradients | fit prompts | loss on held-out prompts |
-| sink score (Gu et al.) | fit prompts | loss on held-out prompts |
-| induction score (TransformerLens detector) | repeated-token probes, seed 0 | loss on the repeated half of probes, seed 1 |
-| retrieval score (Wu et al.) | the scored passkey trials | NIAH accuracy on the other passkey trials |
+| ``head_importance.importance`` (gradient) and ``importance_methods.{ablation_zero, ablation_mean, integrated_gradients}`` | fit prompts | loss on held-out prompts |
+| ``sink_scores.sink_score`` (Gu et al.) | fit prompts | loss on held-out prompts |
+| ``head_patterns.induction`` (TransformerLens detector) | repeated-token probes, seed 0 | loss on the repeated half of probes, seed 1 |
+| ``retrieval_heads.retrieval_score`` (Wu et al.) | the scored passkey trials | NIAH accuracy on the other passkey trials |
 
 Heads are zero-ablated in every check, so the rankings are compared under one intervention. The
 table says per (ranking, k) whether the ranking beats random (`causal.verdicts` words it).
@@ -22,7 +22,8 @@ import pandas as pd
 from workbench.analyzers import Analyzer, register
 from workbench.analyzers import causal
 from workbench.analyzers import importance as imp
-from workbench.analyzers.rankings import METHOD_NAMES, _budget, importance_rankings, memo, method_frame, splits
+from workbench.analyzers.rankings import _budget, importance_rankings, memo, method_frame, splits
+from workbench.findings import checks as checks_findings
 
 KS = causal.DEFAULT_KS
 N_RANDOM = causal.N_RANDOM
@@ -30,6 +31,12 @@ N_RANDOM = causal.N_RANDOM
 
 def _ks(model) -> list[float]:
     return causal.fitting_ks(KS, model.n_layers * model.n_heads)
+
+
+def ranking_name(method: str) -> str:
+    """How ``causal_checks.ranking`` names an importance method's ranking (``<table>.<score>``):
+    the gradient ranking is the run's ``head_importance`` table, the others ``importance_methods``."""
+    return "head_importance.importance" if method == "gradient" else f"importance_methods.{method}"
 
 
 def _loss_checks(model, prompts, found, seed: int) -> list[pd.DataFrame]:
@@ -43,11 +50,11 @@ def _loss_checks(model, prompts, found, seed: int) -> list[pd.DataFrame]:
     out = []
     rankings = importance_rankings(model, prompts)
     for method in rankings["method"].unique():
-        out.append(causal.causal_check(method_frame(rankings, method), evaluate, ranking=f"importance: {METHOD_NAMES[method]}",
+        out.append(causal.causal_check(method_frame(rankings, method), evaluate, ranking=ranking_name(method),
                                        score="raw", metric=metric, higher_is_better=False, ks=_ks(model), n_random=N_RANDOM,
                                        seed=seed))
     sinks = sink_scores(model, found["fit"]["prompts"])
-    out.append(causal.causal_check(sinks, evaluate, ranking="sink score", score="sink_score", metric=metric,
+    out.append(causal.causal_check(sinks, evaluate, ranking="sink_scores.sink_score", score="sink_score", metric=metric,
                                    higher_is_better=False, ks=_ks(model), n_random=N_RANDOM, seed=seed))
     return out
 
@@ -59,7 +66,7 @@ def _induction_check(model, seed: int) -> pd.DataFrame:
     probes = repeated_token_probes(model, seed=0)  # the probes head_patterns scores induction on
     scores = detector_scores(capture_patterns(model, probes), probes)
     evaluate = causal.induction_evaluator(model, seed=1)
-    return causal.causal_check(scores, evaluate, ranking="induction score", score="induction",
+    return causal.causal_check(scores, evaluate, ranking="head_patterns.induction", score="induction",
                                metric="loss on the repeated half of held-out random-token probes",
                                higher_is_better=False, ks=_ks(model), n_random=N_RANDOM, seed=seed)
 
@@ -85,7 +92,7 @@ def _retrieval_check(model, seed: int) -> pd.DataFrame | None:
         return None
     scored, held = found
     scores = memo(model, ("retrieval_scores", len(scored)), lambda: retrieval_scores(model, scored))
-    return causal.causal_check(scores, causal.niah_evaluator(model, held), ranking="retrieval score (Wu et al.)",
+    return causal.causal_check(scores, causal.niah_evaluator(model, held), ranking="retrieval_heads.retrieval_score",
                                score="retrieval_score", metric="NIAH accuracy on held-out passkey trials",
                                higher_is_better=True, ks=_ks(model), n_random=N_RANDOM, seed=seed)
 
@@ -98,14 +105,15 @@ def causal_checks(model, prompts, *, seed: int = 0) -> pd.DataFrame:
     found = splits(model, prompts)
     parts, skipped = [], {}
     if found is None:
-        skipped["importance and sink score"] = "fewer than 6 prompts: no held-out prompts to check on"
+        skipped["head_importance, importance_methods, sink_scores"] = ("fewer than 6 prompts: no held-out prompts "
+                                                                        "to check on")
     else:
         parts += _loss_checks(model, prompts, found, seed)
     if model.is_causal:
         parts.append(_induction_check(model, seed))
         retrieval = _retrieval_check(model, seed)
         if retrieval is None:
-            skipped["retrieval score"] = "no passkey trials known for this model"
+            skipped["retrieval_heads.retrieval_score"] = "no passkey trials known for this model"
         else:
             parts.append(retrieval)
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(causal.COLUMNS))
@@ -115,7 +123,7 @@ def causal_checks(model, prompts, *, seed: int = 0) -> pd.DataFrame:
 
 
 def _figures(frame):
-    from workbench.figures_rankings import causal_checks_figure
+    from workbench.figures.checks import causal_checks_figure
 
     return [causal_checks_figure(frame)]
 
@@ -125,6 +133,9 @@ def _applies(model) -> str | None:
 
 
 register(Analyzer("causal_checks", causal_checks, "Causal checks of every head ranking (held-out prompts)",
-                  mode="exact", applies=_applies, figures=_figures,
+                  mode="exact", applies=_applies, figures=_figures, family="causal checks", page="causal-checks",
+                  findings=checks_findings.causal_checks, summary=checks_findings.checks_summary,
+                  glossary=checks_findings.CHECK_TERMS,
+                  params={"ks": [str(k) for k in KS], "n_random": N_RANDOM, "ablation": "zero"},
                   sources=("Michel et al. 2019; Wu et al. 2024; Gu et al. 2024; Olsson et al. 2022 (induction heads)",
                            "top-k vs bottom-k vs 5 random k-sets, held-out prompts (issue 16)")))

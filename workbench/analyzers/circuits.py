@@ -22,7 +22,13 @@ import torch
 
 from workbench.analyzers import Analyzer, register
 from workbench.heads import ablate_heads, check_heads, edit_heads, record_heads
+from workbench import findings
+from workbench.figures import circuit_figures
+from workbench.findings import summaries
 from workbench.errors import WorkbenchError
+from workbench.analyzers import keyword_defaults
+from workbench.checks import choice, integer, positive
+from workbench.prompts import answer_tokens
 
 TASKS = ("ioi", "colored_objects")
 METHODS = ("attribution_patching", "activation_patching")
@@ -80,8 +86,8 @@ def encode_task(model, task) -> list[_Group]:
             )
         if len(clean) > model.n_ctx:
             raise WorkbenchError(f"task example {i} is {len(clean)} tokens; {model.name} has a context of {model.n_ctx}")
-        answer = tok(str(row["answer"]), add_special_tokens=False)["input_ids"]
-        wrong = tok(str(row["corrupted_answer"]), add_special_tokens=False)["input_ids"]
+        answer = answer_tokens(model, str(row["answer"]), f"task example {i}: answer")
+        wrong = answer_tokens(model, str(row["corrupted_answer"]), f"task example {i}: corrupted_answer")
         if not answer or not wrong or answer[0] == wrong[0]:
             raise WorkbenchError(f"task example {i}: answer {row['answer']!r} and corrupted_answer "
                                  f"{row['corrupted_answer']!r} must start with different, non-empty tokens")
@@ -211,12 +217,11 @@ def circuit(model, task, method: str = "attribution_patching", *, top_n: int | N
         DataFrame ``layer, head, effect, in_circuit``; ``effect`` is relative to the gap
         ``LD_clean − LD_corrupted`` (both in ``frame.attrs``, with method and n).
     """
-    if method not in METHODS:
-        raise WorkbenchError(f"unknown method {method!r}: expected one of {list(METHODS)}")
+    choice("method", method, METHODS)
     if top_n is not None and threshold is not None:
         raise WorkbenchError("give top_n or threshold, not both")
-    if top_n is not None and not (isinstance(top_n, int) and 0 < top_n <= model.n_layers * model.n_heads):
-        raise WorkbenchError(f"top_n must be an int in [1, {model.n_layers * model.n_heads}]; got {top_n!r}")
+    top_n = None if top_n is None else integer("top_n", top_n, low=1, high=model.n_layers * model.n_heads)
+    threshold = None if threshold is None else positive("threshold", threshold)  # |effect| >= threshold
     groups = encode_task(model, task)
     ld_clean = _mean_ld(model, groups, "clean")
     ld_corrupt = _mean_ld(model, groups, "corrupt")
@@ -239,6 +244,8 @@ def circuit(model, task, method: str = "attribution_patching", *, top_n: int | N
 
 def select(effect: pd.Series, *, top_n: int | None = None, threshold: float | None = None) -> pd.Series:
     """Circuit membership from effects: top_n by |effect|, or |effect| >= threshold (default 0.1)."""
+    top_n = None if top_n is None else integer("top_n", top_n, low=1)
+    threshold = None if threshold is None else positive("threshold", threshold)
     size = effect.abs()
     if top_n is not None:
         return size.rank(method="first", ascending=False) <= top_n
@@ -263,8 +270,7 @@ def circuit_faithfulness(model, task, circuit_frame, *, ablation: str = "mean") 
         ``metric_full``, ``metric_circuit`` (complement ablated), ``metric_without_circuit``
         (circuit ablated), ``metric_empty`` (all heads ablated), and ``n_heads``.
     """
-    if ablation not in ABLATIONS:
-        raise WorkbenchError(f"unknown ablation {ablation!r}: expected one of {list(ABLATIONS)}")
+    choice("ablation", ablation, ABLATIONS)
     groups = encode_task(model, task)
     members = set(check_heads(model, circuit_frame))
     if not members:
@@ -378,15 +384,15 @@ def _applies(model) -> str | None:
     return None
 
 
-def _figures(frame: pd.DataFrame) -> list:
-    from workbench.figures import circuit_figures
-
-    return circuit_figures(frame)
+def _task_sets(model, prompts) -> dict[str, list[str]]:
+    return {task: [r["prompt"] for r in read_task(task)[:DEMO_EXAMPLES]] for task in TASKS}
 
 
 register(Analyzer(
     "circuits", demo_circuits, "Circuits (ioi, colored objects) and their overlap", mode="exact",
-    applies=_applies, figures=_figures,
+    applies=_applies, figures=circuit_figures, family="circuits", findings=findings.circuits, example="ioi",
+    prompts=_task_sets, summary=summaries.circuits,
+    params=keyword_defaults(circuit, method=list(METHODS), tasks=list(TASKS), examples=DEMO_EXAMPLES, threshold=THRESHOLD),
     sources=("Wang et al. 2022, Interpretability in the Wild (IOI; logit difference, mean ablation)",
              "Syed et al. 2023, Attribution Patching Outperforms Automated Circuit Discovery",
              "Merullo et al. 2024, Circuit Component Reuse Across Tasks in Transformer Language Models"),

@@ -40,6 +40,7 @@ import torch
 from workbench import checks
 from workbench.analyzers import Analyzer, register
 from workbench.errors import WorkbenchError
+from workbench.findings import checks as checks_findings
 
 IMPLEMENTATION = "workbench_duo"
 #: DuoAttention's defaults (mit-han-lab/duo-attention, duo_attn/utils.py and the released patterns).
@@ -423,19 +424,23 @@ def _applies(model) -> str | None:
 
 
 def _gate_figures(frame):
-    from workbench.figures_rankings import duo_gates_figure
+    from workbench.figures.checks import duo_gates_figure
 
     return [duo_gates_figure(frame)]
 
 
 def _effect_figures(frame):
-    from workbench.figures_rankings import duo_effect_figure
+    from workbench.figures.checks import duo_effect_figure
 
     return [duo_effect_figure(frame)]
 
 _XIAO = "Xiao et al. 2024, DuoAttention: Efficient Long-Context LLM Inference with Retrieval and Streaming Heads"
 register(Analyzer("duo_attention", registered_gates, "DuoAttention retrieval heads (trained gates per KV head)",
-                  mode="exact", applies=_applies, figures=_gate_figures,
+                  mode="exact", applies=_applies, figures=_gate_figures, family="retrieval",
+                  findings=checks_findings.duo_gates, summary=checks_findings.duo_summary,
+                  glossary=checks_findings.DUO_TERMS,
+                  params={"lr": LR, "reg": REG, "threshold": THRESHOLD, "initial": INITIAL, **DEMO_SETTINGS},
                   sources=(_XIAO, "Wu et al. 2024 (retrieval score > 0.1), mapped to KV heads")))
 register(Analyzer("duo_effect", registered_effect, "DuoAttention: NIAH accuracy and KV cache with the other heads streaming",
-                  mode="exact", applies=_applies, figures=_effect_figures, sources=(_XIAO,)))
+                  mode="exact", applies=_applies, figures=_effect_figures, family="retrieval",
+                  findings=checks_findings.duo_effect, glossary=checks_findings.EFFECT_TERMS, sources=(_XIAO,)))

@@ -33,11 +33,12 @@ import pandas as pd
 import torch
 
 from workbench import checks
-from workbench.analyzers import Analyzer, register
+from workbench.analyzers import Analyzer, keyword_defaults, register
 from workbench.errors import WorkbenchError
+from workbench.findings import checks as checks_findings
 from workbench.heads import ABLATION_MODES, head_mask, head_means
-from workbench.masked import MAX_ROWS, masked_forward, sdpa
-from workbench.masked import window_logits
+from workbench.masked import MAX_ROWS, masked_forward, sdpa, window_logits
+from workbench.prompts import answer_tokens
 
 METHODS = ("gradient", "ablation", "integrated_gradients")
 #: Devlin et al. 2019: 15% of the tokens are masked for the MLM objective.
@@ -68,7 +69,7 @@ def _with_answers(model, prompts, answers) -> tuple[list[list[int]], list[int]]:
         if not isinstance(answer, str) or not answer.strip():
             raise WorkbenchError(f"answer {i} must be non-empty text; got {answer!r}")
         head = model.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else [int(t) for t in prompt]
-        tail = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        tail = answer_tokens(model, answer, f"answer {i}")
         rows.append(list(head) + list(tail))
         sizes.append(len(tail))
     return rows, sizes
@@ -76,8 +77,7 @@ def _with_answers(model, prompts, answers) -> tuple[list[list[int]], list[int]]:
 
 def _batches(model, prompts, batch_size: int, seed: int, answers=None) -> list[_Batch]:
     """Tokenize, sort by length (less padding), cut into batches, and attach loss targets."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise WorkbenchError(f"batch_size must be a positive int; got {batch_size!r}")
+    batch_size, seed = checks.positive_int("batch_size", batch_size), checks.integer("seed", seed, low=0)
     answer_len = None
     if answers is not None:
         prompts, sizes = _with_answers(model, prompts, answers)
@@ -487,8 +487,15 @@ def suite_answers(prompts) -> list[str] | None:
 
 
 def _registered_importance(model, prompts) -> pd.DataFrame:
-    """`head_importance` (gradient) with the task loss when the prompts come from the bundled suites."""
-    return head_importance(model, prompts, answers=suite_answers(prompts) if model.is_causal else None)
+    """The registered analysis: the gradient ranking of `workbench.analyzers.rankings`
+    (global, on the fit prompts with the task loss for suite prompts; the ranking the causal
+    checks test)."""
+    from workbench.analyzers.rankings import importance_rankings, method_frame
+
+    rankings = importance_rankings(model, prompts)
+    frame = method_frame(rankings, "gradient")
+    frame.attrs.update(rankings.attrs, method="gradient", normalize_layers=False, min_max=True)
+    return frame
 
 
 def _skip_untrained_mlm(model) -> str | None:
@@ -501,12 +508,20 @@ def _skip_untrained_mlm(model) -> str | None:
 def _importance_figures(frame):
     from workbench.figures import head_grid, importance_ranking
 
-    return [importance_ranking(frame, "raw", top=30, title="Top heads by gradient importance E|∂L/∂ξ| (global ranking)"),
+    return [importance_ranking(frame, "raw", top=30, direction="abs",
+                               title="Top heads by gradient importance E|∂L/∂ξ| (global ranking)"),
             head_grid(frame, "importance", title="Head importance (gradient E|∂L/∂ξ|, min-max over all heads)")]
 
 
-register(Analyzer("head_importance", _registered_importance, "Head importance (gradient)", mode="exact",
-                  applies=_skip_untrained_mlm, figures=_importance_figures,
+def _params(prompts) -> dict:
+    return keyword_defaults(head_importance, answers=suite_answers(prompts) is not None, normalize_layers=False,
+                            min_max=True)
+
+
+register(Analyzer("head_importance", _registered_importance, "Head importance (gradient, global ranking)",
+                  mode="exact", applies=_skip_untrained_mlm, figures=_importance_figures, family="importance",
+                  findings=checks_findings.importance, glossary=checks_findings.IMPORTANCE_TERMS, example="prompt",
+                  params=_params,
                   sources=("Michel et al. 2019, Are Sixteen Heads Really Better than One? (|∂L/∂ξ|; per-layer L2 "
                            "normalisation is the option normalize_layers=True)",
                            "Li et al. 2023, pruning-based head importance metrics (min-max)")))

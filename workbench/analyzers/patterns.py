@@ -21,7 +21,11 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
+from workbench import findings
+from workbench.figures import head_grid, umap_scatter
+from workbench.findings import summaries
 from workbench.capture import patterns_for_batch
+from workbench.checks import integer, positive_int
 from workbench.errors import WorkbenchError
 
 STAT_FEATURES = ("entropy", "max_prob", "sink_mass", "local_mass", "mean_distance")
@@ -168,7 +172,7 @@ def umap_embedding(features: np.ndarray, *, n_neighbors: int | None = None, seed
         k = min(2, u.shape[1])
         out[:, :k] = u[:, :k] * s[:k]
         return out
-    k = min(15 if n_neighbors is None else n_neighbors, n - 1)
+    k = min(15 if n_neighbors is None else integer("n_neighbors", n_neighbors, low=2), n - 1)
     if k < 2:
         raise WorkbenchError(f"n_neighbors must be at least 2; got {n_neighbors!r}")
     threads = torch.get_num_threads()  # umap/numba start-up changes torch's thread count
@@ -202,9 +206,7 @@ def cluster_heads(features: np.ndarray, *, n_clusters: int | None = None, seed: 
     x = _standardize(np.asarray(features, dtype=np.float64))
     n = x.shape[0]
     if n_clusters is not None:
-        if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or not 1 <= n_clusters <= n:
-            raise WorkbenchError(f"n_clusters must be an int in [1, {n}] (the number of heads); got {n_clusters!r}")
-        candidates = [n_clusters]
+        candidates = [integer("n_clusters", n_clusters, low=1, high=n)]  # at most the number of heads
     else:
         candidates = list(range(2, min(6, n // 2) + 1))
     if not candidates or np.allclose(x, x[0]):
@@ -266,10 +268,9 @@ def head_patterns(model, prompts, *, local_window: int = 4, n_probes: int = 8, p
     Raises:
         WorkbenchError: empty prompts, bad probe settings, bad n_neighbors / n_clusters.
     """
-    for name, value, low in (("local_window", local_window, 1), ("n_probes", n_probes, 1), ("probe_len", probe_len, 2),
-                             ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise WorkbenchError(f"{name} must be an int >= {low}; got {value!r}")
+    local_window, n_probes, batch_size = (positive_int(n, v) for n, v in (
+        ("local_window", local_window), ("n_probes", n_probes), ("batch_size", batch_size)))
+    probe_len, seed = integer("probe_len", probe_len, low=2), integer("seed", seed, low=0)
     stats = _stream_descriptors(model, prompts, local_window=local_window, batch_size=batch_size, backend=backend)
     frame = stats.groupby(["layer", "head"], as_index=False)[list(STAT_FEATURES)].mean()
     probes = repeated_token_probes(model, n_probes=n_probes, probe_len=probe_len, seed=seed).to(model.device)
@@ -285,13 +286,19 @@ def head_patterns(model, prompts, *, local_window: int = 4, n_probes: int = 8, p
 
 
 def _pattern_figures(frame):
-    from workbench.figures import head_grid, umap_scatter
+    shown = [c for c in FEATURES if c != "sink_mass"]  # sink_mass repeats sink_scores' sink_score
+    return [umap_scatter(frame)] + [head_grid(frame, col) for col in shown]
 
-    return [umap_scatter(frame)] + [head_grid(frame, col) for col in FEATURES]
+
+def _probe_texts(model, prompts) -> dict[str, list[str]]:
+    """The repeated random-token probes of the detector scores, decoded for showing."""
+    probes = repeated_token_probes(model)
+    return {"repeated random tokens (8 × 24, twice, seed 0)": [model.tokenizer.decode(p) for p in probes.tolist()]}
 
 
 register(Analyzer("head_patterns", head_patterns, "Head pattern types and the UMAP head map", mode="stream",
-                  figures=_pattern_figures,
+                  figures=_pattern_figures, family="head types", page="head-map", findings=findings.head_types,
+                  example="repeated", prompts=_probe_texts, summary=summaries.head_types,
                   sources=("Voita et al. 2019, Analyzing Multi-Head Self-Attention (confidence, positional heads)",
                            "TransformerLens head_detector ('mul' score: previous-token, duplicate, induction)",
                            "McInnes et al. 2018, UMAP", "Li et al. 2023 (pattern types of heads)")))

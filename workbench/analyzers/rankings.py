@@ -23,6 +23,7 @@ import pandas as pd
 
 from workbench.analyzers import Analyzer, register
 from workbench.analyzers import importance as imp
+from workbench.findings import checks as checks_findings
 
 BIG_MODEL = 20_000_000     # parameters: above this the costly rankings run on a token budget
 BUDGET_TOKENS = 384        # tokens of fit prompts for ablation / IG rankings on a big model
@@ -175,16 +176,21 @@ def _methods_figures(frame):
 
 
 def _pruning_figures(frame):
-    from workbench.figures_rankings import pruning_curves_figure
+    from workbench.figures.checks import pruning_curves_figure
 
     return [pruning_curves_figure(frame)]
 
 
 register(Analyzer("importance_methods", _registered_methods, "Head importance by every method (global rankings)",
-                  mode="exact", applies=imp._skip_untrained_mlm, figures=_methods_figures,
+                  mode="exact", applies=imp._skip_untrained_mlm, figures=_methods_figures, family="importance",
+                  findings=checks_findings.methods, glossary=checks_findings.METHOD_TERMS,
+                  params={"methods": list(METHOD_NAMES), "ig_steps": IG_STEPS, "budget_tokens": BUDGET_TOKENS,
+                          "big_model_parameters": BIG_MODEL},
                   sources=("Michel et al. 2019 (gradient of the head mask)",
                            "Wang et al. 2022 (mean ablation over a reference distribution)",
                            "Sundararajan et al. 2017 (integrated gradients, Captum)")))
 register(Analyzer("pruning_curve", registered_pruning, "Pruning curves under each importance ranking", mode="exact",
-                  applies=imp._skip_untrained_mlm, figures=_pruning_figures,
+                  applies=imp._skip_untrained_mlm, figures=_pruning_figures, family="importance",
+                  findings=checks_findings.pruning, summary=checks_findings.pruning_summary,
+                  glossary=checks_findings.PRUNING_TERMS, params={"step": 0.1, "n_random": 1},
                   sources=("Michel et al. 2019, pruning heads in order of importance (10% of heads a step)",)))

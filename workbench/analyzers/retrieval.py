@@ -22,7 +22,13 @@ import torch
 
 from workbench.analyzers import Analyzer, register
 from workbench.heads import ablate_heads, check_heads
+from workbench import findings
+from workbench.figures import niah_heatmap, retrieval_grid
+from workbench.findings import summaries
 from workbench.errors import WorkbenchError
+from workbench.analyzers import keyword_defaults
+from workbench.checks import choice, number
+from workbench.prompts import answer_tokens
 
 THRESHOLD = 0.1  # Wu et al. 2024: a retrieval head has retrieval score > 0.1
 MODES = ("teacher_forced", "generation")
@@ -75,7 +81,7 @@ def encode_trials(model, rows: list[dict]) -> list[Trial]:
                 "needs the needle verbatim in the haystack"
             )
         p_ids = model.tokenizer(prompt)["input_ids"]
-        a_ids = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        a_ids = answer_tokens(model, answer, f"trial {i}: the answer")
         n = len(a_ids)
         starts = [s for s in range(len(p_ids) - n + 1) if p_ids[s:s + n] == a_ids]
         if not starts:
@@ -153,8 +159,7 @@ def trial_scores(model, trials=None, *, mode: str = "teacher_forced", batch_size
 
     See `retrieval_scores` for the arguments and the definition of a copy.
     """
-    if mode not in MODES:
-        raise WorkbenchError(f"unknown mode {mode!r}: expected one of {list(MODES)}")
+    choice("mode", mode, MODES)
     encoded = encode_trials(model, read_trials(trials))
     results = (_teacher_forced(model, encoded, batch_size, backend) if mode == "teacher_forced"
                else _generation(model, encoded, backend))
@@ -190,8 +195,7 @@ def retrieval_scores(model, trials=None, *, mode: str = "teacher_forced", thresh
         WorkbenchError: an unknown mode, a needle not in its haystack, an encoder, a threshold
             outside [0, 1), or no trial answered correctly (the score is defined on those).
     """
-    if not 0 <= threshold < 1:
-        raise WorkbenchError(f"threshold must lie in [0, 1); got {threshold!r}")
+    threshold = number("threshold", threshold, low=0.0, high=1.0, high_open=True)
     per = trial_scores(model, trials, mode=mode, batch_size=batch_size, backend=backend)
     n_trials = int(per["trial"].nunique())
     good = per[per["correct"]]
@@ -285,20 +289,23 @@ def _applies(model) -> str | None:
     return None
 
 
-def _score_figures(frame: pd.DataFrame) -> list:
-    from workbench.figures import retrieval_grid
-
-    return [retrieval_grid(frame)]
+def _passkey_sets(model, prompts) -> dict[str, list[str]]:
+    return {"passkey": [r["prompt"] for r in _passkey_rows(DEMO_MAX_CONTEXT)]}
 
 
-def _niah_figures(frame: pd.DataFrame) -> list:
-    from workbench.figures import niah_heatmap
-
-    return [niah_heatmap(frame)]
+def _niah_sets(model, prompts) -> dict[str, list[str]]:
+    return {"passkey, every context length": [r["prompt"] for r in _passkey_rows()]}
 
 
 _WU = "Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality"
 register(Analyzer("retrieval_heads", demo_retrieval, "Retrieval heads (needle-in-a-haystack copying)",
-                  mode="stream", applies=_applies, figures=_score_figures, sources=(_WU,)))
+                  mode="stream", applies=_applies, figures=lambda frame: [retrieval_grid(frame)], sources=(_WU,),
+                  family="retrieval", findings=findings.retrieval, example="passkey", prompts=_passkey_sets,
+                  summary=summaries.retrieval,
+                  params=keyword_defaults(retrieval_scores, trials="passkey suite", max_context=DEMO_MAX_CONTEXT)))
 register(Analyzer("niah", demo_niah, "Needle-in-a-haystack accuracy, with and without the retrieval heads",
-                  mode="exact", applies=_applies, figures=_niah_figures, sources=(_WU,)))
+                  mode="exact", applies=_applies, figures=lambda frame: [niah_heatmap(frame)], sources=(_WU,),
+                  family="retrieval", findings=findings.niah, example="passkey", prompts=_niah_sets,
+                  summary=summaries.niah,
+                  params={"trials": "passkey suite", "ablate_threshold": ABLATE_THRESHOLD,
+                          "retrieval_max_context": DEMO_MAX_CONTEXT}))

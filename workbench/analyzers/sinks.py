@@ -13,24 +13,16 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
+from workbench import findings
+from workbench.figures import head_grid, massive_activations_figure, ring_heads, secondary_sinks_figure, token_sink_view
+from workbench.findings import summaries
 from workbench.capture import capture_stats, run_bridge
+from workbench.checks import fraction, positive, positive_int
 from workbench.errors import WorkbenchError
 from workbench.heads import hooks
 
 #: Gu et al. 2024 ("When Attention Sink Emerges in Language Models", sail-sg/Attention-Sink): ε = 0.3.
 SINK_EPS = 0.3
-
-
-def _check_eps(eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
-        raise WorkbenchError(f"eps must be a number in (0, 1]; got {eps!r}")
-    return float(eps)
-
-
-def _check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise WorkbenchError(f"{name} must be a positive number; got {value!r}")
-    return float(value)
 
 
 def _prompt_tokens(model, prompts) -> list[list[str]]:
@@ -62,7 +54,7 @@ def sink_scores(model, prompts, *, eps: float = SINK_EPS, batch_size: int = 4, b
     Raises:
         WorkbenchError: eps outside (0, 1], empty prompts, a prompt longer than the context.
     """
-    eps = _check_eps(eps)
+    eps = fraction("eps", eps)
     stats = capture_stats(model, prompts, batch_size=batch_size, sink_tokens=1, backend=backend)
     per_head = stats.groupby(["layer", "head"], as_index=False)["sink_mass"].mean()
     frame = pd.DataFrame({
@@ -85,7 +77,7 @@ def sink_share(frame: pd.DataFrame, eps: float | None = None) -> float:
     """
     if "sink_score" not in frame.columns:
         raise WorkbenchError(f"sink_share needs a sink_scores frame (column 'sink_score'); got {list(frame.columns)}")
-    eps = _check_eps(frame.attrs.get("eps", SINK_EPS) if eps is None else eps)
+    eps = fraction("eps", frame.attrs.get("eps", SINK_EPS) if eps is None else eps)
     return float((frame["sink_score"] > eps).mean())
 
 
@@ -131,9 +123,8 @@ def hidden_sinks(model, prompts, *, threshold: float = 0.1, min_queries: int = 1
         The rows of `token_sinks` (``prompt_id, layer, head, position, token, alpha``) with
         position ≥ 1 and alpha > threshold, strongest first.
     """
-    threshold = _check_positive("threshold", threshold)
-    if isinstance(min_queries, bool) or not isinstance(min_queries, int) or min_queries < 1:
-        raise WorkbenchError(f"min_queries must be a positive int; got {min_queries!r}")
+    threshold = fraction("threshold", threshold, high_open=True)  # α lies in [0, 1]
+    min_queries = positive_int("min_queries", min_queries)
     frame = token_sinks(model, prompts, batch_size=batch_size, backend=backend)
     lengths = frame.groupby("prompt_id")["position"].transform("max") + 1
     seen_by = lengths - frame["position"] if model.is_causal else lengths
@@ -145,8 +136,7 @@ def hidden_sinks(model, prompts, *, threshold: float = 0.1, min_queries: int = 1
 def _resid_batches(model, prompts, batch_size: int, reduce):
     """Run the bridge over ``prompts`` and call ``reduce(layer, resid [B, T, d], lengths, prompt_ids)``
     on every ``blocks.{L}.hook_resid_post`` inside the hook (nothing is stored)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise WorkbenchError(f"batch_size must be a positive int; got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
     ids, mask = model.to_tokens(prompts)
     for start in range(0, ids.shape[0], batch_size):
         chunk, chunk_mask = ids[start:start + batch_size], mask[start:start + batch_size]
@@ -179,8 +169,7 @@ def secondary_sinks(model, prompts, *, cos_threshold: float = 0.9, batch_size: i
         DataFrame ``prompt_id, position, token, start_layer, end_layer, n_layers, mean_cos``,
         one row per run of consecutive layers (longest first).
     """
-    if isinstance(cos_threshold, bool) or not isinstance(cos_threshold, (int, float)) or not 0 < cos_threshold <= 1:
-        raise WorkbenchError(f"cos_threshold must be a number in (0, 1]; got {cos_threshold!r}")
+    cos_threshold = fraction("cos_threshold", cos_threshold, high_open=True)  # |cos| > 1 never holds
     tokens = _prompt_tokens(model, prompts)
     cos = [np.zeros((model.n_layers, len(t))) for t in tokens]  # per prompt (layer, pos)
 
@@ -227,8 +216,8 @@ def massive_activations(model, prompts, *, abs_threshold: float = 100.0, ratio_t
         DataFrame ``prompt_id, layer, position, token, dim, value, ratio`` (often empty for small
         models), largest |value| first.
     """
-    abs_threshold = _check_positive("abs_threshold", abs_threshold)
-    ratio_threshold = _check_positive("ratio_threshold", ratio_threshold)
+    abs_threshold = positive("abs_threshold", abs_threshold)
+    ratio_threshold = positive("ratio_threshold", ratio_threshold)
     tokens = _prompt_tokens(model, prompts)
     rows = []
 
@@ -249,41 +238,25 @@ def massive_activations(model, prompts, *, abs_threshold: float = 100.0, ratio_t
 
 # -- registry -------------------------------------------------------------------------------------------
 def _sink_figures(frame):
-    from workbench.figures import head_grid
-
     share = sink_share(frame)
     eps = frame.attrs.get("eps", SINK_EPS)
-    return [head_grid(frame, "sink_score", colorscale="Reds",
-                      title=f"First-token sink score α₀ (Sink^ε = {100 * share:.0f}% of heads at ε = {eps})")]
-
-
-def _token_sink_figures(frame):
-    from workbench.figures import token_sink_view
-
-    return [token_sink_view(frame)]
-
-
-def _massive_figures(frame):
-    from workbench.figures import massive_activations_figure
-
-    return [massive_activations_figure(frame)]
-
-
-def _secondary_figures(frame):
-    from workbench.figures import secondary_sinks_figure
-
-    return [secondary_sinks_figure(frame)]
+    fig = head_grid(frame, "sink_score", colorscale="Reds", label="α₀",
+                    title=f"First-token sink score α₀ (Sink^ε = {100 * share:.0f}% of heads at ε = {eps}; ringed)")
+    return [ring_heads(fig, frame[frame["sink_score"] > eps], "sink head")]
 
 
 _GU = "Gu et al. 2024, When Attention Sink Emerges in Language Models (α, Sink^ε, ε = 0.3)"
 register(Analyzer("sink_scores", sink_scores, "First-token attention sinks", mode="stream",
-                  figures=_sink_figures, sources=(_GU,)))
+                  figures=_sink_figures, sources=(_GU,), family="sinks", findings=findings.sinks,
+                  summary=summaries.sinks))
 register(Analyzer("token_sinks", token_sinks, "Attention received by every token", mode="stream",
-                  figures=_token_sink_figures,
+                  figures=lambda frame: [token_sink_view(frame)], family="sinks", findings=findings.token_sinks,
                   sources=(_GU, "Yu et al. 2024, Unveiling and Harnessing Hidden Attention Sinks (ACT, α > 0.1)")))
 register(Analyzer("secondary_sinks", secondary_sinks, "Secondary sinks (hidden states aligned with the first token)",
-                  mode="exact", figures=_secondary_figures,
+                  mode="exact", figures=lambda frame: [secondary_sinks_figure(frame)], family="sinks",
+                  findings=findings.secondary_sinks,
                   sources=("Wong et al. 2025, Secondary Attention Sinks (|cos| > 0.9)",)))
 register(Analyzer("massive_activations", massive_activations, "Massive activations", mode="exact",
-                  figures=_massive_figures,
+                  figures=lambda frame: [massive_activations_figure(frame)], family="massive activations",
+                  page="sinks", findings=findings.massive, summary=summaries.massive,
                   sources=("Sun et al. 2024, Massive Activations in Large Language Models (|h| > 100, > 1000× median)",)))

@@ -6,7 +6,9 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
+from workbench import findings
 from workbench.capture import patterns_for_batch
+from workbench.checks import positive_int
 
 BATCH = 8
 
@@ -21,6 +23,7 @@ def head_summary(model, prompts, *, batch_size: int = BATCH) -> pd.DataFrame:
     Returns:
         DataFrame with columns ``layer, head, entropy, max_prob, n_queries``.
     """
+    batch_size = positive_int("batch_size", batch_size)
     ids, mask = model.to_tokens(prompts)
     sums = torch.zeros(model.n_layers, model.n_heads, 2, dtype=torch.float64)
     count = 0
@@ -52,4 +55,5 @@ def head_summary(model, prompts, *, batch_size: int = BATCH) -> pd.DataFrame:
 register(Analyzer(
     "head_summary", head_summary, "Head summary: entropy and max attention", mode="exact",
     sources=("Voita et al. 2019, Analyzing Multi-Head Self-Attention (confidence = max attention)",),
+    family="head types", page="", findings=findings.summary_heads,
 ))

@@ -40,7 +40,7 @@ def load_demo(model_dir: str | Path = "data/demo", attn: str = "sdpa"):
     if not (path / "config.json").exists():
         raise WorkbenchError(f"no config.json in {str(path)!r}; expected a HF model directory "
                              "such as data/demo (regenerate with `workbench demo train`)")
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn, use_safetensors=True)  # never unpickle
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
