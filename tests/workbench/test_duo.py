@@ -183,11 +183,14 @@ def test_demo_gates_keep_the_kv_head_of_the_known_retrieval_heads():
     """The demo's retrieval heads L2.H4–H7 share KV head 1 of layer 2 (data/README.md): its gate
     must stay full; the NIAH accuracy with the gates deployed must hold on held-out trials."""
     model = wb.load_model("demo")
-    frame = duo.duo_attention(model, min_context=512, max_context=512, steps=60)
+    frame = duo.registered_gates(model)  # the registered run (shared with a demo report in this session)
     print(frame.to_string(), frame.attrs)
+    assert frame.attrs["train_tokens"] == "512-512" and frame.attrs["steps"] == 60
     assert frame.set_index(["layer", "kv_head"]).loc[(2, 1), "gate"] >= 0.5
     assert frame.attrs["n_retrieval"] < len(frame)  # some KV heads can stream
-    effect = duo.duo_effect(model, frame)
+    assert frame.set_index(["layer", "kv_head"]).loc[(2, 1), "wu_heads"] == "L2H4 L2H5 L2H6 L2H7"
+    assert 0 < frame.attrs["jaccard"] < 1
+    effect = duo.registered_effect(model)
     print(effect.to_string())
     held = effect[effect.context_length >= 512]
     assert (held["accuracy_duo"] >= held["accuracy_full"] - 0.2).all()

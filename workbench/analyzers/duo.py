@@ -57,7 +57,7 @@ class _Gates:
     values: torch.Tensor
     sink: int
     recent: int
-    masks: dict = field(default_factory=dict)  # n -> (full [n, n], streaming [n, n]) bool
+    masks: dict = field(default_factory=dict)  # n -> (causal [n, n], streaming [n, n]) bool
 
     def mask_pair(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         if n not in self.masks:
@@ -79,26 +79,27 @@ def _duo_attention(module, query, key, value, attention_mask, dropout=0.0, scali
     """The registered attention function: ``α · full + (1 − α) · streaming`` per KV head.
 
     query ``[B, Hq, N, d]``, key and value ``[B, Hkv, N, d]`` (no padding: equal-length batches).
-    The scores are computed once; the two softmaxes differ only in their masks, and the mixed
-    output is ``(α P_full + (1 − α) P_streaming) V``.
+    Both attentions are PyTorch's fused SDPA (causal, and causal restricted to the streaming
+    mask); a gate of exactly 1 (or 0) everywhere, without gradients, skips the other.
     """
     gates = _ACTIVE[-1]
-    b, hq, n, d = query.shape
-    hkv = key.shape[1]
+    n = query.shape[2]
     if key.shape[2] != n:
         raise WorkbenchError("DuoAttention gates run on whole sequences (no KV cache): query and key lengths differ")
-    full_mask, stream_mask = gates.mask_pair(n, query.device)
-    scale = scaling if scaling is not None else d ** -0.5
-    q = query.view(b, hkv, hq // hkv, n, d)  # (B, Hkv, group, N, d): a KV head's query heads together
-    scores = (q @ key[:, :, None].transpose(-1, -2)).float() * scale  # (B, Hkv, group, N, N)
-    alpha = gates.values[module.layer_idx].float()  # (Hkv,)
-    probs = scores.masked_fill(~full_mask, float("-inf")).softmax(-1)
-    if not (bool((alpha == 1).all()) and not alpha.requires_grad):
-        stream = scores.masked_fill(~stream_mask, float("-inf")).softmax(-1)
-        a = alpha[None, :, None, None, None]  # (1, Hkv, 1, 1, 1)
-        probs = a * probs + (1 - a) * stream
-    out = probs.to(value.dtype) @ value[:, :, None]  # (B, Hkv, group, N, d)
-    return out.reshape(b, hq, n, d).transpose(1, 2).contiguous(), None  # (B, N, Hq, d)
+    group = query.shape[1] // key.shape[1]
+    alpha = gates.values[module.layer_idx].to(query.dtype)  # (Hkv,)
+    fixed = not alpha.requires_grad
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if fixed and bool((alpha == 0).all()):
+        out = sdpa(query, key, value, attn_mask=gates.mask_pair(n, query.device)[1], scale=scaling, enable_gqa=group > 1)
+    else:
+        out = sdpa(query, key, value, is_causal=True, scale=scaling, enable_gqa=group > 1)  # (B, Hq, N, d)
+        if not (fixed and bool((alpha == 1).all())):
+            stream = sdpa(query, key, value, attn_mask=gates.mask_pair(n, query.device)[1], scale=scaling,
+                          enable_gqa=group > 1)  # (B, Hq, N, d)
+            a = alpha.repeat_interleave(group)[None, :, None, None]  # (1, Hq, 1, 1): a KV head's query heads
+            out = a * out + (1 - a) * stream
+    return out.transpose(1, 2).contiguous(), None  # (B, N, Hq, d)
 
 
 def _register() -> None:

@@ -16,7 +16,7 @@ prompts), and say so in the table's attrs.
 
 from __future__ import annotations
 
-import weakref
+from collections import OrderedDict
 from typing import Callable
 
 import pandas as pd
@@ -31,18 +31,33 @@ IG_STEPS = 16
 METHOD_NAMES = {"gradient": "gradient", "ablation_zero": "ablation (zero)", "ablation_mean": "ablation (mean)",
                 "integrated_gradients": "integrated gradients"}
 
-_MEMO: dict[tuple, tuple] = {}
+_MEMO: "OrderedDict[tuple, object]" = OrderedDict()
+MEMO_SIZE = 32
+
+
+def _model_key(model) -> tuple:
+    """What identifies a model's behaviour (`workbench.run.model_fingerprint`: the hashes of its
+    config and weights), so two handles of the same weights share results."""
+    from workbench.run import model_fingerprint
+
+    found = model_fingerprint(model)
+    if found is None:
+        return ("object", id(model))
+    return (found["source"], found["config_sha256"], found["weights_sha256"])
 
 
 def memo(model, key: tuple, compute: Callable[[], object]):
-    """``compute()`` once per (model object, key) in this process: registered tables that share a
-    costly piece (rankings, splits) compute it once within one `analyze` call."""
-    full = (id(model), *key)
-    hit = _MEMO.get(full)
-    if hit is not None and hit[0]() is model:
-        return hit[1]
+    """``compute()`` once per (model weights, key) in this process: registered tables that share a
+    costly piece (rankings, retrieval scores, DuoAttention gates) compute it once, also across
+    handles of the same weights; the last `MEMO_SIZE` results are kept."""
+    full = (*_model_key(model), *key)
+    if full in _MEMO:
+        _MEMO.move_to_end(full)
+        return _MEMO[full]
     value = compute()
-    _MEMO[full] = (weakref.ref(model), value)
+    _MEMO[full] = value
+    while len(_MEMO) > MEMO_SIZE:
+        _MEMO.popitem(last=False)
     return value
 
 
