@@ -12,9 +12,11 @@ from workbench.analyzers.summary import head_summary
 from workbench.analyzers.circuits import circuit, circuit_agreement, circuit_faithfulness, circuit_overlap, task_metric
 from workbench.analyzers.retrieval import niah_grid, retrieval_scores
 from workbench.analyzers.saliency import saliency_alignment, token_attributions
-from workbench.analyzers.importance import head_importance, pruning_curve, pruning_curves
+from workbench.analyzers.importance import head_importance
+from workbench.analyzers.pruning import pruning_curve, pruning_curves
 from workbench.analyzers.causal import causal_check
-from workbench.analyzers.duo import duo_attention, duo_effect
+from workbench.analyzers.duo import duo_attention
+from workbench.analyzers.duo_deploy import duo_effect
 from workbench.analyzers.patterns import head_patterns
 from workbench.analyzers.sinks import hidden_sinks, massive_activations, secondary_sinks, sink_scores, sink_share, token_sinks
 from workbench.capture import capture_patterns, capture_stats

@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import workbench as wb
 from tests import tiny_models
-from workbench.analyzers import duo
+from workbench.analyzers import duo, duo_deploy
 from workbench.heads import record_heads
 from workbench.models import data_dir
 
@@ -128,10 +128,10 @@ def test_the_kv_head_that_reads_the_whole_context_stays_full(handmade):
     assert frame.attrs["sink"] == 2 and frame.attrs["recent"] == 4 and frame.attrs["n_train"] == 3  # holdout: half
     for name, p in model.hf_model.named_parameters():  # the weights were not trained
         torch.testing.assert_close(p, oracle.get_parameter(name), rtol=0, atol=0)
-    kv = duo.kv_cache_bytes(model, frame, 1000, sink=2, recent=4)
+    kv = duo_deploy.kv_cache_bytes(model, frame, 1000, sink=2, recent=4)
     per_token = 2 * model.d_head * 2  # key + value, 2 bytes each
     assert kv["kv_full_bytes"] == 2 * 1000 * per_token and kv["kv_duo_bytes"] == (1000 + 6) * per_token
-    effect = duo.duo_effect(model, frame, _trials())
+    effect = duo_deploy.duo_effect(model, frame, _trials())
     assert effect["n_trials"].sum() == 3  # the three held-out trials
     assert {"accuracy_full", "accuracy_duo", "accuracy_streaming", "kv_saved_fraction"} <= set(effect.columns)
 
@@ -183,14 +183,14 @@ def test_demo_gates_keep_the_kv_head_of_the_known_retrieval_heads():
     """The demo's retrieval heads L2.H4–H7 share KV head 1 of layer 2 (data/README.md): its gate
     must stay full; the NIAH accuracy with the gates deployed must hold on held-out trials."""
     model = wb.load_model("demo")
-    frame = duo.registered_gates(model)  # the registered run (shared with a demo report in this session)
+    frame = duo_deploy.registered_gates(model)  # the registered run (shared with a demo report in this session)
     print(frame.to_string(), frame.attrs)
     assert frame.attrs["train_tokens"] == "512-512" and frame.attrs["steps"] == 60
     assert frame.set_index(["layer", "kv_head"]).loc[(2, 1), "gate"] >= 0.5
     assert frame.attrs["n_retrieval"] < len(frame)  # some KV heads can stream
     assert frame.set_index(["layer", "kv_head"]).loc[(2, 1), "wu_heads"] == "L2H4 L2H5 L2H6 L2H7"
     assert 0 < frame.attrs["jaccard"] < 1
-    effect = duo.registered_effect(model)
+    effect = duo_deploy.registered_effect(model)
     print(effect.to_string())
     held = effect[effect.context_length >= 512]
     assert (held["accuracy_duo"] >= held["accuracy_full"] - 0.2).all()
