@@ -39,7 +39,8 @@ def _heads(model) -> list[tuple[int, int]]:
     return [(layer, head) for layer in range(model.n_layers) for head in range(model.n_heads)]
 
 
-def niah_controls(model, trials, scores: pd.DataFrame, *, n_random: int = N_RANDOM, seed: int = 0) -> pd.DataFrame:
+def niah_controls(model, trials, scores: pd.DataFrame, *, n_random: int = N_RANDOM, seed: int = 0,
+                  scored=()) -> pd.DataFrame:
     """NIAH accuracy per (context length, depth): full model, the retrieval set ablated, and
     ``n_random`` random sets of the same size ablated (and their median).
 
@@ -47,8 +48,10 @@ def niah_controls(model, trials, scores: pd.DataFrame, *, n_random: int = N_RAND
         trials: passkey trials with ``prompt, answer, context_length, depth`` (ideally held out
             from those that scored the heads).
         scores: the `retrieval_scores` frame whose labelled set is ablated.
+        scored: the prompts of the trials that scored the heads: their cells are marked
+            ``held_out = False`` (a causal claim is read off the held-out cells).
     Returns:
-        DataFrame ``condition, context_length, depth, accuracy, n_trials, heads``: condition
+        DataFrame ``condition, context_length, depth, accuracy, n_trials, heads, held_out``: condition
         ``"full"``, ``"retrieval set ablated"``, ``"random set 1"`` … ``"random set n"`` and
         ``"random sets (median)"``; ``heads`` lists the ablated heads. attrs: set_size,
         threshold, n_random.
@@ -60,27 +63,35 @@ def niah_controls(model, trials, scores: pd.DataFrame, *, n_random: int = N_RAND
     sets = [[], chosen, *draws]
     names = ["full", "retrieval set ablated", *[f"random set {i + 1}" for i in range(n_random)]]
     hits = niah_hits(model, rows, sets).numpy()  # (sets, trials)
+    scored = {str(p) for p in scored}
     base = pd.DataFrame({"context_length": [int(r["context_length"]) for r in rows],
-                         "depth": [float(r["depth"]) for r in rows]})
+                         "depth": [float(r["depth"]) for r in rows],
+                         "held_out": [str(r["prompt"]) not in scored for r in rows]})
     parts = []
     for name, heads, h in zip(names, sets, hits):
-        grid = base.assign(hit=h).groupby(["context_length", "depth"], as_index=False).agg(
+        grid = base.assign(hit=h).groupby(["context_length", "depth", "held_out"], as_index=False).agg(
             accuracy=("hit", "mean"), n_trials=("hit", "size"))
         parts.append(grid.assign(condition=name, heads=" ".join(f"L{l}H{hh}" for l, hh in heads)))
     frame = pd.concat(parts, ignore_index=True)
     randoms = frame[frame["condition"].str.startswith("random set ")]
-    median = randoms.groupby(["context_length", "depth"], as_index=False).agg(
+    median = randoms.groupby(["context_length", "depth", "held_out"], as_index=False).agg(
         accuracy=("accuracy", "median"), n_trials=("n_trials", "first"))
     frame = pd.concat([frame, median.assign(condition="random sets (median)", heads="")], ignore_index=True)
-    frame = frame[["condition", "context_length", "depth", "accuracy", "n_trials", "heads"]]
+    frame = frame[["condition", "context_length", "depth", "accuracy", "n_trials", "heads", "held_out"]]
+    held = base["held_out"].to_numpy()
     frame.attrs.update(set_size=len(chosen), threshold=THRESHOLD, n_random=n_random, set_name=SET_NAME,
-                       overall={name: float(h.mean()) for name, h in zip(names, hits)})
+                       overall_held_out={name: float(h[held].mean()) if held.any() else float("nan")
+                                         for name, h in zip(names, hits)})
     return frame
 
 
-def niah_summary(controls: pd.DataFrame) -> dict:
-    """Overall accuracies of a `niah_controls` frame (weighted by trials): full, set ablated, each
-    random draw and their median; the set's drop and the median random drop, in points."""
+def niah_summary(controls: pd.DataFrame, *, held_out_only: bool = True) -> dict:
+    """Overall accuracies of a `niah_controls` frame (weighted by trials; held-out cells only by
+    default): full, set ablated, each random draw and their median; the set's drop and the
+    median random drop, in points."""
+    if held_out_only and "held_out" in controls.columns and controls["held_out"].any():
+        controls = controls[controls["held_out"].astype(bool)]
+
     def overall(cond):
         part = controls[controls["condition"] == cond]
         return float((part["accuracy"] * part["n_trials"]).sum() / part["n_trials"].sum())
@@ -110,3 +121,33 @@ def niah_curve(model, trials, scores: pd.DataFrame, *, ks=None, n_random: int = 
     table.attrs.update(set_size=len(retrieval_set(scores)), order=[f"L{l}H{h}" for l, h in
                                                                    ranked_heads(scores, "retrieval_score")[:10]])
     return table
+
+
+# -- registered tables --------------------------------------------------------------------
+def registered_scores(model) -> pd.DataFrame:
+    """The run's one retrieval set: Wu et al.'s scores on the model's scoring passkey trials
+    (`workbench.analyzers.causal_checks.passkey_split`), computed once per model."""
+    from workbench.analyzers.causal_checks import passkey_split
+    from workbench.analyzers.rankings import memo
+    from workbench.analyzers.retrieval import retrieval_scores
+
+    scored, _ = passkey_split(model)
+    return memo(model, ("retrieval_scores", len(scored)), lambda: retrieval_scores(model, scored))
+
+
+def registered_niah(model, prompts=None) -> pd.DataFrame:
+    """NIAH accuracy over every passkey trial: full, the labelled set ablated, random sets of its
+    size (`niah_controls`); the cells of the trials that scored the heads are marked."""
+    from workbench.analyzers.causal_checks import passkey_split
+
+    scored, held = passkey_split(model)
+    return niah_controls(model, scored + held, registered_scores(model), scored=[r["prompt"] for r in scored])
+
+
+def registered_curve(model, prompts=None) -> pd.DataFrame:
+    """NIAH accuracy on the held-out passkey trials as the top-k heads by retrieval score are
+    ablated, against random k-sets (`niah_curve`)."""
+    from workbench.analyzers.causal_checks import passkey_split
+
+    _, held = passkey_split(model)
+    return niah_curve(model, held, registered_scores(model))

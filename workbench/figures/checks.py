@@ -152,3 +152,27 @@ def niah_curve_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Fi
                       xaxis_title="heads ablated (k)", yaxis={"title": "NIAH accuracy", "range": [0, 1.05]},
                       margin={"l": 50, "r": 20, "t": 50, "b": 40}, height=360, legend={"orientation": "h"})
     return fig
+
+
+def niah_controls_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Overall NIAH accuracy on held-out trials per condition of a `niah_controls` frame: full,
+    the retrieval set ablated, and each random set of its size (with their median)."""
+    _need(frame, ("condition", "accuracy", "n_trials"), "niah_controls_figure")
+    part = frame[frame["held_out"].astype(bool)] if "held_out" in frame.columns and frame["held_out"].any() else frame
+    rows = []
+    for cond, g in part.groupby("condition", sort=False):
+        rows.append((cond, float((g["accuracy"] * g["n_trials"]).sum() / g["n_trials"].sum()),
+                     str(g["heads"].iloc[0]) if "heads" in g.columns else ""))
+    colours = ["#1f77b4" if c == "full" else "#d62728" if c.startswith("retrieval") else
+               "#555555" if "median" in c else "#bbbbbb" for c, _, _ in rows]
+    size = frame.attrs.get("set_size")
+    fig = go.Figure(go.Bar(x=[c for c, _, _ in rows], y=[v for _, v, _ in rows], marker={"color": colours},
+                           text=[f"{v:.2f}" for _, v, _ in rows], textposition="outside",
+                           customdata=[h for _, _, h in rows],
+                           hovertemplate="%{x}: accuracy %{y:.2f}<br>ablated: %{customdata}<extra></extra>"))
+    fig.update_layout(title=title or (f"NIAH accuracy on held-out trials: the retrieval set (Wu et al. > 0.1"
+                                      f"{', ' + str(size) + ' heads' if size is not None else ''}) ablated vs random "
+                                      "sets of its size"),
+                      yaxis={"title": "accuracy", "range": [0, 1.1]}, xaxis_title="heads ablated",
+                      margin={"l": 50, "r": 20, "t": 60, "b": 80}, height=360)
+    return fig
