@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from workbench.analyzers import ANALYZERS, Analyzer, keyword_defaults
 from workbench.checks import names as check_names
+from workbench.description import Description, describe
 from workbench.progress import forward_bar
 from workbench.prompts import load_prompts
 from workbench.run import Run
@@ -44,6 +45,11 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | s
     Raises:
         WorkbenchError: bad prompts or analysis names, or a run at ``out`` made from other
             prompts or with another model. `RunInterrupted` (a KeyboardInterrupt) on Ctrl-C.
+
+    The descriptive analyses (registered with ``capture=True``: head summary, sinks, massive
+    activations, pattern descriptors) share one capture pass over the prompts (`wb.describe`),
+    made once, when the first of them runs; its mode and seconds go into each of their frames'
+    ``attrs["capture"]``, and each table's ``seconds`` is its own work on top of it.
     """
     source = None  # where the prompts came from (restore commands name it)
     if prompts is None or isinstance(prompts, (str, Path)):
@@ -60,10 +66,11 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | s
                   file=sys.stderr)
     todo = [n for n in names if n not in run or problems[n]]
     bar = tqdm(total=len(todo), desc="analyses", unit="analysis", disable=not progress)
+    shared = None  # the shared descriptive capture, made by the first analysis that reads it
     try:
         for name in todo:  # not `in bar`: its generator would close the bar (leaving it) before we can clear it
             bar.set_postfix_str(name)
-            _one(run, ANALYZERS[name], model, prompts, progress)
+            shared = _one(run, ANALYZERS[name], model, prompts, progress, shared)
             bar.update()
     except BaseException as exc:
         bar.leave = False  # a failed or interrupted run ends in its one-line message, not a half bar
@@ -79,23 +86,33 @@ def analyze(model, prompts=None, *, out: str | Path, analyses: Iterable[str] | s
     return run
 
 
-def _one(run: Run, analyzer: Analyzer, model, prompts: list, progress: bool = False) -> None:
-    """Compute one analysis into the run, unless another writer stored it meanwhile."""
+def _one(run: Run, analyzer: Analyzer, model, prompts: list, progress: bool = False,
+         shared: Description | None = None) -> Description | None:
+    """Compute one analysis into the run, unless another writer stored it meanwhile; returns the
+    shared descriptive capture (made here if this analysis is the first to read it)."""
     run.refresh()
     if analyzer.name in run and not run.problem(analyzer.name):
-        return
+        return shared
     reason = analyzer.applies(model)
     if reason:
         run.mark_skipped(analyzer.name, reason)
-        return
+        return shared
     params = table_params(analyzer, prompts)
-    start = time.perf_counter()
+    mode, kwargs = analyzer.mode, {}
     with forward_bar(model, analyzer.name, enable=None if progress else False):
-        frame = analyzer.fn(model, prompts)
+        if analyzer.capture:
+            if shared is None:
+                shared = describe(model, prompts)
+            mode, kwargs = shared.mode, {"capture": shared}
+        start = time.perf_counter()
+        frame = analyzer.fn(model, prompts, **kwargs)
     seconds = time.perf_counter() - start
+    if analyzer.capture:
+        frame.attrs["capture"] = {"shared": True, "mode": shared.mode, "seconds": round(shared.seconds, 3)}
     attrs = {k: v for k, v in frame.attrs.items() if v is None or isinstance(v, (bool, int, float, str))}
-    run.add_table(analyzer.name, frame, mode=analyzer.mode, backend=resolve_backend(analyzer, params, model),
+    run.add_table(analyzer.name, frame, mode=mode, backend=resolve_backend(analyzer, params, model, mode),
                   seconds=seconds, params=params, device=str(getattr(model, "device", "cpu")), attrs=attrs)
+    return shared
 
 
 def table_params(analyzer: Analyzer, prompts: list) -> dict:
@@ -104,7 +121,7 @@ def table_params(analyzer: Analyzer, prompts: list) -> dict:
     declares in ``Analyzer.params`` (a dict, or ``params(prompts) -> dict``), which wins."""
     taken = inspect.signature(analyzer.fn).parameters.get("prompts")
     out = {"n_prompts": len(prompts)} if taken is not None and taken.default is inspect.Parameter.empty else {}
-    out.update(keyword_defaults(analyzer.fn))
+    out.update({k: v for k, v in keyword_defaults(analyzer.fn).items() if k != "capture"})  # an object, not a setting
     declared = getattr(analyzer, "params", None)
     if callable(declared):
         declared = declared(prompts)
@@ -112,11 +129,11 @@ def table_params(analyzer: Analyzer, prompts: list) -> dict:
     return out
 
 
-def resolve_backend(analyzer: Analyzer, params: dict, model) -> str:
+def resolve_backend(analyzer: Analyzer, params: dict, model, mode: str | None = None) -> str:
     """The attention backend a table is made with: for streaming analyses the `kernels.head_stats`
     backend that ``"auto"`` picks on the model's device (Triton on CUDA, else the reference);
     for exact ones the model's eager attention read through hooks."""
-    if analyzer.mode != "stream":
+    if (mode or analyzer.mode) != "stream":
         return "eager"
     backend = params.get("backend", "auto")
     if backend != "auto":

@@ -26,8 +26,8 @@ from kernels.bench import git_commit, parse_sizes
 from workbench.run import package_versions
 
 PATHS = {
-    "stream": "streaming capture as wb.capture_stats runs it: head statistics + column mass, frames (no N×N)",
-    "stream_rows": "the same without column mass (wb.capture_stats without columns)",
+    "stream": "streaming capture as wb.capture_stats + wb.capture_columns run it: head statistics + column mass, frames (no N×N)",
+    "stream_rows": "the same without column mass (wb.capture_stats alone)",
     "stream_compiled": "stream through the one-pass reference, torch.compile'd (WORKBENCH_COMPILE=1, backend='reference')",
     "run_with_cache": "TransformerLens bridge.run_with_cache: every activation, patterns included",
     "sdpa": "plain HF forward with SDPA attention: the floor, no capture at all",

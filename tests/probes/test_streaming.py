@@ -33,7 +33,8 @@ def _row_stats(p, window=16):
 def test_stream_stats_equal_exact_capture(tiny, batch_size):
     model, _ = tiny
     prompts = PROMPTS + ["w20 w21 w22", "w30 w31 w32 w33 w34 w35 w36"]  # two pairs of equal length
-    frame, cols = wb.capture_stats(model, prompts, batch_size=batch_size, columns=True)
+    frame = wb.capture_stats(model, prompts, batch_size=batch_size)
+    cols = wb.capture_columns(model, prompts, batch_size=batch_size)
     assert sorted(frame.prompt_id.unique()) == list(range(len(prompts)))
     patterns = wb.capture_patterns(model, prompts)
     assert len(frame) == len(prompts) * model.n_layers * model.n_heads

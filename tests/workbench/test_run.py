@@ -239,8 +239,9 @@ def test_manifest_says_how_each_table_was_made(tiny, tmp_path):
     model, _ = tiny
     run = wb.analyze(model, PROMPTS, out=tmp_path / "r", analyses=["sink_scores", "head_summary"], progress=False)
     sinks, summary = run.manifest["tables"]["sink_scores"], run.manifest["tables"]["head_summary"]
-    assert sinks["backend"] == "reference" and summary["backend"] == "eager"  # CPU: the kernel's reference
-    assert sinks["params"] == {"n_prompts": 2, "eps": 0.3, "batch_size": 4, "backend": "auto"}
+    # both read the one shared exact capture (wb.describe): the model's eager attention through hooks
+    assert sinks["backend"] == summary["backend"] == "eager" and sinks["capture_mode"] == summary["capture_mode"] == "exact"
+    assert sinks["params"] == {"n_prompts": 2, "eps": 0.3, "batch_size": 8, "backend": "auto"}
     assert sinks["attrs"]["eps"] == 0.3 and 0 <= sinks["attrs"]["sink_share"] <= 1 and sinks["device"] == "cpu"
     assert summary["params"] == {"n_prompts": 2, "batch_size": 8}
     assert len(sinks["sha256"]) == 64 and sinks["bytes"] == (tmp_path / "r" / "sink_scores.parquet").stat().st_size

@@ -48,6 +48,8 @@ class Analyzer:
             so every section can say which prompts it used and show them.
         summary: ``summary(frame) -> {label: number}``: model-level numbers for comparing runs
             (``{"Sink^ε (% of heads)": 66.7}``).
+        capture: ``fn`` reads the shared descriptive capture (``fn(model, prompts, capture=...)``
+            with a `workbench.description.Description`): `analyze` makes one for all such analyses.
     """
 
     name: str
@@ -65,6 +67,7 @@ class Analyzer:
     example: str = "prompt"
     prompts: Callable[[object, list], dict[str, list[str]]] | None = None
     summary: Callable[[pd.DataFrame], dict[str, float]] | None = None
+    capture: bool = False
 
     def make_figures(self, frame: pd.DataFrame) -> list:
         from workbench.figures import default_figures
@@ -131,6 +134,7 @@ def families() -> dict[str, list[str]]:
 
 from workbench.analyzers import summary  # noqa: E402,F401  (registers itself)
 from workbench.analyzers import importance, patterns, sinks  # noqa: E402,F401  (register themselves)
+from workbench.analyzers import accuracy  # noqa: E402,F401  (registers itself, before the causal sections)
 from workbench.analyzers import circuits, retrieval, saliency  # noqa: E402,F401  (register themselves)
 from workbench.analyzers import rankings  # noqa: E402,F401  (importance by every method, pruning curves)
 from workbench.analyzers import causal_checks, duo_deploy  # noqa: E402,F401  (causal checks; DuoAttention)

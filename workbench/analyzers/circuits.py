@@ -48,14 +48,25 @@ class _Group:
 
 
 # -- inputs -------------------------------------------------------------------------------
-def read_task(task) -> list[dict]:
+def read_task(task, model=None) -> list[dict]:
     """Rows of a task: a suite name (``ioi``, ``colored_objects``), a JSONL path, or dicts with
-    ``prompt, answer, corrupted_prompt, corrupted_answer``."""
+    ``prompt, answer, corrupted_prompt, corrupted_answer``.
+
+    A suite name gives the bundled suite for the demo model (or no model), and otherwise the
+    suite generated for ``model``'s tokenizer (`workbench.tasks.analysis_suite`: Wang et al.'s
+    templates with ABC-corrupted twins for ioi)."""
     from workbench.models import data_dir
     from workbench.prompts import read_jsonl
 
     if isinstance(task, str) and task in TASKS:
-        return read_jsonl(data_dir() / "suites" / f"{task}.jsonl", required=FIELDS)
+        if model is None or model.source == "demo":
+            return read_jsonl(data_dir() / "suites" / f"{task}.jsonl", required=FIELDS)
+        from workbench.tasks import analysis_suite, supports
+
+        reason = supports(model, task)
+        if reason:
+            raise WorkbenchError(f"task {task!r} cannot be built for {model.name}: {reason}; pass rows instead")
+        return analysis_suite(task, model)
     if isinstance(task, (str, Path)):
         if not Path(task).is_file():
             raise WorkbenchError(f"unknown task {str(task)!r}: expected a suite name {list(TASKS)}, a JSONL "
@@ -77,7 +88,7 @@ def encode_task(model, task) -> list[_Group]:
         raise WorkbenchError(f"circuits use the next-token logit difference; {model.name} is an encoder")
     tok = model.tokenizer
     by_len: dict[int, list[tuple]] = defaultdict(list)
-    for i, row in enumerate(read_task(task)):
+    for i, row in enumerate(read_task(task, model)):
         clean, corrupt = tok(str(row["prompt"]))["input_ids"], tok(str(row["corrupted_prompt"]))["input_ids"]
         if len(clean) != len(corrupt):
             raise WorkbenchError(
@@ -203,9 +214,10 @@ def circuit(model, task, method: str = "attribution_patching", *, top_n: int | N
 
     Args:
         model: a causal `ModelHandle`.
-        task: a suite name (``"ioi"``, ``"colored_objects"``), a JSONL path, or a list of dicts
-            with ``prompt, answer, corrupted_prompt, corrupted_answer``; each prompt and its
-            corrupted prompt must have the same token length.
+        task: a suite name (``"ioi"``, ``"colored_objects"``: the demo's bundled suite, or the
+            one generated for this model's tokenizer, `read_task`), a JSONL path, or a list of
+            dicts with ``prompt, answer, corrupted_prompt, corrupted_answer``; each prompt and
+            its corrupted prompt must have the same token length.
         method: ``"activation_patching"`` (exact: the clean ``hook_z`` of one head, at every
             position, patched into the corrupted run — denoising) or ``"attribution_patching"``
             (gradient × activation difference at the corrupted run, Syed et al. 2023).
@@ -356,40 +368,57 @@ def circuit_overlap(circuit_a, circuit_b) -> dict:
 
 
 # -- registry -----------------------------------------------------------------------------
-DEMO_EXAMPLES = 16  # examples per suite in the registered analysis (fast on 2 CPU cores)
+DEMO_EXAMPLES = 16  # examples per suite in the registered analysis on the demo (fast on 2 CPU cores)
 
 
-def demo_circuits(model, prompts=None) -> pd.DataFrame:
-    """The registered analysis: both methods on the demo's ioi and colored_objects suites
-    (first `DEMO_EXAMPLES` examples; ``prompts`` is not used — circuits need corrupted pairs).
+def task_circuits(model, prompts=None) -> pd.DataFrame:
+    """The registered analysis: both methods on the ioi and colored_objects suites — the demo's
+    bundled ones (first `DEMO_EXAMPLES` examples), or those generated for any other causal LM
+    (`workbench.tasks.analysis_suite`). A task the tokenizer cannot spell is left out (the
+    task_accuracy table says why); ``prompts`` is not used — circuits need corrupted pairs.
 
     Returns:
         DataFrame ``task, method, layer, head, effect, in_circuit``.
     """
+    from workbench.tasks import supports
+
     frames = []
     for task in TASKS:
-        rows = read_task(task)[:DEMO_EXAMPLES]
+        if supports(model, task):
+            continue
+        rows = read_task(task, model)
+        if model.source == "demo":
+            rows = rows[:DEMO_EXAMPLES]
         for method in METHODS:
             frames.append(circuit(model, rows, method).assign(task=task, method=method))
     cols = ["task", "method", "layer", "head", "effect", "in_circuit"]
     return pd.concat(frames, ignore_index=True)[cols]
 
 
+demo_circuits = task_circuits  # the name before circuits ran on every causal LM
+
+
 def _applies(model) -> str | None:
+    from workbench.tasks import supports
+
     if not model.is_causal:
         return "circuits use the next-token logit difference; this model is an encoder"
-    if model.source != "demo":
-        return ("needs a task with clean and corrupted prompts (bundled only for the demo model): "
-                "call wb.circuit(model, task) with yours")
+    reasons = [supports(model, task) for task in TASKS]
+    if all(reasons):
+        return "; ".join(reasons) + ": call wb.circuit(model, rows) with clean and corrupted prompts of yours"
     return None
 
 
 def _task_sets(model, prompts) -> dict[str, list[str]]:
-    return {task: [r["prompt"] for r in read_task(task)[:DEMO_EXAMPLES]] for task in TASKS}
+    """The prompts each suite's circuit was found on (as `task_circuits` reads them)."""
+    from workbench.tasks import supports
+
+    cut = DEMO_EXAMPLES if model.source == "demo" else None
+    return {task: [r["prompt"] for r in read_task(task, model)[:cut]] for task in TASKS if not supports(model, task)}
 
 
 register(Analyzer(
-    "circuits", demo_circuits, "Circuits (ioi, colored objects) and their overlap", mode="exact",
+    "circuits", task_circuits, "Circuits (ioi, colored objects) and their overlap", mode="exact",
     applies=_applies, figures=circuit_figures, family="circuits", findings=findings.circuits, example="ioi",
     prompts=_task_sets, summary=summaries.circuits,
     params=keyword_defaults(circuit, method=list(METHODS), tasks=list(TASKS), examples=DEMO_EXAMPLES, threshold=THRESHOLD),
