@@ -60,7 +60,7 @@ def test_causal_check_finds_the_known_head_and_flags_a_ranking_that_does_not(han
         assert row.clean == pytest.approx(clean, abs=1e-5)
         assert row.top == pytest.approx(ablated, abs=1e-5)  # every top-k holds L0H0
         assert row.bottom == pytest.approx(clean, abs=1e-5)  # no bottom-k does
-        draws = causal.random_sets(heads, row.k, 6, seed=3)
+        draws = causal.random_sets(sorted(heads), row.k, 6, seed=3)  # drawn in (layer, head) order
         expected = [ablated if (0, PREV) in d else clean for d in draws]
         assert row.random_lo == pytest.approx(min(expected), abs=1e-5)
         assert row.random_hi == pytest.approx(max(expected), abs=1e-5)
@@ -74,6 +74,8 @@ def test_causal_check_finds_the_known_head_and_flags_a_ranking_that_does_not(han
                               higher_is_better=False, ks=(1, 2), n_random=6, seed=3)
     assert (bad["top"] - clean).abs().max() < 1e-5 and (bad["bottom"] - ablated).abs().max() < 1e-5
     assert not bad["beats_random"].any()
+    for row, other in zip(table.itertuples(), bad.itertuples()):  # one seed: both rankings meet the same draws
+        assert (row.random_lo, row.random_median, row.random_hi) == (other.random_lo, other.random_median, other.random_hi)
     said = causal.verdicts(bad)
     assert len(said) == 2 and all("does NOT beat random" in s for s in said)
     assert "beats random" in causal.verdicts(table)[0] and "NOT" not in causal.verdicts(table)[0]

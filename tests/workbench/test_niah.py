@@ -34,17 +34,20 @@ def test_demo_niah_controls_ablate_the_labelled_set_and_random_sets_of_its_size(
     scores = wb.retrieval_scores(model, scored)
     frame = niah.niah_controls(model, scored + held, scores, n_random=3, seed=0, scored=[r["prompt"] for r in scored])
     assert list(frame.columns) == ["condition", "context_length", "depth", "accuracy", "n_trials", "heads", "held_out"]
-    assert frame.condition.unique().tolist() == ["full", "retrieval set ablated", "random set 1", "random set 2",
-                                                 "random set 3", "random sets (median)"]
     chosen = niah.retrieval_set(scores)
     size = len(chosen)
+    named = niah.condition_names(size, 3)
+    assert named["ablated"] == f"retrieval set ablated ({size} heads, Wu et al. score > 0.1)"  # the set and threshold
+    assert frame.condition.unique().tolist() == ["full", named["ablated"], *[f"random set {i} ({size} heads)"
+                                                                             for i in (1, 2, 3)],
+                                                 f"random sets ({size} heads, median of 3)"]
     assert frame.attrs["set_size"] == size and size > 0
-    ablated = frame[frame.condition == "retrieval set ablated"].heads.iloc[0].split()
+    ablated = frame[frame.condition == named["ablated"]].heads.iloc[0].split()
     assert ablated == [f"L{l}H{h}" for l, h in zip(chosen["layer"], chosen["head"])]  # the labelled set, strongest first
     heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
     draws = random_sets(heads, size, 3, 0)
     for i, draw in enumerate(draws, 1):  # the random sets are the seeded draws, of the set's size
-        assert frame[frame.condition == f"random set {i}"].heads.iloc[0] == " ".join(f"L{l}H{h}" for l, h in draw)
+        assert frame[frame.condition == f"random set {i} ({size} heads)"].heads.iloc[0] == " ".join(f"L{l}H{h}" for l, h in draw)
     assert frame[frame.context_length == 128].held_out.eq(False).all()
     assert frame[frame.context_length == 256].held_out.all()
     summary = niah.niah_summary(frame)
@@ -52,3 +55,41 @@ def test_demo_niah_controls_ablate_the_labelled_set_and_random_sets_of_its_size(
     assert summary["set_ablated"] < summary["full"]
     assert len(summary["random"]) == 3 and summary["random_median"] == sorted(summary["random"])[1]
     assert summary["set_drop_points"] == pytest.approx(100 * (summary["full"] - summary["set_ablated"]))
+
+
+@needs_demo
+def test_registered_niah_ablates_the_retrieval_heads_set_on_held_out_trials_and_its_curve_shares_the_draws():
+    """The one labelled set of the retrieval_heads table, on passkey trials of seed 1 (none of
+    the scoring trials); the NIAH-over-k curve at k = the set's size meets the same random sets
+    as the NIAH table, and the causal check of the retrieval ranking reads the curve's rows."""
+    from workbench.analyzers import causal_checks
+    from workbench.analyzers import retrieval as R
+
+    model = wb.load_model("demo")
+    scores = R.passkey_retrieval(model)
+    frame = niah.registered_niah(model)
+    held = niah.held_out_trials(model)
+    scoring = {r["prompt"] for r in R._passkey_rows(R.DEMO_MAX_CONTEXT)}
+    assert len(held) == niah.DEMO_HELD_OUT and not {r["prompt"] for r in held} & scoring
+    assert {(r["context_length"], r["depth"]) for r in held} == {(c, d) for c, d in zip(frame.context_length, frame.depth)}
+    chosen = niah.retrieval_set(scores)
+    size = int(scores["is_retrieval"].sum())
+    assert frame.attrs["set_size"] == size == len(chosen) and frame["held_out"].all()
+    named = niah.condition_names(size, niah.N_RANDOM)
+    assert frame[frame.condition == named["ablated"]].heads.iloc[0] == " ".join(
+        f"L{l}H{h}" for l, h in zip(chosen["layer"], chosen["head"]))
+    got = niah.niah_summary(frame)
+    assert got["full"] == 1.0 and got["set_ablated"] == 0.0  # the demo answers every passkey; the set breaks it
+    curve = niah.registered_curve(model)
+    assert curve["ranking"].eq("retrieval_heads.retrieval_score").all()
+    assert curve["k"].tolist() == niah.curve_ks(32, size)
+    at_size = curve[curve["is_set_size"]].iloc[0]
+    assert at_size.top == got["set_ablated"] and at_size.random_median == got["random_median"]
+    assert sorted(at_size.top_heads.split()) == sorted(f"L{l}H{h}" for l, h in zip(chosen["layer"], chosen["head"]))
+    small = curve[curve["k"] == 3].iloc[0]  # three strongest heads: a causal ranking, unlike 3 random heads
+    assert small.beats_random and small.top < small.random_lo
+    rows, why = causal_checks._retrieval_check(model, 0)
+    assert why is None and rows["k"].tolist() == [1, 3, 5]  # the causal checks' k (10% of 32 = 3)
+    assert rows["top"].tolist() == curve[curve["k"].isin([1, 3, 5])]["top"].tolist()
+    texts = [f.text for f in wb.findings.niah(frame, None)]
+    assert "Wu et al. score > 0.1" in texts[0] and f"{size} heads" in texts[0]

@@ -17,7 +17,7 @@ draws of a continuous metric, a ranking with no information does so with probabi
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -102,7 +102,8 @@ def causal_check(frame: pd.DataFrame, evaluate: Evaluate, *, ranking: str, score
         higher_is_better: the metric's direction (accuracy: True; loss: False).
         ks: counts, or fractions of all heads (default 1, 3, 5 and 10% of heads).
         n_random: random k-sets per k (≥ 5 by default; median and extremes reported).
-        heads: the heads a random set is drawn from (default: every head of the frame).
+        heads: the heads a random set is drawn from (default: every head of the frame); drawn
+            in (layer, head) order, so the draws do not depend on the ranking.
     Returns:
         DataFrame ``ranking, k, top, bottom, random_median, random_lo, random_hi, metric`` and
         ``clean, beats_random, top_heads, bottom_heads, n_random, higher_is_better``: one row
@@ -112,7 +113,9 @@ def causal_check(frame: pd.DataFrame, evaluate: Evaluate, *, ranking: str, score
     """
     n_random = checks.integer("n_random", n_random, low=1)
     order = ranked_heads(frame, score, by_magnitude=by_magnitude)
-    pool = list(order) if heads is None else [(int(l), int(h)) for l, h in heads]
+    # the pool in (layer, head) order, not the ranking's: every ranking checked with one seed
+    # meets the same random k-sets
+    pool = sorted(order) if heads is None else sorted((int(l), int(h)) for l, h in heads)
     counts = resolve_ks(ks, len(order))
     sets: list[list[Head]] = [[]]
     layout = []
@@ -298,5 +301,17 @@ def summarize_k(table: pd.DataFrame, k: int | None = None) -> pd.DataFrame:
     return table[table["k"] == k].reset_index(drop=True)
 
 
-__all__ = ["COLUMNS", "DEFAULT_KS", "causal_check", "induction_evaluator", "loss_evaluator", "niah_evaluator",
-           "ranked_heads", "random_sets", "resolve_ks", "summarize_k", "task_evaluator", "verdicts"]
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_KS",
+    "causal_check",
+    "induction_evaluator",
+    "loss_evaluator",
+    "niah_evaluator",
+    "random_sets",
+    "ranked_heads",
+    "resolve_ks",
+    "summarize_k",
+    "task_evaluator",
+    "verdicts",
+]

@@ -9,7 +9,8 @@ ranking, with the ranking's own metric:
 | ``head_importance.importance`` (gradient) and ``importance_methods.{ablation_zero, ablation_mean, integrated_gradients}`` | fit prompts | loss on held-out prompts |
 | ``sink_scores.sink_score`` (Gu et al.) | fit prompts | loss on held-out prompts |
 | ``head_patterns.induction`` (TransformerLens detector) | repeated-token probes, seed 0 | loss on the repeated half of probes, seed 1 |
-| ``retrieval_heads.retrieval_score`` (Wu et al.) | the scored passkey trials | NIAH accuracy on the other passkey trials |
+| ``retrieval_heads.retrieval_score`` (Wu et al.) | passkey suite, seed 0 | NIAH accuracy on the passkey suite of seed 1 (`niah.registered_curve`) |
+| ``circuits.effect:<task>`` (``circuits`` table, each method) | the task's suite, seed 0 | the task's logit difference on its suite of seed 1 |
 
 Heads are zero-ablated in every check, so the rankings are compared under one intervention. The
 table says per (ranking, k) whether the ranking beats random (`causal.verdicts` words it).
@@ -19,10 +20,15 @@ from __future__ import annotations
 
 import pandas as pd
 
-from workbench.analyzers import Analyzer, register
-from workbench.analyzers import causal
+from workbench.analyzers import Analyzer, causal, register
 from workbench.analyzers import importance as imp
-from workbench.analyzers.rankings import _budget, importance_rankings, memo, method_frame, splits
+from workbench.analyzers.rankings import (
+    _budget,
+    importance_rankings,
+    memo,
+    method_frame,
+    splits,
+)
 from workbench.findings import checks as checks_findings
 
 KS = causal.DEFAULT_KS
@@ -71,30 +77,58 @@ def _induction_check(model, seed: int) -> pd.DataFrame:
                                higher_is_better=False, ks=_ks(model), n_random=N_RANDOM, seed=seed)
 
 
-def passkey_split(model) -> tuple[list[dict], list[dict]] | None:
-    """``(scoring trials, held-out trials)`` of the model's passkey suite: the demo's registered
-    retrieval scores use trials up to 256 tokens, so the longer ones are held out."""
-    from workbench.analyzers.retrieval import DEMO_MAX_CONTEXT, read_trials
+def _retrieval_check(model, seed: int) -> tuple[pd.DataFrame | None, str | None]:
+    """The retrieval ranking's rows: the registered NIAH curve (`niah.registered_curve`: the
+    ``retrieval_heads`` table's scores, held-out passkey trials of seed 1) at this table's k."""
+    from workbench.analyzers import niah
+    from workbench.analyzers.retrieval import _applies
 
-    if model.source != "demo":
-        return None
-    rows = read_trials(None)
-    scored = [r for r in rows if int(r["context_length"]) <= DEMO_MAX_CONTEXT]
-    held = [r for r in rows if int(r["context_length"]) > DEMO_MAX_CONTEXT]
-    return scored, held
+    why = _applies(model)
+    if why:
+        return None, why
+    if seed == 0:
+        curve = niah.registered_curve(model)
+        if curve.empty:
+            return None, curve.attrs.get("note", "no retrieval scores")
+    else:
+        scores = niah.registered_scores(model)
+        why = niah.no_set_reason(scores)
+        if why:
+            return None, why
+        curve = niah.niah_curve(model, niah.held_out_trials(model), scores, ks=_ks(model), seed=seed)
+    ks = causal.resolve_ks(_ks(model), model.n_layers * model.n_heads)
+    rows = curve[curve["k"].isin(ks)].drop(columns="is_set_size").reset_index(drop=True)
+    return rows.assign(metric="NIAH accuracy on held-out passkey trials (seed 1)"), None
 
 
-def _retrieval_check(model, seed: int) -> pd.DataFrame | None:
-    from workbench.analyzers.retrieval import retrieval_scores
+def circuit_ranking_name(task: str, method: str, main: str) -> str:
+    """How ``causal_checks.ranking`` names a circuit effect ranking: ``circuits.effect:<task>`` for
+    the method the circuits findings read (`main`), ``circuits.effect:<task> (<method>)`` else."""
+    return f"circuits.effect:{task}" if method == main else f"circuits.effect:{task} ({method})"
 
-    found = passkey_split(model)
-    if found is None:
-        return None
-    scored, held = found
-    scores = memo(model, ("retrieval_scores", len(scored)), lambda: retrieval_scores(model, scored))
-    return causal.causal_check(scores, causal.niah_evaluator(model, held), ranking="retrieval_heads.retrieval_score",
-                               score="retrieval_score", metric="NIAH accuracy on held-out passkey trials",
-                               higher_is_better=True, ks=_ks(model), n_random=N_RANDOM, seed=seed)
+
+def _circuit_checks(model, seed: int) -> tuple[list[pd.DataFrame], str | None]:
+    """Each (task, method) effect ranking of the registered ``circuits`` table, ranked by signed
+    effect (positive heads restore the clean logit difference), checked on the task's held-out
+    rows (the suite of seed 1) by the task's mean logit difference with the heads zeroed."""
+    from workbench.analyzers import circuits as C
+    from workbench.tasks import analysis_suite
+
+    why = C._applies(model)
+    if why:
+        return [], why
+    table = memo(model, ("task_circuits",), lambda: C.task_circuits(model))
+    methods = list(dict.fromkeys(table["method"]))
+    main = "activation_patching" if "activation_patching" in methods else methods[0]
+    out = []
+    for task in dict.fromkeys(table["task"]):
+        evaluate = causal.task_evaluator(model, analysis_suite(task, model, seed=1))
+        for method in methods:
+            part = table[(table["task"] == task) & (table["method"] == method)]
+            out.append(causal.causal_check(part, evaluate, ranking=circuit_ranking_name(task, method, main),
+                                           score="effect", metric=f"{task} logit difference on held-out rows (seed 1)",
+                                           higher_is_better=True, ks=_ks(model), n_random=N_RANDOM, seed=seed))
+    return out, None
 
 
 def causal_checks(model, prompts, *, seed: int = 0) -> pd.DataFrame:
@@ -111,11 +145,15 @@ def causal_checks(model, prompts, *, seed: int = 0) -> pd.DataFrame:
         parts += _loss_checks(model, prompts, found, seed)
     if model.is_causal:
         parts.append(_induction_check(model, seed))
-        retrieval = _retrieval_check(model, seed)
+        retrieval, why = _retrieval_check(model, seed)
         if retrieval is None:
-            skipped["retrieval_heads.retrieval_score"] = "no passkey trials known for this model"
+            skipped["retrieval_heads.retrieval_score"] = why
         else:
             parts.append(retrieval)
+        circuit_parts, why = _circuit_checks(model, seed)
+        if why:
+            skipped["circuits.effect"] = why
+        parts += circuit_parts
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(causal.COLUMNS))
     table.attrs.update(split=(found or {}).get("source", "none"), skipped=skipped, seed=seed, ks=str(KS),
                        n_random=N_RANDOM, ablation="zero")

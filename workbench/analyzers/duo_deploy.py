@@ -90,13 +90,11 @@ def _settings(model) -> dict | None:
 def registered_gates(model, prompts=None) -> pd.DataFrame:
     """The registered analysis: `duo_attention` on the model's passkey suite with Wu et al.'s
     retrieval scores beside it (``prompts`` is not used: the gates train on needle trials)."""
-    from workbench.analyzers.causal_checks import passkey_split
     from workbench.analyzers.rankings import memo
-    from workbench.analyzers.retrieval import retrieval_scores
+    from workbench.analyzers.retrieval import passkey_retrieval
 
     settings = _settings(model)
-    scored, _ = passkey_split(model)
-    wu = memo(model, ("retrieval_scores", len(scored)), lambda: retrieval_scores(model, scored))
+    wu = passkey_retrieval(model)  # the run's one retrieval set (the retrieval_heads table)
     return memo(model, ("duo_attention",), lambda: duo_attention(model, retrieval=wu, **settings))
 
 

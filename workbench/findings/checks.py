@@ -119,7 +119,6 @@ def pruning(frame: pd.DataFrame, run) -> list[Finding]:
         frame = frame.assign(ranking="gradient")
     parts = []
     for name, part in frame.groupby("ranking", sort=False):
-        base = part.iloc[0]
         steps = []
         for target in (0.1, 0.5):
             row = part.iloc[(part["fraction_pruned"] - target).abs().argmin()]
