@@ -58,8 +58,16 @@ def frames(seed: int = 0) -> dict[str, pd.DataFrame]:
         "retrieval_heads": base.assign(retrieval_score=retrieval, activation_frequency=rng.random(n),
                                        is_retrieval=retrieval > 0.1),
         "niah": pd.DataFrame([{"condition": c, "context_length": ctx, "depth": d, "accuracy": float(rng.random()),
-                               "n_trials": 4} for c in ("full", "retrieval heads ablated")
+                               "n_trials": 4, "heads": "", "held_out": True}
+                              for c in ("full", "retrieval set ablated (4 heads, Wu et al. score > 0.1)",
+                                        *[f"random set {i} (4 heads)" for i in range(1, 6)],
+                                        "random sets (4 heads, median of 5)")
                               for ctx in (128, 256) for d in (0.0, 0.5, 1.0)]),
+        "niah_curve": pd.DataFrame([{"ranking": "retrieval_heads.retrieval_score", "k": k, "top": 1.0 - 0.2 * k,
+                                     "bottom": 1.0, "random_median": 0.9, "random_lo": 0.8, "random_hi": 1.0,
+                                     "metric": "NIAH accuracy", "clean": 1.0, "beats_random": k > 1,
+                                     "top_heads": "L0H1", "bottom_heads": "L3H7", "n_random": 5,
+                                     "higher_is_better": True, "is_set_size": k == 4} for k in (1, 3, 4)]),
         "circuits": pd.concat([base.assign(task=t, method=m, effect=rng.normal(size=n), in_circuit=rng.random(n) > 0.7)
                                for t in ("ioi", "colored_objects") for m in ("attribution_patching", "activation_patching")],
                               ignore_index=True)[["task", "method", "layer", "head", "effect", "in_circuit"]],

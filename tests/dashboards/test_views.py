@@ -81,7 +81,7 @@ def test_names_heads_separates_head_figures_from_token_and_position_figures():
     assert kinds["head_patterns"][0] and all(kinds["head_importance"])  # UMAP map, ranking bars and grids
     # token sinks carry customdata [layer, position]: a click there must not select "head = position"
     assert kinds["token_sinks"] == [False] and kinds["massive_activations"] == [False]
-    assert kinds["niah"] == [False] and kinds["pruning_curve"] == [False]
+    assert kinds["niah"] == [False, False] and kinds["niah_curve"] == [False] and kinds["pruning_curve"] == [False]
 
 
 # -- analysis pages --------------------------------------------------------------------------------

@@ -161,6 +161,7 @@ def test_registered_causal_checks_cover_every_ranking_on_held_out_prompts():
         "importance_methods.integrated_gradients", "sink_scores.sink_score", "head_patterns.induction"]
     assert table["k"].unique().tolist() == [1, 3]  # of 1, 3, 5 and 10% of 8 heads: those <= half (4)
     assert "retrieval_heads.retrieval_score" in table.attrs["skipped"] and "thirds" in table.attrs["split"]
+    assert "no ioi suite" in table.attrs["skipped"]["circuits.effect"]  # word-level vocabulary: no task suites
     # the held-out loss of the clean model is the loss on the held-out third, not on the fit prompts
     held = causal.loss_evaluator(model, prompts[1::3])([[]])[0]
     assert table[table.ranking.str.contains("importance")]["clean"].eq(held).all()

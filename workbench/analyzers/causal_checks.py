@@ -23,7 +23,9 @@ import pandas as pd
 from workbench.analyzers import Analyzer, causal, register
 from workbench.analyzers import importance as imp
 from workbench.analyzers.rankings import (
+    BIG_MODEL,
     _budget,
+    _n_params,
     importance_rankings,
     memo,
     method_frame,
@@ -107,17 +109,37 @@ def circuit_ranking_name(task: str, method: str, main: str) -> str:
     return f"circuits.effect:{task}" if method == main else f"circuits.effect:{task} ({method})"
 
 
+def circuit_effects(model) -> pd.DataFrame:
+    """The circuit effects the checks rank: the registered ``circuits`` table (`circuits.task_circuits`,
+    both methods), computed once per model; on a model of more than `rankings.BIG_MODEL`
+    parameters only attribution patching (`wb.circuit` on the same suite rows): activation patching
+    costs one patched forward per head and example (~190 s a task on smollm2 on 2 CPU cores),
+    which the ``circuits`` table already spends."""
+    from workbench.analyzers import circuits as C
+    from workbench.tasks import supports
+
+    if _n_params(model) <= BIG_MODEL:
+        return memo(model, ("task_circuits",), lambda: C.task_circuits(model))
+
+    def compute():
+        frames = [C.circuit(model, C.read_task(task, model), "attribution_patching")
+                  .assign(task=task, method="attribution_patching") for task in C.TASKS if not supports(model, task)]
+        return pd.concat(frames, ignore_index=True)[["task", "method", "layer", "head", "effect", "in_circuit"]]
+
+    return memo(model, ("circuit_effects_attribution",), compute)
+
+
 def _circuit_checks(model, seed: int) -> tuple[list[pd.DataFrame], str | None]:
-    """Each (task, method) effect ranking of the registered ``circuits`` table, ranked by signed
-    effect (positive heads restore the clean logit difference), checked on the task's held-out
-    rows (the suite of seed 1) by the task's mean logit difference with the heads zeroed."""
+    """Each (task, method) effect ranking of `circuit_effects`, ranked by signed effect
+    (positive heads restore the clean logit difference), checked on the task's held-out rows
+    (its suite of seed 1) by the task's mean logit difference with the heads zeroed."""
     from workbench.analyzers import circuits as C
     from workbench.tasks import analysis_suite
 
     why = C._applies(model)
     if why:
         return [], why
-    table = memo(model, ("task_circuits",), lambda: C.task_circuits(model))
+    table = circuit_effects(model)
     methods = list(dict.fromkeys(table["method"]))
     main = "activation_patching" if "activation_patching" in methods else methods[0]
     out = []

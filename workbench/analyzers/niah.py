@@ -288,20 +288,21 @@ def _register() -> None:
     from workbench import findings
     from workbench.analyzers import Analyzer, register
     from workbench.analyzers import retrieval as R
+    from workbench.findings import checks as checks_findings
     from workbench.findings import summaries
 
     wu = R._WU
     register(Analyzer("niah", registered_niah, "Needle-in-a-haystack accuracy, with and without the retrieval set",
                       mode="exact", applies=R._applies, figures=_niah_figures, sources=(wu,),
                       family="retrieval", findings=findings.niah, example="passkey", prompts=R._niah_sets,
-                      summary=summaries.niah,
+                      summary=summaries.niah, glossary=checks_findings.NIAH_TERMS,
                       params={"trials": f"passkey suite, seed {R.HELD_OUT_SEED} (held out)", "set": SET_NAME,
                               "threshold": THRESHOLD, "draws": N_RANDOM, "seed": 0,
                               "retrieval_max_context": R.DEMO_MAX_CONTEXT}))
     register(Analyzer("niah_curve", registered_curve, "NIAH accuracy over k: top-k retrieval heads vs random k-sets",
                       mode="exact", applies=R._applies, figures=_curve_figures, sources=(wu,),
                       family="retrieval", findings=findings.niah_curve, example="passkey", prompts=R._niah_sets,
-                      summary=summaries.niah_curve,
+                      summary=summaries.niah_curve, glossary=checks_findings.NIAH_CURVE_TERMS,
                       params={"trials": f"passkey suite, seed {R.HELD_OUT_SEED} (held out)", "set": SET_NAME,
                               "ks": "1, 3, 5, 10% of heads and the set's size", "n_random": N_RANDOM, "seed": 0}))
 

@@ -50,6 +50,13 @@ CHECK_TERMS = {
     "beats_random": Term("beats_random", "top-k is worse than the median random k-set and no random draw is worse",
                          "true/false", "", "", direction=None),
 }
+NIAH_TERMS = {
+    "held_out": Term("held_out", "the cell's trials are held out from those that scored the retrieval heads",
+                     "true/false", "", _WU, direction=None),
+}
+NIAH_CURVE_TERMS = {**CHECK_TERMS, "is_set_size": Term(
+    "is_set_size", "k equals the size of the labelled retrieval set (Wu et al. score > 0.1)", "true/false", "", _WU,
+    direction=None)}
 DUO_TERMS = {
     "gate": Term("gate", "α of the KV head after DuoAttention's training: out = α·full + (1 − α)·streaming "
                  "(sink + recent window), trained by hidden-state distillation + λ·mean|α|", "[0, 1]",
