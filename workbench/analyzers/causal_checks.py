@@ -97,10 +97,10 @@ def _retrieval_check(model, seed: int) -> tuple[pd.DataFrame | None, str | None]
         why = niah.no_set_reason(scores)
         if why:
             return None, why
-        curve = niah.niah_curve(model, niah.held_out_trials(model), scores, ks=_ks(model), seed=seed)
+        curve = niah.niah_curve(model, niah.curve_trials(model)[0], scores, ks=_ks(model), seed=seed)
     ks = causal.resolve_ks(_ks(model), model.n_layers * model.n_heads)
     rows = curve[curve["k"].isin(ks)].drop(columns="is_set_size").reset_index(drop=True)
-    return rows.assign(metric="NIAH accuracy on held-out passkey trials (seed 1)"), None
+    return rows.assign(metric=f"NIAH accuracy on {niah.curve_trials(model)[1]}"), None
 
 
 def circuit_ranking_name(task: str, method: str, main: str) -> str:

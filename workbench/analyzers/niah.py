@@ -245,11 +245,31 @@ CURVE_COLUMNS = ("ranking", "k", "top", "bottom", "random_median", "random_lo", 
                  "beats_random", "top_heads", "bottom_heads", "n_random", "higher_is_better", "is_set_size")
 
 
+CURVE_TRIALS_BIG = 9  # held-out trials of the curve on a big model, all at the shortest passkey length
+
+
+def curve_trials(model) -> tuple[list[dict], str]:
+    """The held-out trials the NIAH curve (and the retrieval ranking's causal check) reads, and
+    what they are: `held_out_trials` on a model up to `rankings.BIG_MODEL` parameters; on a
+    bigger one `CURVE_TRIALS_BIG` trials of seed 1 at the shortest passkey length (the curve
+    ablates 7 sets per k: on smollm2 the 3 lengths would cost ~4x the whole NIAH table)."""
+    from workbench.analyzers.rankings import BIG_MODEL, _n_params
+    from workbench.analyzers.retrieval import HELD_OUT_SEED
+    from workbench.tasks import passkey_lengths, task_suite
+
+    if model.source == "demo" or _n_params(model) <= BIG_MODEL:
+        return held_out_trials(model), f"the NIAH table's held-out passkey trials (seed {HELD_OUT_SEED})"
+    length = min(passkey_lengths(model))
+    rows = task_suite("passkey", model, n=CURVE_TRIALS_BIG, seed=HELD_OUT_SEED, lengths=[length],
+                      depths=(0.0, 0.5, 1.0))
+    return rows, f"{len(rows)} held-out passkey trials of {length} tokens (seed {HELD_OUT_SEED}; a big model's budget)"
+
+
 def registered_curve(model, prompts=None) -> pd.DataFrame:
-    """The registered ``niah_curve`` table: NIAH accuracy on the held-out passkey trials with the
-    top-k heads by retrieval score ablated, against the bottom-k and 5 random k-sets, for
-    `curve_ks` (`niah_curve`; computed once per model: the causal checks read its rows). Empty,
-    with the reason in ``attrs["note"]``, when the scores are undefined."""
+    """The registered ``niah_curve`` table: NIAH accuracy on held-out passkey trials
+    (`curve_trials`) with the top-k heads by retrieval score ablated, against the bottom-k and 5
+    random k-sets, for `curve_ks` (`niah_curve`; computed once per model: the causal checks read
+    its rows). Empty, with the reason in ``attrs["note"]``, when the scores are undefined."""
     from workbench.analyzers.rankings import memo
 
     def compute():
@@ -259,9 +279,17 @@ def registered_curve(model, prompts=None) -> pd.DataFrame:
             empty = pd.DataFrame(columns=list(CURVE_COLUMNS))
             empty.attrs.update(note=why, set_size=0, threshold=THRESHOLD, set_name=SET_NAME)
             return empty
-        return niah_curve(model, held_out_trials(model), scores)
+        trials, what = curve_trials(model)
+        table = niah_curve(model, trials, scores)
+        table.attrs.update(trials=what, n_trials=len(trials))
+        return table
 
     return memo(model, ("registered_niah_curve",), compute)
+
+
+def _curve_sets(model, prompts) -> dict[str, list[str]]:
+    trials, what = curve_trials(model)
+    return {what: [r["prompt"] for r in trials]}
 
 
 def _niah_figures(frame):
@@ -301,9 +329,10 @@ def _register() -> None:
                               "retrieval_max_context": R.DEMO_MAX_CONTEXT}))
     register(Analyzer("niah_curve", registered_curve, "NIAH accuracy over k: top-k retrieval heads vs random k-sets",
                       mode="exact", applies=R._applies, figures=_curve_figures, sources=(wu,),
-                      family="retrieval", findings=findings.niah_curve, example="passkey", prompts=R._niah_sets,
+                      family="retrieval", findings=findings.niah_curve, example="passkey", prompts=_curve_sets,
                       summary=summaries.niah_curve, glossary=checks_findings.NIAH_CURVE_TERMS,
-                      params={"trials": f"passkey suite, seed {R.HELD_OUT_SEED} (held out)", "set": SET_NAME,
+                      params={"trials": f"passkey suite, seed {R.HELD_OUT_SEED} (held out; big models: "
+                                        f"{CURVE_TRIALS_BIG} trials at the shortest length)", "set": SET_NAME,
                               "ks": "1, 3, 5, 10% of heads and the set's size", "n_random": N_RANDOM, "seed": 0}))
 
 

@@ -50,13 +50,30 @@ def _harm(frame: pd.DataFrame, column: str) -> np.ndarray:
     return sign * (frame[column].to_numpy(dtype=float) - frame["clean"].to_numpy(dtype=float))
 
 
+def _complete(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table with only the eight `causal.COLUMNS` made whole: the direction from the metric's
+    name (accuracy and logit difference: higher is better), harm against 0 when no ``clean``,
+    and ``beats_random`` by the rule of `causal.causal_check`."""
+    out = frame.copy()
+    if "higher_is_better" not in out.columns:
+        out["higher_is_better"] = out["metric"].astype(str).str.contains("accuracy|logit", case=False)
+    if "clean" not in out.columns:
+        out["clean"] = 0.0
+    if "beats_random" not in out.columns:
+        up = out["higher_is_better"].astype(bool)
+        out["beats_random"] = np.where(up, (out["top"] <= out["random_lo"]) & (out["top"] < out["random_median"]),
+                                       (out["top"] >= out["random_hi"]) & (out["top"] > out["random_median"]))
+    return out
+
+
 def causal_checks_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """A `causal_check` table as one figure: for every ranking and k, the harm of ablating its
     top-k (filled marker, red when it beats every random draw), its bottom-k (open marker) and
     random k-sets (median, bar from the lowest to the highest draw). Harm = how much worse than
     the clean model the ranking's own metric is, in that metric's units (stated on hover)."""
-    _need(frame, ("ranking", "k", "top", "bottom", "random_median", "random_lo", "random_hi", "metric", "clean",
-                  "higher_is_better", "beats_random"), "causal_checks_figure")
+    _need(frame, ("ranking", "k", "top", "bottom", "random_median", "random_lo", "random_hi", "metric"),
+          "causal_checks_figure")
+    frame = _complete(frame)
     labels = [f"{r} · k={k}" for r, k in zip(frame["ranking"], frame["k"])]
     top, bottom, median = _harm(frame, "top"), _harm(frame, "bottom"), _harm(frame, "random_median")
     ends = np.stack([_harm(frame, "random_lo"), _harm(frame, "random_hi")])

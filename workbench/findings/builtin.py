@@ -172,8 +172,9 @@ def niah_curve(frame: pd.DataFrame, run) -> list[Finding]:
              f"median {fmt(r.random_median)}{'' if r.beats_random else ' (does NOT beat random)'}"
              for r in frame.sort_values("k").itertuples()]
     lost = not frame["beats_random"].any()
+    on = frame.attrs.get("trials") or "held-out passkey trials"
     return [Finding(f"NIAH accuracy with the top-k heads by retrieval score ablated (clean {fmt(frame['clean'].iloc[0])}, "
-                    f"held-out passkey trials): " + "; ".join(parts) + "."
+                    f"{on}): " + "; ".join(parts) + "."
                     + (" At no k does the ranking beat random." if lost else ""), caveat=lost)]
 
 
