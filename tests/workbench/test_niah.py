@@ -80,6 +80,7 @@ def test_registered_niah_ablates_the_retrieval_heads_set_on_held_out_trials_and_
         f"L{l}H{h}" for l, h in zip(chosen["layer"], chosen["head"]))
     got = niah.niah_summary(frame)
     assert got["full"] == 1.0 and got["set_ablated"] == 0.0  # the demo answers every passkey; the set breaks it
+    assert got["set_size"] == size
     curve = niah.registered_curve(model)
     assert curve["ranking"].eq("retrieval_heads.retrieval_score").all()
     assert curve["k"].tolist() == niah.curve_ks(32, size)
@@ -93,3 +94,26 @@ def test_registered_niah_ablates_the_retrieval_heads_set_on_held_out_trials_and_
     assert rows["top"].tolist() == curve[curve["k"].isin([1, 3, 5])]["top"].tolist()
     texts = [f.text for f in wb.findings.niah(frame, None)]
     assert "Wu et al. score > 0.1" in texts[0] and f"{size} heads" in texts[0]
+
+
+def _controls(ablated: float, draws: list[float]) -> pd.DataFrame:
+    named = niah.condition_names(2, len(draws))
+    rows = [("full", 1.0, ""), (named["ablated"], ablated, "L0H1 L1H0")]
+    rows += [(named["random"].format(i=i + 1), v, "L0H0 L1H1") for i, v in enumerate(draws)]
+    return pd.DataFrame([{"condition": c, "context_length": 128, "depth": 0.5, "accuracy": a, "n_trials": 4,
+                          "heads": h, "held_out": True} for c, a, h in rows])
+
+
+def test_niah_finding_and_summary_name_the_set_and_say_when_it_does_not_beat_random():
+    good = _controls(0.25, [1.0, 0.75, 1.0, 0.5, 1.0])
+    got = niah.niah_summary(good)
+    assert got["set_size"] == 2 and got["random_median"] == 1.0 and got["set_drop_points"] == 75.0
+    text = wb.findings.niah(good, None)[0]
+    assert "Wu et al. score > 0.1" in text.text and "2 heads" in text.text and not text.caveat
+    assert "hurts more than every random set" in text.text
+    bad = wb.findings.niah(_controls(0.5, [1.0, 0.25, 1.0]), None)[0]  # a random draw hurts more
+    assert bad.caveat and "does NOT hurt more than random sets" in bad.text
+    from workbench.findings import summaries
+
+    numbers = summaries.niah(good)
+    assert numbers["NIAH accuracy (retrieval set ablated)"] == 0.25 and numbers["retrieval set size (heads, Wu et al. > 0.1)"] == 2

@@ -150,8 +150,8 @@ def _kind(condition: str) -> str:
 
 def niah_summary(controls: pd.DataFrame, *, held_out_only: bool = True) -> dict:
     """Overall accuracies of a `niah_controls` frame (weighted by trials; held-out cells only by
-    default): full, set ablated, each random draw and their median; the set's drop and the
-    median random drop, in points (NaN when the frame has no labelled set)."""
+    default): full, set ablated, the set's size, each random draw and their median; the set's
+    drop and the median random drop, in points (NaN when the frame has no labelled set)."""
     if held_out_only and "held_out" in controls.columns and controls["held_out"].any():
         controls = controls[controls["held_out"].astype(bool)]
 
@@ -165,7 +165,10 @@ def niah_summary(controls: pd.DataFrame, *, held_out_only: bool = True) -> dict:
     ablated = next((overall(c) for c in conditions if kinds[c] == "ablated"), float("nan"))
     draws = [overall(c) for c in conditions if kinds[c] == "random"]
     median = float(np.median(draws)) if draws else float("nan")
-    return {"full": full, "set_ablated": ablated, "random": draws, "random_median": median,
+    named = [c for c in conditions if kinds[c] == "ablated"]
+    size = (len(str(controls.loc[controls["condition"] == named[0], "heads"].iloc[0]).split())
+            if named and "heads" in controls.columns else controls.attrs.get("set_size", 0))
+    return {"full": full, "set_ablated": ablated, "set_size": int(size), "random": draws, "random_median": median,
             "set_drop_points": 100 * (full - ablated), "random_median_drop_points": 100 * (full - median)}
 
 

@@ -149,7 +149,7 @@ def niah(frame: pd.DataFrame, run) -> list[Finding]:
 
     got = niah_summary(frame)
     on = frame.attrs.get("trials") or "held-out passkey trials"
-    size = frame.attrs.get("set_size")
+    size = got["set_size"]
     if not got["random"]:
         note = frame.attrs.get("note")
         return [Finding(f"Needle-in-a-haystack accuracy {fmt(got['full'])} on {on}; no head is in the retrieval set "

@@ -42,7 +42,7 @@ def niah(frame: pd.DataFrame) -> dict[str, float]:
     got = niah_summary(frame)
     return {"NIAH accuracy (full)": got["full"], "NIAH accuracy (retrieval set ablated)": got["set_ablated"],
             "NIAH accuracy (random sets of its size, median)": got["random_median"],
-            "retrieval set size (heads, Wu et al. > 0.1)": float(frame.attrs.get("set_size", float("nan")))}
+            "retrieval set size (heads, Wu et al. > 0.1)": float(got["set_size"])}
 
 
 def niah_curve(frame: pd.DataFrame) -> dict[str, float]:
