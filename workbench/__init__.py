@@ -13,7 +13,11 @@ from workbench.analyzers.accuracy import task_accuracy
 from workbench.analyzers.circuits import circuit, circuit_agreement, circuit_faithfulness, circuit_overlap, task_metric
 from workbench.analyzers.retrieval import niah_grid, retrieval_scores
 from workbench.analyzers.saliency import saliency_alignment, token_attributions
-from workbench.analyzers.importance import head_importance, pruning_curve
+from workbench.analyzers.importance import head_importance
+from workbench.analyzers.pruning import pruning_curve, pruning_curves
+from workbench.analyzers.causal import causal_check
+from workbench.analyzers.duo import duo_attention
+from workbench.analyzers.duo_deploy import duo_effect
 from workbench.analyzers.patterns import head_patterns
 from workbench.analyzers.sinks import hidden_sinks, massive_activations, secondary_sinks, sink_scores, sink_share, token_sinks
 from workbench.capture import capture_columns, capture_patterns, capture_stats
@@ -33,6 +37,7 @@ __all__ = [
     "capture_patterns", "capture_stats", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap",
     "describe", "Description", "edit_heads", "glossary", "HeadEdit", "head_importance", "head_mask", "head_means",
     "head_patterns", "head_summary", "hidden_sinks", "patch_heads", "record_heads",
+    "causal_check", "duo_attention", "duo_effect", "pruning_curves",
     "load_model", "load_prompts", "massive_activations", "ModelHandle", "niah_grid",
     "pruning_curve", "register", "report", "retrieval_scores", "Run", "saliency_alignment",
     "secondary_sinks", "sink_scores", "sink_share", "task_metric", "token_attributions",

@@ -10,6 +10,7 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import data, views
 from workbench.errors import WorkbenchError
+from workbench.glossary import lookup
 from workbench.figures import head_grid
 
 dash.register_page(__name__, path="/", name="Overview", title="Overview · Attention Workbench", order=0)
@@ -49,16 +50,19 @@ def grid_figure(root, run_id, value: str | None):
 
 def headline(run) -> list:
     """Cards: model and shape, prompts, tables, and for each boolean per-head flag (``is_sink``,
-    ``is_retrieval``, ``in_circuit`` per task) how many heads have it."""
+    ``is_retrieval``, ``in_circuit`` per task) how many heads have it, with the flag's rule from
+    the glossary (e.g. ``retrieval_score > 0.1``: the one retrieval set of the run)."""
     model = run.manifest.get("model") or {}
     cards = [("model", f"{model.get('name')} ({model.get('architecture')})"),
              ("heads", f"{model.get('n_layers')} layers × {model.get('n_heads')} heads"),
              ("prompts", str(run.manifest.get("n_prompts"))),
              ("tables", str(len(run.tables)))]
-    for _, where, part in data.head_parts(run):
+    for name, where, part in data.head_parts(run):
         for col in [c for c in part.columns if pd.api.types.is_bool_dtype(part[c])]:
             flags = part.groupby(["layer", "head"])[col].max()
             label = col.removeprefix("is_").replace("_", " ") + (f" ({', '.join(where.values())})" if where else "")
+            term = lookup(col, name)  # the card says which set: its rule and threshold
+            label += f" · {term.formula}" if term is not None and term.formula else ""
             cards.append((label, f"{int(flags.sum())} of {len(flags)} heads ({100 * flags.mean():.0f}%)"))
     out = [html.Div([html.Div(v, className="wb-card-value"), html.Div(k, className="wb-card-label")],
                     className="wb-card") for k, v in cards]

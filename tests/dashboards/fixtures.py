@@ -59,8 +59,16 @@ def frames(seed: int = 0) -> dict[str, pd.DataFrame]:
         "retrieval_heads": base.assign(retrieval_score=retrieval, activation_frequency=rng.random(n),
                                        is_retrieval=retrieval > 0.1),
         "niah": pd.DataFrame([{"condition": c, "context_length": ctx, "depth": d, "accuracy": float(rng.random()),
-                               "n_trials": 4} for c in ("full", "retrieval heads ablated")
+                               "n_trials": 4, "heads": "", "held_out": True}
+                              for c in ("full", "retrieval set ablated (4 heads, Wu et al. score > 0.1)",
+                                        *[f"random set {i} (4 heads)" for i in range(1, 6)],
+                                        "random sets (4 heads, median of 5)")
                               for ctx in (128, 256) for d in (0.0, 0.5, 1.0)]),
+        "niah_curve": pd.DataFrame([{"ranking": "retrieval_heads.retrieval_score", "k": k, "top": 1.0 - 0.2 * k,
+                                     "bottom": 1.0, "random_median": 0.9, "random_lo": 0.8, "random_hi": 1.0,
+                                     "metric": "NIAH accuracy", "clean": 1.0, "beats_random": k > 1,
+                                     "top_heads": "L0H1", "bottom_heads": "L3H7", "n_random": 5,
+                                     "higher_is_better": True, "is_set_size": k == 4} for k in (1, 3, 4)]),
         "circuits": pd.concat([base.assign(task=t, method=m, effect=rng.normal(size=n), in_circuit=rng.random(n) > 0.7)
                                for t in ("ioi", "colored_objects") for m in ("attribution_patching", "activation_patching")],
                               ignore_index=True)[["task", "method", "layer", "head", "effect", "in_circuit"]],
@@ -69,6 +77,26 @@ def frames(seed: int = 0) -> dict[str, pd.DataFrame]:
             pd.DataFrame({"view": "layer_mean", "layer": range(N_LAYERS), "head": -1}),
             pd.DataFrame({"view": ["all_mean", "rollout"], "layer": -1, "head": -1})], ignore_index=True),
     }
+    imp = base.assign(importance=rng.random(n), raw=rng.random(n))
+    out["importance_methods"] = pd.concat([imp.assign(method=m) for m in ("gradient", "ablation_zero", "ablation_mean",
+                                                                           "integrated_gradients")], ignore_index=True)[
+        ["method", "layer", "head", "importance", "raw"]]
+    out["pruning_curve"] = pd.concat([out["pruning_curve"].assign(ranking=r) for r in ("gradient", "random")],
+                                     ignore_index=True)
+    checks = [{"ranking": r, "k": k, "top": 3.0 + k, "bottom": 2.0, "random_median": 2.2, "random_lo": 2.0,
+               "random_hi": 2.5, "metric": "held-out loss", "clean": 2.0, "beats_random": r != "sink_scores.sink_score",
+               "top_heads": "L0H1", "bottom_heads": "L3H7", "n_random": 5, "higher_is_better": False}
+              for r in ("head_importance.importance", "sink_scores.sink_score") for k in (1, 3, 5)]
+    out["causal_checks"] = pd.DataFrame(checks)
+    layer, kv = np.meshgrid(np.arange(N_LAYERS), np.arange(2), indexing="ij")
+    gate = rng.random(2 * N_LAYERS)
+    out["duo_attention"] = pd.DataFrame({"layer": layer.ravel(), "kv_head": kv.ravel(), "gate": gate,
+                                         "is_retrieval": gate >= 0.5, "wu_retrieval": rng.random(2 * N_LAYERS) > 0.5,
+                                         "wu_heads": "", "wu_max_score": rng.random(2 * N_LAYERS)})
+    out["duo_effect"] = pd.DataFrame({"context_length": [128, 256], "n_trials": [4, 4], "accuracy_full": [1.0, 1.0],
+                                      "accuracy_duo": [1.0, 0.75], "accuracy_streaming": [0.5, 0.25],
+                                      "kv_full_bytes": [100, 200], "kv_duo_bytes": [80, 120],
+                                      "kv_saved_fraction": [0.2, 0.4]})
     sal = out["saliency_alignment"]
     for col in ("pearson", "spearman", "kendall"):
         sal[col] = rng.uniform(-1, 1, len(sal))

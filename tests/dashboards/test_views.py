@@ -81,7 +81,7 @@ def test_names_heads_separates_head_figures_from_token_and_position_figures():
     assert kinds["head_patterns"][0] and all(kinds["head_importance"])  # UMAP map, ranking bars and grids
     # token sinks carry customdata [layer, position]: a click there must not select "head = position"
     assert kinds["token_sinks"] == [False] and kinds["massive_activations"] == [False]
-    assert kinds["niah"] == [False] and kinds["pruning_curve"] == [False]
+    assert kinds["niah"] == [False, False] and kinds["niah_curve"] == [False] and kinds["pruning_curve"] == [False]
 
 
 # -- analysis pages --------------------------------------------------------------------------------
@@ -161,6 +161,7 @@ def test_overview_choices_grid_and_headline(request_ctx, runs_root):
     sinks = frames()["sink_scores"]
     assert f"{int(sinks.is_sink.sum())} of 32 heads ({100 * sinks.is_sink.mean():.0f}%)" in cards
     assert "in circuit (ioi, attribution_patching)" in cards and "4 layers × 8 heads" in cards
+    assert "retrieval · retrieval_score > 0.1" in cards  # the card says which set and threshold (Wu et al.)
     figure, error = overview.show_score(choice, "full")
     assert error is None and figure.layout.title.text.endswith("effect (colored_objects, attribution_patching)")
     assert overview.select_head({"points": [{"customdata": [3, 1]}]}, "full") == {"run": "full", "layer": 3, "head": 1}

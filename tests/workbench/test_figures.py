@@ -125,7 +125,7 @@ def test_registered_figures_draw_their_own_tables():
     figs = wb.ANALYZERS["sink_scores"].make_figures(sinks)
     assert "50%" in figs[0].layout.title.text
     imp = _heads([0.1, 0.9, 0.3, 0.0, 0.5, 0.7]).assign(raw=0.0)
-    assert [f.data[0].type for f in wb.ANALYZERS["head_importance"].make_figures(imp)] == ["bar", "bar", "heatmap"]
+    assert [f.data[0].type for f in wb.ANALYZERS["head_importance"].make_figures(imp)] == ["bar", "heatmap"]
 
 
 def test_rankings_follow_the_scores_direction_and_keep_the_sign():

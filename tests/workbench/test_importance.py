@@ -151,12 +151,18 @@ def test_gradient_normalisations(causal_tiny):
     model, _ = causal_tiny
     raw = wb.head_importance(model, PROMPTS, normalize_layers=False, min_max=False)
     grid = raw.importance.to_numpy().reshape(model.n_layers, model.n_heads)
+    default = wb.head_importance(model, PROMPTS)  # global ranking: min-max over all heads (Li et al.)
+    np.testing.assert_allclose(default.importance, (grid.flatten() - grid.min()) / (grid.max() - grid.min()),
+                               rtol=1e-5, atol=1e-6)
+    assert default.attrs["normalize_layers"] is False and default.attrs["min_max"] is True
+    # the order of the default is the raw gradient's, over all heads
+    assert list(default.sort_values("importance").index) == list(raw.sort_values("raw").index)
     per_layer = grid / np.linalg.norm(grid, axis=1, keepdims=True)
-    both = wb.head_importance(model, PROMPTS)  # Michel et al. defaults: per-layer L2, then min-max
+    michel = wb.head_importance(model, PROMPTS, normalize_layers=True)  # the named option: per-layer L2, then min-max
     expected = (per_layer - per_layer.min()) / (per_layer.max() - per_layer.min())
-    np.testing.assert_allclose(both.importance.to_numpy(), expected.flatten(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(both.raw, raw.raw)
-    assert both.importance.min() == 0.0 and both.importance.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(michel.importance.to_numpy(), expected.flatten(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(michel.raw, raw.raw)
+    assert michel.importance.min() == 0.0 and michel.importance.max() == pytest.approx(1.0)
 
 
 def test_ablation_importance_equals_loss_change_in_the_plain_model(causal_tiny):
@@ -373,3 +379,59 @@ def test_demo_importance_methods_agree_in_rank(demo):
             signed = spearmanr(frames[a].raw, frames[b].raw).statistic
             print(f"demo spearman {a} vs {b}: |scores| {rho:.3f}, signed {signed:.3f}")
             assert rho > 0.5, (a, b, rho)
+
+
+def test_pruning_curves_under_several_rankings_match_one_curve_each(causal_tiny):
+    model, _ = causal_tiny
+    rankings = {"ablation": wb.head_importance(model, PROMPTS, method="ablation"),
+                "gradient": wb.head_importance(model, PROMPTS)}
+    curves = wb.pruning_curves(model, PROMPTS, rankings, step=0.25, n_random=2, seed=1)
+    assert list(curves.columns) == ["ranking", "step", "n_pruned", "fraction_pruned", "loss", "accuracy", "pruned"]
+    assert curves.ranking.unique().tolist() == ["ablation", "gradient", "random", "random 2"]
+    for name, frame in rankings.items():
+        alone = wb.pruning_curve(model, PROMPTS, importance=frame, step=0.25)
+        part = curves[curves.ranking == name].drop(columns="ranking").reset_index(drop=True)
+        np.testing.assert_allclose(part.loss, alone.loss, rtol=1e-6)
+        assert part.pruned.tolist() == alone.pruned.tolist()
+    for name in ("random", "random 2"):
+        part = curves[curves.ranking == name]
+        assert part.n_pruned.tolist() == [0, 2, 4, 6, 8]
+        assert sorted(" ".join(part.pruned).split()) == sorted(f"L{l}H{h}" for l in range(2) for h in range(4))
+    assert curves[curves.ranking == "random"].pruned.tolist() != curves[curves.ranking == "random 2"].pruned.tolist()
+    with pytest.raises(wb.WorkbenchError, match="rankings must be a non-empty dict"):
+        wb.pruning_curves(model, PROMPTS, {})
+
+
+def test_mean_ablation_takes_means_from_reference_prompts_only(causal_tiny):
+    model, _ = causal_tiny
+    reference = ["w40 w41 w42 w43 w44 w45", "w50 w51 w52 w53"]
+    frame = wb.head_importance(model, PROMPTS, method="ablation", ablation="mean", reference=reference)
+    assert frame.attrs["ablation"] == "mean" and frame.attrs["n_reference"] == 2
+    means = head_means(model, reference)
+    batches = imp._batches(model, PROMPTS, 8, 0)
+    clean = imp._mean_loss(model, batches)
+    for layer, head in [(0, 1), (1, 2)]:
+        mask = torch.ones(model.n_layers, model.n_heads)
+        mask[layer, head] = 0.0
+        expected = imp._mean_loss(model, batches, mask, means) - clean
+        got = frame.set_index(["layer", "head"]).loc[(layer, head), "raw"]
+        assert got == pytest.approx(expected, abs=1e-6)
+    zero = wb.head_importance(model, PROMPTS, method="ablation")
+    assert (frame.raw - zero.raw).abs().max() > 1e-4  # means are not zeros
+    with pytest.raises(wb.WorkbenchError, match='ablation="mean" needs reference= prompts'):
+        wb.head_importance(model, PROMPTS, method="ablation", ablation="mean")
+    with pytest.raises(wb.WorkbenchError, match=r"reference= shares 1 prompt\(s\) with the scored prompts"):
+        wb.head_importance(model, PROMPTS, method="ablation", ablation="mean", reference=[PROMPTS[1], "w60 w61"])
+
+
+@needs_demo
+def test_demo_splits_are_disjoint_and_keep_each_suites_share():
+    from workbench.analyzers.rankings import demo_splits
+
+    model_prompts = wb.load_prompts(model=wb.load_model("demo"))
+    found = demo_splits(model_prompts)
+    fit, held, ref = (set(found[k]["prompts"]) for k in ("fit", "held_out", "reference"))
+    assert fit == set(model_prompts) and not fit & held and not fit & ref and not held & ref
+    assert len(found["held_out"]["prompts"]) == len(found["reference"]["prompts"]) == len(model_prompts)
+    assert imp.suite_answers(found["held_out"]["prompts"]) == found["held_out"]["answers"]
+    assert demo_splits(["not a suite prompt"]) is None

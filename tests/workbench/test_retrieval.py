@@ -167,7 +167,7 @@ def _top(frame, k):
 def test_demo_scores_find_the_reports_retrieval_heads(demo_found, named):
     assert set(_top(demo_found, len(named))) == named
     strong = demo_found.set_index(["layer", "head"]).loc[sorted(named), "retrieval_score"]
-    assert (strong > R.ABLATE_THRESHOLD).all()
+    assert (strong > 0.5).all()  # strong copiers: at least half the needle
     assert demo_found.attrs["n_correct"] >= 0.8 * demo_found.attrs["n_trials"]
 
 

@@ -250,8 +250,9 @@ def test_manifest_says_how_each_table_was_made(tiny, tmp_path):
     from workbench.analyze import table_params
 
     assert table_params(importance, PROMPTS) == {"n_prompts": 2, "method": "gradient", "answers": False,
-                                                 "normalize_layers": True, "min_max": True, "ablation": "zero",
-                                                 "n_steps": 16, "batch_size": 8, "seed": 0}
+                                                 "normalize_layers": False, "min_max": True, "ablation": "zero",
+                                                 "reference": None, "n_steps": 16, "batch_size": 8, "seed": 0,
+                                                 "reuse_prefix": True}
     assert table_params(wb.ANALYZERS["saliency_alignment"], ["w1"] * 20)["n_prompts"] == 8
 
 

@@ -24,7 +24,7 @@ from workbench.tasks.scoring import greedy_match, greedy_match_ids
 from workbench.tasks.vocabulary import word_tokens
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CAUSAL = ["task_accuracy", "circuits", "retrieval_heads", "niah"]
+CAUSAL = ["task_accuracy", "circuits", "retrieval_heads", "niah", "niah_curve"]
 
 
 def _gguf_dir() -> Path:
@@ -277,6 +277,8 @@ def test_causal_sections_run_on_an_in_memory_causal_lm(english, tmp_path):
     assert len(run.table("retrieval_heads")) == english.n_layers * english.n_heads
     niah = run.table("niah")
     assert set(niah["context_length"]) == set(tasks.PASSKEY_LENGTHS)
+    if not run.table("retrieval_heads")["is_retrieval"].any():  # a random model copies no needle: no set, no curve
+        assert niah["condition"].unique().tolist() == ["full"] and run.table("niah_curve").empty
     path = wb.report(run, tmp_path / "report.html", compute=False, progress=False)
     text = path.read_text()
     for name in CAUSAL:
@@ -288,7 +290,7 @@ def test_a_tokenizer_without_english_skips_with_the_reason(tmp_path):
     word_level = wb.load_model("tiny", hf_model=tiny_models.hf_model("llama"), tokenizer=tiny_models.tokenizer("llama"))
     run = wb.analyze(word_level, tiny_models.PROMPTS, out=tmp_path / "run", analyses=CAUSAL, progress=False)
     skipped = run.manifest["skipped"]
-    assert set(skipped) == {"circuits", "retrieval_heads", "niah"}
+    assert set(skipped) == {"circuits", "retrieval_heads", "niah", "niah_curve"}
     assert "reads only 0 of the names as one token" in skipped["circuits"]
     acc = run.table("task_accuracy").set_index("suite")
     assert acc.loc["induction", "n"] == 40 and acc.loc["ioi", "n"] == 0 and "no ioi suite" in acc.loc["ioi", "note"]

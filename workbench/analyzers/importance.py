@@ -1,7 +1,7 @@
-"""Head importance (gradient, ablation, integrated gradients) and the pruning curve.
+"""Head importance (gradient, zero- and mean-ablation, integrated gradients) of every attention head.
 
-All three methods act on the head mask ξ of `workbench.heads.head_mask` (``hook_z``) and
-measure a loss L:
+All three methods act on the head mask ξ of `workbench.heads.head_mask` (the input of each
+layer's attention output projection, i.e. TransformerLens ``hook_z``) and measure a loss L:
 
 - with ``answers=`` (one per prompt): the cross-entropy of the answer tokens appended to the
   prompt (teacher forced), i.e. the task loss Michel et al. 2019 prune against. The registered
@@ -12,34 +12,36 @@ measure a loss L:
   mask token (Devlin et al. 2019). It is only meaningful with a trained MLM head; the bundled
   MiniLM ships without one (its MLM head is random), so the registered analyses skip it.
 
-Ablation and integrated gradients run many masks over the same prompts; each forward carries
-several masks at once (the batch tiled, one mask per copy), up to ``MAX_ROWS`` sequences.
+Ablation, integrated gradients and pruning curves (`workbench.analyzers.pruning`) run many masks over the same prompts through
+`workbench.masked.masked_forward`: each forward carries several masks at once (the batch tiled,
+one mask per copy, up to ``MAX_ROWS`` sequences), only the logits that carry a target are formed,
+and a mask that leaves layers below L untouched runs only layers ≥ L from the cached residual
+stream (prefix reuse; Llama-family and GPT-2).
+
+Rankings are global by default (every head against every other). Per-layer L2 normalisation
+(Michel et al.) is the option ``normalize_layers=True``: it puts one head of every layer at its
+layer's top, so its top-k is spread over layers rather than the heads the loss depends on most.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
+from workbench import checks
 from workbench.analyzers import Analyzer, keyword_defaults, register
-from workbench import findings
-from workbench.figures import head_grid, importance_ranking, pruning_curve_figure
-from workbench.findings import summaries
-from workbench.capture import run_bridge
-from workbench.checks import choice, fraction, integer, positive_int
 from workbench.errors import WorkbenchError
+from workbench.findings import checks as checks_findings
 from workbench.heads import ABLATION_MODES, head_mask, head_means
+from workbench.masked import MAX_ROWS, masked_forward, sdpa, window_logits
 from workbench.prompts import answer_tokens
 
 METHODS = ("gradient", "ablation", "integrated_gradients")
 #: Devlin et al. 2019: 15% of the tokens are masked for the MLM objective.
 MLM_FRACTION = 0.15
 IGNORE = -100
-#: Most sequences in one forward when several head masks share it (ablation, IG).
-MAX_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def _with_answers(model, prompts, answers) -> tuple[list[list[int]], list[int]]:
 
 def _batches(model, prompts, batch_size: int, seed: int, answers=None) -> list[_Batch]:
     """Tokenize, sort by length (less padding), cut into batches, and attach loss targets."""
-    batch_size, seed = positive_int("batch_size", batch_size), integer("seed", seed, low=0)
+    batch_size, seed = checks.positive_int("batch_size", batch_size), checks.integer("seed", seed, low=0)
     answer_len = None
     if answers is not None:
         prompts, sizes = _with_answers(model, prompts, answers)
@@ -113,47 +115,66 @@ def _batches(model, prompts, batch_size: int, seed: int, answers=None) -> list[_
     return out
 
 
-def _tile(batch: _Batch, k: int) -> _Batch:
-    """The batch repeated k times along the batch axis (copy j holds rows j·B .. j·B + B − 1)."""
-    return _Batch(batch.ids.repeat(k, 1), batch.mask.repeat(k, 1), batch.labels.repeat(k, 1))
+def _window(labels: torch.Tensor) -> tuple[int, int]:
+    """The positions ``(lo, hi)`` whose logits carry a loss target (all of them if none)."""
+    cols = (labels != IGNORE).any(0).nonzero().flatten()
+    return (0, labels.shape[1]) if len(cols) == 0 else (int(cols[0]), int(cols[-1]) + 1)
 
 
-def _masked_totals(model, batches, masks: torch.Tensor, baseline=None):
+def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: mean loss, correct top-1 predictions and targets, ``[rows, 3]`` (float64)."""
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    token_loss = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")  # (rows, window)
+    valid = labels != IGNORE
+    counts = valid.sum(-1)
+    correct = ((logits.argmax(-1) == labels) & valid).sum(-1)
+    mean = (token_loss * valid).sum(-1) / counts.clamp(min=1)
+    return torch.stack([mean.double(), correct.double(), counts.double()], -1)
+
+
+def _reducer(batch: _Batch):
+    """``reduce`` for `workbench.masked.masked_forward`: the loss triple of each tiled row."""
+    lo, hi = _window(batch.labels)
+    labels = batch.labels[:, lo:hi]
+
+    def reduce(logits):  # (copies * batch, window, vocab) -> (copies * batch, 3)
+        return _row_losses(logits, labels.repeat(logits.shape[0] // labels.shape[0], 1))
+
+    return reduce, (lo, hi)
+
+
+def _attention_mask(batch: _Batch) -> torch.Tensor | None:
+    return None if bool(batch.mask.all()) else batch.mask
+
+
+def _masked_totals(model, batches, masks: torch.Tensor, baseline=None, *, reuse_prefix: bool = True):
     """Σ over prompts of the per-prompt loss under each mask ``[k, layer, head]`` -> ``[k]``, and
-    the correct predictions and targets under each ``[k]`` (several masks per forward: the batch
-    is tiled, one mask per copy)."""
-    loss, right, total = [], [], []
+    the correct predictions and targets under each ``[k]`` (`workbench.masked.masked_forward`:
+    several masks per forward, the unchanged prefix reused)."""
+    totals = []
     for batch in batches:
-        n = batch.ids.shape[0]
-        per_forward = max(1, MAX_ROWS // n)
-        parts = []
-        for start in range(0, masks.shape[0], per_forward):
-            chunk = masks[start:start + per_forward]  # (k', layer, head)
-            with head_mask(model, chunk.repeat_interleave(n, 0), baseline=baseline):
-                out = _losses(model, _tile(batch, chunk.shape[0]))  # 3 x (k' * n,)
-            parts.append([x.view(chunk.shape[0], n).sum(1) for x in out])
-        for store, i in ((loss, 0), (right, 1), (total, 2)):
-            store.append(torch.cat([p[i] for p in parts]))
-    return torch.stack(loss).sum(0), torch.stack(right).sum(0), torch.stack(total).sum(0)
+        reduce, window = _reducer(batch)
+        out = masked_forward(model, batch.ids, _attention_mask(batch), masks, reduce, baseline=baseline,
+                             window=window, reuse_prefix=reuse_prefix)  # (k, batch, 3)
+        totals.append(out.sum(1))  # (k, 3)
+    total = torch.stack(totals).sum(0)
+    return total[:, 0], total[:, 1], total[:, 2]
 
 
 def _losses(model, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward: per-prompt mean loss, correct top-1 predictions and targets, each ``[batch]``."""
-    logits = run_bridge(model, batch.ids, batch.mask)  # (batch, pos, vocab)
-    logits = logits if logits.dtype == torch.float64 else logits.float()
-    token_loss = torch.nn.functional.cross_entropy(
-        logits.transpose(1, 2), batch.labels, ignore_index=IGNORE, reduction="none")  # (batch, pos)
-    valid = batch.labels != IGNORE
-    counts = valid.sum(-1)
-    correct = ((logits.argmax(-1) == batch.labels) & valid).sum(-1)
-    return (token_loss * valid).sum(-1) / counts.clamp(min=1), correct, counts
+    """One forward (head edits active in the caller's block apply): per-prompt mean loss, correct
+    top-1 predictions and targets, each ``[batch]``."""
+    reduce, window = _reducer(batch)
+    out = reduce(window_logits(model, batch.ids, _attention_mask(batch), window))  # (batch, 3)
+    return out[:, 0], out[:, 1].long(), out[:, 2].long()
 
 
 def _check_method(method) -> str:
-    return choice("importance method", method, METHODS)
+    return checks.choice("importance method", method, METHODS)
 
 
-def _frame(model, raw: torch.Tensor, normalize_layers: bool, min_max: bool) -> pd.DataFrame:
+def _frame(model, raw: torch.Tensor, normalize_layers: bool, min_max: bool, attrs: dict) -> pd.DataFrame:
     score = raw.double().clone()  # (layer, head)
     if normalize_layers:
         norms = score.norm(dim=-1, keepdim=True)
@@ -162,8 +183,10 @@ def _frame(model, raw: torch.Tensor, normalize_layers: bool, min_max: bool) -> p
         low, high = score.min(), score.max()
         score = (score - low) / (high - low) if high > low else torch.zeros_like(score)
     layer, head = torch.meshgrid(torch.arange(model.n_layers), torch.arange(model.n_heads), indexing="ij")
-    return pd.DataFrame({"layer": layer.flatten().numpy(), "head": head.flatten().numpy(),
-                         "importance": score.flatten().numpy(), "raw": raw.double().flatten().numpy()})
+    frame = pd.DataFrame({"layer": layer.flatten().numpy(), "head": head.flatten().numpy(),
+                          "importance": score.flatten().numpy(), "raw": raw.double().flatten().numpy()})
+    frame.attrs.update(attrs, normalize_layers=bool(normalize_layers), min_max=bool(min_max))
+    return frame
 
 
 # -- the three methods ------------------------------------------------------------------------------
@@ -174,7 +197,7 @@ def _gradient(model, batches, base: torch.Tensor) -> tuple[torch.Tensor, float, 
     loss_sum, n_prompts, correct, targets = 0.0, 0, 0, 0
     for batch in batches:
         xi = base.expand(batch.ids.shape[0], -1, -1).clone().requires_grad_(True)  # (batch, layer, head)
-        with head_mask(model, xi):
+        with sdpa(model), head_mask(model, xi, site="hf"):
             losses, right, count = _losses(model, batch)
         (grad,) = torch.autograd.grad(losses.sum(), xi)
         total += grad.abs().double().sum(0).cpu()
@@ -186,32 +209,47 @@ def _gradient(model, batches, base: torch.Tensor) -> tuple[torch.Tensor, float, 
 
 @torch.no_grad()
 def _mean_loss(model, batches, mask=None, baseline=None) -> float:
-    total, n = 0.0, 0
-    for batch in batches:
-        if mask is None:
-            losses = _losses(model, batch)[0]
-        else:
-            with head_mask(model, mask, baseline=baseline):
-                losses = _losses(model, batch)[0]
-        total, n = total + float(losses.sum()), n + losses.shape[0]
-    return total / n
+    masks = torch.ones(1, model.n_layers, model.n_heads) if mask is None else mask[None]
+    loss = _masked_totals(model, batches, masks, baseline)[0]
+    return float(loss[0]) / sum(b.ids.shape[0] for b in batches)
 
 
-def _ablation(model, batches, prompts, mode: str, batch_size: int) -> torch.Tensor:
-    """Δ mean loss when each head alone is zeroed or mean-replaced."""
-    choice("ablation mode", mode, ABLATION_MODES)
-    means = head_means(model, prompts, batch_size=batch_size) if mode == "mean" else None
+def single_head_masks(model) -> torch.Tensor:
+    """``[n_layers * n_heads + 1, n_layers, n_heads]``: one head off in each (layer-major), the last none."""
     n_heads = model.n_layers * model.n_heads
-    masks = torch.ones(n_heads + 1, model.n_layers, model.n_heads)  # one head off each; the last: none
+    masks = torch.ones(n_heads + 1, model.n_layers, model.n_heads)
     masks[torch.arange(n_heads), torch.arange(n_heads) // model.n_heads, torch.arange(n_heads) % model.n_heads] = 0.0
+    return masks
+
+
+def reference_means(model, prompts, reference, batch_size: int) -> torch.Tensor:
+    """`head_means` over ``reference``, which must share no prompt with the scored ``prompts``
+    (a mean over the prompts being scored would leak them into the ablation)."""
+    if reference is None:
+        raise WorkbenchError('ablation="mean" needs reference= prompts: the reference distribution whose mean head '
+                             "outputs replace an ablated head (never the prompts being scored)")
+    if isinstance(reference, str):
+        reference = [reference]
+    reference = list(reference)
+    scored = {p for p in ([prompts] if isinstance(prompts, str) else prompts) if isinstance(p, str)}
+    shared = [r for r in reference if isinstance(r, str) and r in scored]
+    if shared:
+        raise WorkbenchError(f"reference= shares {len(shared)} prompt(s) with the scored prompts (e.g. "
+                             f"{shared[0][:60]!r}); mean ablation needs means from other prompts")
+    return head_means(model, reference, batch_size=batch_size)
+
+
+def _ablation(model, batches, means, reuse_prefix: bool = True) -> torch.Tensor:
+    """Δ mean loss when each head alone is zeroed (``means`` None) or mean-replaced."""
     with torch.no_grad():
-        totals = _masked_totals(model, batches, masks, means)[0].double()
+        totals = _masked_totals(model, batches, single_head_masks(model), means, reuse_prefix=reuse_prefix)[0]
     n_prompts = sum(b.ids.shape[0] for b in batches)
     return ((totals[:-1] - totals[-1]) / n_prompts).view(model.n_layers, model.n_heads)
 
 
 def _integrated_gradients(model, batches, n_steps: int) -> torch.Tensor:
-    """−IG of the mean loss over ξ from 0 (all heads off) to 1 (Captum)."""
+    """−IG of the mean loss over ξ from 0 (all heads off) to 1 (Captum); all steps of a batch of
+    prompts share forwards (`internal_batch_size`, the prompts tiled once per step)."""
     from captum.attr import IntegratedGradients
 
     n_prompts = sum(b.ids.shape[0] for b in batches)
@@ -226,21 +264,26 @@ def _integrated_gradients(model, batches, n_steps: int) -> torch.Tensor:
     return -attributions[0].detach().double()  # positive: the head lowers the loss
 
 
-def head_importance(model, prompts, method: str = "gradient", *, answers=None, normalize_layers: bool | None = None,
-                    min_max: bool | None = None, ablation: str = "zero", n_steps: int = 16, batch_size: int = 8,
-                    seed: int = 0) -> pd.DataFrame:
-    """How much the model's loss depends on each attention head.
+def head_importance(model, prompts, method: str = "gradient", *, answers=None, normalize_layers: bool = False,
+                    min_max: bool | None = None, ablation: str = "zero", reference=None, n_steps: int = 16,
+                    batch_size: int = 8, seed: int = 0, reuse_prefix: bool = True) -> pd.DataFrame:
+    """How much the model's loss depends on each attention head, ranked over all heads.
 
     Methods (all on the head mask ξ of `workbench.heads.head_mask`):
 
     - ``"gradient"``: I_h = E_x |∂L(x)/∂ξ_h| at ξ = 1 (Michel et al. 2019, "Are Sixteen Heads
-      Really Better than One?"), by default normalised per layer by the L2 norm (Michel et al.)
-      and then min–max over all heads (Li et al. 2023's pruning-metric comparison).
+      Really Better than One?"), min–max scaled over all heads (Li et al. 2023's pruning-metric
+      comparison; the order is the raw gradient's).
     - ``"ablation"``: Δloss when the head alone is zeroed (``ablation="zero"``) or replaced by its
-      mean output over the prompts (``"mean"``).
+      mean output over ``reference`` prompts (``"mean"``, Wang et al. 2022; never the scored
+      prompts). Batched, with the unchanged prefix reused (`workbench.masked`).
     - ``"integrated_gradients"``: Captum's `IntegratedGradients` of the mean loss over ξ from 0
       to 1 (Sundararajan et al. 2017), sign flipped so that a head that lowers the loss scores > 0;
-      the scores sum to L(no heads) − L(all heads).
+      the scores sum to L(no heads) − L(all heads). Steps are batched.
+
+    The ranking is global by default: per-layer normalisation (``normalize_layers=True``,
+    Michel et al.'s) gives every layer a head at the top of its layer, so its top-k is one head
+    per layer, not the k heads the loss depends on most.
 
     Args:
         model: a `ModelHandle`.
@@ -249,93 +292,44 @@ def head_importance(model, prompts, method: str = "gradient", *, answers=None, n
         answers: one answer string per prompt: the loss is then the answer tokens' cross-entropy
             after the prompt (task loss). Default: next-token loss over the prompt (causal) or
             masked-LM loss on a seeded 15% of tokens (encoders); see the module docstring.
-        normalize_layers: divide each layer's scores by their L2 norm. Default: True for
-            ``"gradient"`` (Michel et al.), False otherwise (keeps Δloss in nats).
-        min_max: rescale all scores to [0, 1]. Default: True for ``"gradient"``, False otherwise.
+        normalize_layers: divide each layer's scores by their L2 norm (Michel et al.); default False.
+        min_max: rescale all scores to [0, 1]. Default: True for ``"gradient"``, False otherwise
+            (keeps Δloss in nats).
         ablation: ``"zero"`` or ``"mean"`` for the ablation method.
+        reference: prompts whose mean head outputs a mean-ablated head takes (needed for
+            ``ablation="mean"``; must share no prompt with ``prompts``).
         n_steps: integration steps for integrated gradients (Gauss–Legendre, Captum's default rule).
         batch_size: prompts per forward. seed: the masked-LM draw (encoders).
+        reuse_prefix: reuse the clean prefix in ablation (False: full forwards; same numbers).
     Returns:
         DataFrame ``layer, head, importance, raw``: ``importance`` after the normalisations,
         ``raw`` before them (mean |gradient|, Δloss in nats, or −attribution in nats).
+        ``frame.attrs``: method, ablation, n_prompts, n_reference, normalize_layers, min_max.
     Raises:
-        WorkbenchError: unknown method or ablation mode, empty prompts, bad n_steps.
+        WorkbenchError: unknown method or ablation mode, empty prompts, bad n_steps, a mean
+            ablation without reference prompts or with reference prompts among the scored ones.
     """
     method = _check_method(method)
-    n_steps = integer("n_steps", n_steps, low=2)
-    choice("ablation mode", ablation, ABLATION_MODES)
+    n_steps = checks.integer("n_steps", n_steps, low=2)
+    ablation = checks.choice("ablation mode", ablation, ABLATION_MODES)
     batches = _batches(model, prompts, batch_size, seed, answers)
+    attrs = {"method": method, "n_prompts": sum(b.ids.shape[0] for b in batches), "loss": _loss_name(model, answers)}
     if method == "gradient":
         raw = _gradient(model, batches, torch.ones(1, model.n_layers, model.n_heads))[0]
     elif method == "ablation":
-        raw = _ablation(model, batches, prompts, ablation, batch_size)
+        means = reference_means(model, prompts, reference, batch_size) if ablation == "mean" else None
+        attrs.update(ablation=ablation, n_reference=0 if reference is None else len(list(reference)))
+        raw = _ablation(model, batches, means, reuse_prefix)
     else:
         raw = _integrated_gradients(model, batches, n_steps)
-    default = method == "gradient"
-    return _frame(model, raw, default if normalize_layers is None else normalize_layers,
-                  default if min_max is None else min_max)
+        attrs["n_steps"] = n_steps
+    return _frame(model, raw, normalize_layers, method == "gradient" if min_max is None else min_max, attrs)
 
 
-def pruning_curve(model, prompts, *, answers=None, step: float = 0.1, importance: pd.DataFrame | None = None,
-                  recompute: bool = False, batch_size: int = 8, seed: int = 0) -> pd.DataFrame:
-    """Loss and accuracy as the least important heads are masked, ``step`` of all heads at a time.
-
-    Heads are zeroed in order of increasing gradient importance (per-layer L2 normalised), the
-    least important ``step`` fraction of all heads (10%) at each step, as in Michel et al. 2019's
-    pruning experiment. ``recompute=True`` re-estimates the importance with the heads pruned so
-    far masked before every step (slower: one backward pass a step). With ``importance`` (a
-    `head_importance` frame, any method) the order is that frame's instead.
-
-    Args:
-        answers: as in `head_importance` (task loss and answer accuracy).
-    Returns:
-        DataFrame ``step, n_pruned, fraction_pruned, loss, accuracy, pruned``: one row per step
-        from no head to all heads pruned; ``pruned`` lists the heads masked at that step
-        (``"L1H3 L0H2"``). Accuracy is top-1 on the loss targets.
-    """
-    step = fraction("step", step)
-    batches = _batches(model, prompts, batch_size, seed, answers)
-    n_total = model.n_layers * model.n_heads
-    per_step = max(1, math.ceil(step * n_total - 1e-9))
-    if importance is not None:
-        if not {"layer", "head", "importance"} <= set(importance.columns) or len(importance) != n_total:
-            raise WorkbenchError(f"importance must be a head_importance frame with {n_total} rows "
-                                 f"(layer, head, importance); got {len(importance)} rows {list(importance.columns)}")
-        scores = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
-        for row in importance.itertuples():
-            scores[int(row.layer), int(row.head)] = float(row.importance)
-        recompute = False
-    else:
-        scores = _gradient(model, batches, torch.ones(1, model.n_layers, model.n_heads))[0]
-
-    def order_of(scores, mask):  # alive heads, least important first (per-layer L2 for gradients)
-        if importance is None:
-            norms = scores.norm(dim=-1, keepdim=True)
-            scores = torch.where(norms > 0, scores / norms, scores)
-        alive = (mask > 0).nonzero().tolist()
-        return sorted(alive, key=lambda lh: (float(scores[lh[0], lh[1]]), lh[0], lh[1]))
-
-    masks, pruned = [torch.ones(model.n_layers, model.n_heads)], [[]]
-    while masks[-1].any():
-        mask = masks[-1].clone()
-        if recompute:
-            scores = _gradient(model, batches, mask[None])[0]
-        chosen = [tuple(lh) for lh in order_of(scores, mask)[:per_step]]
-        for layer, head in chosen:
-            mask[layer, head] = 0.0
-        masks.append(mask)
-        pruned.append(chosen)
-    with torch.no_grad():
-        loss, right, total = _masked_totals(model, batches, torch.stack(masks))  # (steps,) each
-    n_prompts = sum(b.ids.shape[0] for b in batches)
-    return pd.DataFrame({
-        "step": range(len(masks)),
-        "n_pruned": [int((m == 0).sum()) for m in masks],
-        "fraction_pruned": [float((m == 0).float().mean()) for m in masks],
-        "loss": (loss.double() / n_prompts).tolist(),
-        "accuracy": (right.double() / total.clamp(min=1).double()).tolist(),
-        "pruned": [" ".join(f"L{l}H{h}" for l, h in heads) for heads in pruned],
-    })
+def _loss_name(model, answers) -> str:
+    if answers is not None:
+        return "answer cross-entropy (teacher forced)"
+    return "next-token cross-entropy" if model.is_causal else "masked-LM cross-entropy (15% of tokens)"
 
 
 # -- registry ---------------------------------------------------------------------------------------
@@ -358,13 +352,15 @@ def suite_answers(prompts) -> list[str] | None:
 
 
 def _registered_importance(model, prompts) -> pd.DataFrame:
-    """`head_importance` (gradient) with the task loss when the prompts come from the bundled suites."""
-    return head_importance(model, prompts, answers=suite_answers(prompts) if model.is_causal else None)
+    """The registered analysis: the gradient ranking of `workbench.analyzers.rankings`
+    (global, on the fit prompts with the task loss for suite prompts; the ranking the causal
+    checks test)."""
+    from workbench.analyzers.rankings import importance_rankings, method_frame
 
-
-def _registered_pruning(model, prompts) -> pd.DataFrame:
-    """`pruning_curve` with the task loss when the prompts come from the bundled suites."""
-    return pruning_curve(model, prompts, answers=suite_answers(prompts) if model.is_causal else None)
+    rankings = importance_rankings(model, prompts)
+    frame = method_frame(rankings, "gradient")
+    frame.attrs.update(rankings.attrs, method="gradient", normalize_layers=False, min_max=True)
+    return frame
 
 
 def _skip_untrained_mlm(model) -> str | None:
@@ -375,21 +371,23 @@ def _skip_untrained_mlm(model) -> str | None:
 
 
 def _importance_figures(frame):
-    return [importance_ranking(frame, "raw", direction="abs",
-                               title="Heads by gradient importance E|∂L/∂ξ| (global, not normalised)"),
-            importance_ranking(frame, title="Heads by importance normalised per layer (Michel et al.), then min-max"),
-            head_grid(frame, "importance", title="Head importance (gradient, per-layer L2 + min-max)")]
+    from workbench.figures import head_grid, importance_ranking
+
+    return [importance_ranking(frame, "raw", top=30, direction="abs",
+                               title="Top heads by gradient importance E|∂L/∂ξ| (global ranking)"),
+            head_grid(frame, "importance", title="Head importance (gradient E|∂L/∂ξ|, min-max over all heads)")]
 
 
-register(Analyzer("head_importance", _registered_importance, "Head importance (gradient)", mode="exact",
-                  applies=_skip_untrained_mlm, figures=_importance_figures, family="importance",
-                  findings=findings.importance, example="prompt",
-                  params=lambda prompts: keyword_defaults(head_importance, answers=suite_answers(prompts) is not None,
-                                                          normalize_layers=True, min_max=True),  # gradient's
-                  sources=("Michel et al. 2019, Are Sixteen Heads Really Better than One? (|∂L/∂ξ|, per-layer L2)",
+def _params(prompts) -> dict:
+    return keyword_defaults(head_importance, answers=suite_answers(prompts) is not None, normalize_layers=False,
+                            min_max=True)
+
+
+register(Analyzer("head_importance", _registered_importance, "Head importance (gradient, global ranking)",
+                  mode="exact", applies=_skip_untrained_mlm, figures=_importance_figures, family="importance",
+                  findings=checks_findings.importance, glossary=checks_findings.IMPORTANCE_TERMS, example="prompt",
+                  params=_params,
+                  sources=("Michel et al. 2019, Are Sixteen Heads Really Better than One? (|∂L/∂ξ|; per-layer L2 "
+                           "normalisation is the option normalize_layers=True)",
                            "Li et al. 2023, pruning-based head importance metrics (min-max)")))
-register(Analyzer("pruning_curve", _registered_pruning, "Pruning curve (least important heads first)", mode="exact",
-                  applies=_skip_untrained_mlm, figures=lambda frame: [pruning_curve_figure(frame)],
-                  family="importance", findings=findings.pruning, summary=summaries.pruning,
-                  params=lambda prompts: keyword_defaults(pruning_curve, answers=suite_answers(prompts) is not None),
-                  sources=("Michel et al. 2019, iterative pruning of 10% of heads by gradient importance",)))
+# pruning curves: workbench.analyzers.pruning; registered under every method's ranking in .rankings

@@ -23,7 +23,7 @@ import torch
 from workbench.analyzers import Analyzer, register
 from workbench.heads import ablate_heads, check_heads
 from workbench import findings
-from workbench.figures import niah_heatmap, retrieval_grid
+from workbench.figures import retrieval_grid
 from workbench.findings import summaries
 from workbench.errors import WorkbenchError
 from workbench.analyzers import keyword_defaults
@@ -261,11 +261,6 @@ def niah_grid(model, trials=None, ablate=None) -> pd.DataFrame:  # noqa: A002 - 
 
 # -- registry -----------------------------------------------------------------------------
 DEMO_MAX_CONTEXT = 256  # the registered scores use the passkey trials up to this context (fast)
-# Heads ablated in the registered NIAH grid: score > 0.5, i.e. copying at least half the needle.
-# Wu et al.'s 0.1 flags < 5% of a 7B model's heads; in the 32-head demo many weak copiers pass
-# it (19 heads), so the causal test masks the strong ones, as Wu et al. mask their top-k.
-ABLATE_THRESHOLD = 0.5
-
 
 RANDOM_DRAWS = 5  # random head sets of the same size in the NIAH control (median reported)
 HELD_OUT_SEED = 1  # NIAH reads passkey trials of this seed; the retrieval scores read seed 0
@@ -302,44 +297,13 @@ def _passkey_retrieval(model, threshold: float) -> pd.DataFrame:
 demo_retrieval = passkey_retrieval  # the name before retrieval ran on every causal LM
 
 
-def ablation_set(scores: pd.DataFrame) -> list[tuple[int, int]]:
-    """The heads the NIAH section ablates: retrieval score > `ABLATE_THRESHOLD`, best first."""
-    strong = scores[scores["retrieval_score"] > ABLATE_THRESHOLD].sort_values("retrieval_score", ascending=False)
-    return list(zip(strong["layer"].astype(int), strong["head"].astype(int)))
+def passkey_niah(model, prompts=None) -> pd.DataFrame:
+    """The registered ``niah`` table (`workbench.analyzers.niah.registered_niah`): NIAH accuracy
+    on held-out passkey trials (seed `HELD_OUT_SEED`), full, with the one labelled retrieval set
+    (Wu et al.'s score > 0.1) ablated, and with `RANDOM_DRAWS` random sets of its size."""
+    from workbench.analyzers.niah import registered_niah
 
-
-def passkey_niah(model, prompts=None, *, draws: int = RANDOM_DRAWS, seed: int = 0) -> pd.DataFrame:
-    """The registered analysis: the passkey NIAH grid as is, with the strong retrieval heads of
-    `passkey_retrieval` zeroed (`ablation_set`), and with as many random other heads zeroed
-    (``draws`` seeded draws; per cell the median accuracy). The trials are held out from those
-    that found the heads: the passkey suite of seed `HELD_OUT_SEED` (for the demo, new rows from
-    its own generators, 128–1024 tokens). Columns ``condition,
-    context_length, depth, accuracy, n_trials``; conditions ``"full"``, ``"retrieval heads
-    ablated (k heads, score > 0.5)"`` and ``"random heads ablated (k heads, median of 5)"``
-    (the last two absent when no head passes the threshold). ``frame.attrs``: the ablated and
-    random heads, and the overall accuracy in full, ablated and per random draw."""
-    from workbench.tasks import analysis_suite
-
-    trials = analysis_suite("passkey", model, seed=HELD_OUT_SEED)  # not the trials that found the heads
-    frames = [niah_grid(model, trials).assign(condition="full")]
-    heads = ablation_set(passkey_retrieval(model))
-    attrs: dict = {"ablated_heads": [list(h) for h in heads], "accuracy_full": _overall(frames[0])}
-    if heads:
-        k = len(heads)
-        frames.append(niah_grid(model, trials, ablate=heads)
-                      .assign(condition=f"retrieval heads ablated ({k} heads, score > {ABLATE_THRESHOLD})"))
-        rng = np.random.default_rng(seed)
-        others = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads) if (l, h) not in heads]
-        picks = [[others[i] for i in rng.choice(len(others), k, replace=False)] for _ in range(draws)]
-        random = [niah_grid(model, trials, ablate=pick) for pick in picks]
-        median = (pd.concat(random).groupby(["context_length", "depth"], as_index=False)
-                  .agg(accuracy=("accuracy", "median"), n_trials=("n_trials", "first")))
-        frames.append(median.assign(condition=f"random heads ablated ({k} heads, median of {draws})"))
-        attrs.update(accuracy_ablated=_overall(frames[1]), random_heads=[[list(h) for h in p] for p in picks],
-                     accuracy_random=[_overall(g) for g in random])
-    frame = pd.concat(frames, ignore_index=True)[["condition", "context_length", "depth", "accuracy", "n_trials"]]
-    frame.attrs.update(attrs)
-    return frame
+    return registered_niah(model, prompts)
 
 
 def _overall(grid: pd.DataFrame) -> float:
@@ -367,10 +331,10 @@ def _passkey_sets(model, prompts) -> dict[str, list[str]]:
 
 
 def _niah_sets(model, prompts) -> dict[str, list[str]]:
-    from workbench.tasks import analysis_suite
+    from workbench.analyzers.niah import held_out_trials
 
     return {f"passkey, seed {HELD_OUT_SEED} (held out from the scoring trials)":
-            [r["prompt"] for r in analysis_suite("passkey", model, seed=HELD_OUT_SEED)]}
+            [r["prompt"] for r in held_out_trials(model)]}
 
 
 _WU = "Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality"
@@ -379,9 +343,4 @@ register(Analyzer("retrieval_heads", passkey_retrieval, "Retrieval heads (needle
                   family="retrieval", findings=findings.retrieval, example="passkey", prompts=_passkey_sets,
                   summary=summaries.retrieval,
                   params=keyword_defaults(retrieval_scores, trials="passkey suite", max_context=DEMO_MAX_CONTEXT)))
-register(Analyzer("niah", passkey_niah, "Needle-in-a-haystack accuracy, with and without the retrieval heads",
-                  mode="exact", applies=_applies, figures=lambda frame: [niah_heatmap(frame)], sources=(_WU,),
-                  family="retrieval", findings=findings.niah, example="passkey", prompts=_niah_sets,
-                  summary=summaries.niah,
-                  params={"trials": f"passkey suite, seed {HELD_OUT_SEED} (held out)", "ablate_threshold": ABLATE_THRESHOLD,
-                          "draws": RANDOM_DRAWS, "seed": 0, "retrieval_max_context": DEMO_MAX_CONTEXT}))
+# the niah and niah_curve tables register in workbench.analyzers.niah (one labelled set)

@@ -64,8 +64,8 @@ def _target(model, ids: torch.Tensor):
         with torch.no_grad():
             predicted = int(hf(input_ids=ids).logits[0, -1].argmax())
 
-        def forward(embeds):
-            return hf(inputs_embeds=embeds).logits[:, -1]  # (batch, vocab)
+        def forward(embeds):  # only the last position's logits are formed (logits_to_keep)
+            return hf(inputs_embeds=embeds, logits_to_keep=1).logits[:, -1]  # (batch, vocab)
 
         token = model.tokenizer.convert_ids_to_tokens([predicted])[0]
         return forward, predicted, f"logit of the predicted next token {token!r}", ids.shape[1] - 1
@@ -84,6 +84,13 @@ def _target(model, ids: torch.Tensor):
 
 def _attribute(model, ids: torch.Tensor, method: str, n_steps: int):
     """Per-token attributions ``(magnitude [pos], signed [pos])``, target facts, IG delta."""
+    from workbench.masked import sdpa
+
+    with sdpa(model):  # fused attention: no weights are needed, and its backward is cheaper
+        return _attribute_with(model, ids, method, n_steps)
+
+
+def _attribute_with(model, ids: torch.Tensor, method: str, n_steps: int):
     import captum.attr as ca
 
     forward, target, what, query = _target(model, ids)

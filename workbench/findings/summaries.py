@@ -37,7 +37,20 @@ def retrieval(frame: pd.DataFrame) -> dict[str, float]:
 def niah(frame: pd.DataFrame) -> dict[str, float]:
     if "condition" not in frame.columns:
         return {"NIAH accuracy": float(frame["accuracy"].mean())}
-    return {f"NIAH accuracy ({c})": float(v) for c, v in frame.groupby("condition", sort=False)["accuracy"].mean().items()}
+    from workbench.analyzers.niah import niah_summary
+
+    got = niah_summary(frame)
+    return {"NIAH accuracy (full)": got["full"], "NIAH accuracy (retrieval set ablated)": got["set_ablated"],
+            "NIAH accuracy (random sets of its size, median)": got["random_median"],
+            "retrieval set size (heads, Wu et al. > 0.1)": float(got["set_size"])}
+
+
+def niah_curve(frame: pd.DataFrame) -> dict[str, float]:
+    if frame.empty:
+        return {}
+    row = frame.iloc[(frame["k"] - 5).abs().argmin()]
+    return {f"NIAH accuracy, top-{int(row.k)} retrieval heads ablated": float(row["top"]),
+            f"NIAH accuracy, {int(row.k)} random heads ablated (median)": float(row["random_median"])}
 
 
 def circuits(frame: pd.DataFrame) -> dict[str, float]:

@@ -109,7 +109,8 @@ def causal_check(tables: Tables, table_name: str, ranking: str | None, k: int = 
     ks = sorted(int(x) for x in rows["k"].unique())
     chosen = max([x for x in ks if x <= k] or ks[:1])
     row = rows[rows["k"] == chosen].iloc[0]
-    beats = not (float(row.random_lo) <= float(row.top) <= float(row.random_hi))
+    beats = (bool(row.beats_random) if "beats_random" in rows.columns  # the table's own verdict (its direction)
+             else not (float(row.random_lo) <= float(row.top) <= float(row.random_hi)))
     text = (f"top-{chosen} ablated: {row.metric} {fmt(float(row.top))} vs bottom-{chosen} {fmt(float(row.bottom))} "
             f"and random {chosen}-sets {fmt(float(row.random_median))} [{fmt(float(row.random_lo))}, "
             f"{fmt(float(row.random_hi))}]" + ("" if beats else ": does not beat random"))
