@@ -10,7 +10,7 @@ import torch
 
 import workbench as wb
 from tests import tiny_models
-from tests.workbench.test_patterns import PREV, handmade_gpt2, handmade_prompts
+from tests.handmade import PREV, handmade_gpt2, handmade_prompts
 from workbench.analyzers import causal
 
 

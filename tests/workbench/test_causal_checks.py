@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import workbench as wb
-from tests.workbench.test_tasks import english, smol_tok  # noqa: F401  (fixtures)
 from workbench.analyzers import causal
 from workbench.analyzers import causal_checks as registered
 from workbench.analyzers import circuits as C

@@ -13,7 +13,7 @@ import torch
 import workbench as wb
 from probes.hooks import active_hook_count, record
 from tests import tiny_models
-from tests.workbench.test_patterns import PREV, handmade_gpt2, handmade_prompts
+from tests.handmade import PREV, handmade_gpt2, handmade_prompts
 from workbench.analyzers import importance as imp
 from workbench.heads import ablate_heads, head_mask, head_means
 from workbench.models import data_dir
@@ -315,7 +315,6 @@ def test_importance_bad_inputs(causal_tiny):
 
 # -- the demo model -----------------------------------------------------------------------------------
 DEMO = data_dir() / "demo"
-needs_demo = pytest.mark.skipif(not (DEMO / "config.json").exists(), reason="data/demo is not there yet")
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +330,6 @@ def demo():
     return model, prompts, answers, frames
 
 
-@needs_demo
 @pytest.mark.slow
 def test_demo_ablating_the_most_important_heads_hurts_more_than_the_least(demo):
     """Ranked by the gradient importance E|∂L/∂ξ| over all heads (the ``raw`` column). The
@@ -360,7 +358,6 @@ def test_demo_ablating_the_most_important_heads_hurts_more_than_the_least(demo):
     assert top_hurt > 0.1  # nats: the top heads carry the tasks
 
 
-@needs_demo
 @pytest.mark.slow
 def test_demo_importance_methods_agree_in_rank(demo):
     """Spearman ρ of the importance magnitudes (|∂L/∂ξ|, |Δloss|, |IG|) over the 32 heads > 0.5
@@ -424,7 +421,6 @@ def test_mean_ablation_takes_means_from_reference_prompts_only(causal_tiny):
         wb.head_importance(model, PROMPTS, method="ablation", ablation="mean", reference=[PROMPTS[1], "w60 w61"])
 
 
-@needs_demo
 def test_demo_splits_are_disjoint_and_keep_each_suites_share():
     from workbench.analyzers.rankings import demo_splits
 

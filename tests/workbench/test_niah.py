@@ -10,9 +10,7 @@ import workbench as wb
 from workbench.analyzers import niah
 from workbench.analyzers.causal import random_sets
 from workbench.analyzers.retrieval import read_trials
-from workbench.models import data_dir
 
-needs_demo = pytest.mark.skipif(not (data_dir() / "demo" / "config.json").exists(), reason="data/demo is not there yet")
 
 
 def test_retrieval_set_is_the_wu_threshold_set_strongest_first():
@@ -25,7 +23,6 @@ def test_retrieval_set_is_the_wu_threshold_set_strongest_first():
         niah.retrieval_set(scores.drop(columns="is_retrieval"))
 
 
-@needs_demo
 def test_demo_niah_controls_ablate_the_labelled_set_and_random_sets_of_its_size():
     model = wb.load_model("demo")
     rows = read_trials(None)
@@ -57,7 +54,6 @@ def test_demo_niah_controls_ablate_the_labelled_set_and_random_sets_of_its_size(
     assert summary["set_drop_points"] == pytest.approx(100 * (summary["full"] - summary["set_ablated"]))
 
 
-@needs_demo
 def test_registered_niah_ablates_the_retrieval_heads_set_on_held_out_trials_and_its_curve_shares_the_draws():
     """The one labelled set of the retrieval_heads table, on passkey trials of seed 1 (none of
     the scoring trials); the NIAH-over-k curve at k = the set's size meets the same random sets
