@@ -10,6 +10,8 @@ from workbench.analyze import analyze
 from workbench.analyzers import ANALYZERS, Analyzer, register
 from workbench.analyzers.summary import head_summary
 from workbench.analyzers.circuits import circuit, circuit_agreement, circuit_faithfulness, circuit_overlap, task_metric
+from workbench.analyzers.circuits_edge_eval import edge_faithfulness
+from workbench.analyzers.circuits_edges import edge_circuit, edge_overlap, edge_scores
 from workbench.analyzers.retrieval import niah_grid, retrieval_scores
 from workbench.analyzers.saliency import saliency_alignment, token_attributions
 from workbench.analyzers.importance import head_importance, pruning_curve
@@ -28,6 +30,7 @@ __all__ = [
     "ANALYZERS", "SOURCES", "ablate", "ablate_heads", "analyze", "Analyzer", "capture_patterns",
     "edit_heads", "HeadEdit", "patch_heads", "record_heads",
     "capture_stats", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap",
+    "edge_circuit", "edge_faithfulness", "edge_overlap", "edge_scores",
     "head_importance", "head_mask", "head_means", "head_patterns", "head_summary", "hidden_sinks",
     "load_model", "load_prompts", "massive_activations", "ModelHandle", "niah_grid",
     "pruning_curve", "register", "report", "retrieval_scores", "Run", "saliency_alignment",

@@ -158,10 +158,28 @@ class Ups:
 # -- the model's parts ----------------------------------------------------------------------------
 @dataclass
 class _Proj:
-    """Per-head weights of one of q, k, v: ``y_h = weight[h] @ x + bias[h]``."""
+    """Per-head weights of one of q, k, v, as views of the model's own weights (no copies):
+    ``weight [groups, d_head, d_model]`` with ``y_h = weight[h // rep] @ x_h + bias[h // rep]``
+    (rep = query heads per group: 1 for q, ``n_heads / n_kv_heads`` for a GQA model's k and v), or
+    for GPT-2's Conv1D ``weight [d_model, heads, d_head]`` with ``y_h = x_h @ weight[:, h]``."""
 
-    weight: torch.Tensor        # (heads, d_head, d_model)
-    bias: torch.Tensor | None   # (heads, d_head)
+    weight: torch.Tensor
+    bias: torch.Tensor | None   # (groups | heads, d_head)
+    rep: int = 1
+    conv: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [batch, pos, heads, d_model]`` (one input per query head) -> ``[batch, pos, heads, d_head]``."""
+        b, p, h, d = x.shape
+        w = self.weight.to(x.dtype)
+        if self.conv:
+            y = torch.einsum("bphd,dhe->bphe", x, w)
+            return y if self.bias is None else y + self.bias
+        g = h // self.rep
+        y = torch.einsum("bpgrd,ged->bpgre", x.view(b, p, g, self.rep, d), w)  # (batch, pos, group, rep, d_head)
+        if self.bias is not None:
+            y = y + self.bias[:, None]
+        return y.reshape(b, p, h, -1)
 
 
 @dataclass
@@ -173,13 +191,12 @@ class _Block:
     w_out: torch.Tensor         # (heads, d_model, d_head): head h writes w_out[h] @ z_h
     ln2: torch.nn.Module
     mlp: torch.nn.Module
-    proj: dict                  # {"q" | "k" | "v": _Proj}, k and v already expanded to query heads
+    proj: dict                  # {"q" | "k" | "v": _Proj} (k, v of a GQA model: rep > 1)
 
 
-def _linear(module, heads: int, d_head: int) -> _Proj:
-    w = module.weight.view(heads, d_head, -1)  # (heads, d_head, d_model)
-    b = None if module.bias is None else module.bias.view(heads, d_head)
-    return _Proj(w, b)
+def _linear(module, groups: int, d_head: int, rep: int = 1) -> _Proj:
+    w = module.weight.view(groups, d_head, -1)  # (groups, d_head, d_model)
+    return _Proj(w, None if module.bias is None else module.bias.view(groups, d_head), rep)
 
 
 def _blocks(model) -> tuple[list[_Block], torch.nn.Module]:
@@ -190,23 +207,20 @@ def _blocks(model) -> tuple[list[_Block], torch.nn.Module]:
         raise WorkbenchError(f"edge graphs support model types {list(SUPPORTED)} (pre-norm blocks); "
                              f"{model.name} is {kind!r}")
     H, Hkv, dh = model.n_heads, model.n_kv_heads, model.d_head
-    group = torch.arange(H) // (H // Hkv)  # (heads,) KV group of each query head
     blocks = []
     if kind == "gpt2":
         for b in hf.transformer.h:
             w, bias = b.attn.c_attn.weight, b.attn.c_attn.bias  # (d, 3d): x @ w, order [q | k | v]
             d = w.shape[0]
-            proj = {k: _Proj(w[:, i * d:(i + 1) * d].T.reshape(H, dh, d), bias[i * d:(i + 1) * d].view(H, dh))
+            proj = {k: _Proj(w[:, i * d:(i + 1) * d].view(d, H, dh), bias[i * d:(i + 1) * d].view(H, dh), conv=True)
                     for i, k in enumerate(KINDS)}
             w_out = b.attn.c_proj.weight.view(H, dh, d).transpose(1, 2)  # (heads, d, d_head)
             blocks.append(_Block(b.ln_1, b.attn, {"qkv": b.attn.c_attn}, b.attn.c_proj, w_out, b.ln_2, b.mlp, proj))
         return blocks, hf.transformer.ln_f
     for b in hf.model.layers:
         a = b.self_attn
-        proj = {"q": _linear(a.q_proj, H, dh)}
-        for k in ("k", "v"):
-            p = _linear(getattr(a, f"{k}_proj"), Hkv, dh)
-            proj[k] = _Proj(p.weight[group], None if p.bias is None else p.bias[group])  # per query head
+        proj = {"q": _linear(a.q_proj, H, dh), "k": _linear(a.k_proj, Hkv, dh, H // Hkv),
+                "v": _linear(a.v_proj, Hkv, dh, H // Hkv)}
         d = a.o_proj.weight.shape[0]
         w_out = a.o_proj.weight.view(d, H, dh).permute(1, 0, 2)  # (heads, d, d_head)
         blocks.append(_Block(b.input_layernorm, a, {"q": a.q_proj, "k": a.k_proj, "v": a.v_proj}, a.o_proj,
@@ -268,12 +282,8 @@ def run(model, ids: torch.Tensor, *, delta: Delta | None = None, input_value: to
         inp = xl[:, :, None, :].expand(*xl.shape[:2], H, xl.shape[-1])  # (batch, pos, heads, d)
         if d is not None:
             inp = inp + d.to(xl.dtype)
-        normed = b.ln1.forward(inp)  # the block's own norm, per head (forward: no hooks)
-        p = b.proj[kind]
-        y = torch.einsum("bphd,hed->bphe", normed, p.weight.to(normed.dtype))  # (batch, pos, heads, d_head)
-        if p.bias is not None:
-            y = y + p.bias
-        return y.reshape(*y.shape[:2], H * dh)
+        y = b.proj[kind](b.ln1.forward(inp))  # the block's own norm, per head (forward: no hooks)
+        return y.reshape(*y.shape[:2], H * dh)  # (batch, pos, heads * d_head)
 
     def proj_post(layer, kind):
         def hook(module, args, output):

@@ -119,6 +119,16 @@ class Evaluator:
         return total / count
 
 
+def batches(groups, size: int) -> list:
+    """Split length groups into batches of at most ``size`` examples (bounds a backward's memory)."""
+    out = []
+    for group in groups:
+        for start in range(0, len(group.clean), size):
+            part = slice(start, start + size)
+            out.append(type(group)(group.clean[part], group.corrupt[part], group.answer[part], group.wrong[part]))
+    return out
+
+
 def site_cols(g: edges.Graph, site: str, layer: int | None) -> list[int]:
     """Downstream indices a site's delta covers: q, k, v of every head (attn), or one node."""
     if site == "attn":

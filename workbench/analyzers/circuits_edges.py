@@ -32,7 +32,7 @@ import torch
 
 from workbench import checks, edges, overlap
 from workbench.analyzers.circuits import encode_task
-from workbench.analyzers.circuits_edge_eval import ABLATIONS, Evaluator, logit_diff, site_cols, split_attn
+from workbench.analyzers.circuits_edge_eval import ABLATIONS, Evaluator, batches, logit_diff, site_cols, split_attn
 from workbench.analyzers.circuits_faithful import smallest_faithful
 from workbench.errors import WorkbenchError
 
@@ -40,6 +40,7 @@ METHODS = ("eap_ig", "eap", "activation_patching")
 STEPS = 5       # IG steps: Hanna et al. 2024 find m = 5 enough for EAP-IG
 TARGET = 0.8    # faithfulness a selected circuit must reach (as for node circuits)
 PATCH_BATCH = 512  # sequences per exact-patching forward (copies of a group, one edge each)
+GRAD_BATCH = 8     # examples per gradient forward (its graph holds every head's q/k/v inputs)
 
 
 # -- per-group runs ------------------------------------------------------------------------------
@@ -79,10 +80,11 @@ def _gradient_scores(model, g: edges.Graph, groups, steps: int, integrated: bool
                 got = torch.autograd.grad(logit_diff(logits, group).sum(), [leaves[key] for key in keys])
             for key, grad in zip(keys, got):
                 grads[key] = grads[key] + grad if key in grads else grad
+        rows = diff.permute(2, 0, 1, 3).reshape(g.n_upstream, -1)  # (U, b * p * d)
         for (site, layer), grad in grads.items():  # grad: (b, p, n_cols, d), summed over steps
             n = g.prefix(site, layer)
-            block = torch.einsum("bpud,bpvd->uv", diff[:, :, :n].double(), grad.double())  # (n, n_cols)
-            scores[:n, site_cols(g, site, layer)] += block.cpu() / n_steps
+            cols = grad.permute(2, 0, 1, 3).reshape(grad.shape[2], -1)  # (n_cols, b * p * d)
+            scores[:n, site_cols(g, site, layer)] += (rows[:n] @ cols.T).double().cpu() / n_steps  # (n, n_cols)
     return scores.numpy(), sums[0], sums[1]
 
 
@@ -143,7 +145,8 @@ def edge_scores(model, task, method: str = "eap_ig", *, steps: int = STEPS) -> p
     if method == "activation_patching":
         raw, ld_c, ld_x = _exact_scores(model, g, groups)
     else:
-        raw, ld_c, ld_x = _gradient_scores(model, g, groups, steps, integrated=method == "eap_ig")
+        raw, ld_c, ld_x = _gradient_scores(model, g, batches(groups, GRAD_BATCH), steps,
+                                           integrated=method == "eap_ig")
     n = sum(len(gr.clean) for gr in groups)
     ld_c, ld_x = ld_c / n, ld_x / n
     gap = ld_c - ld_x
