@@ -135,3 +135,16 @@ def test_bad_inputs_give_clear_errors(copier, minilm):
         edge_faithfulness(copier, task, [("a9.h0", "logits")])
     with pytest.raises(WorkbenchError, match="is an encoder"):
         E.edge_scores(minilm, task)
+
+
+def test_curve_puts_random_sets_of_each_size_beside_the_top_set():
+    from workbench.analyzers.circuits_faithful import curve
+
+    ranking = list("abcdefgh")
+    value = {c: v for c, v in zip(ranking, [0.5, 0.3, 0.1, 0.05, 0.05, 0, 0, 0])}
+    table = curve(lambda items: sum(value[i] for i in items), ranking, [1, 2, 4], draws=200, seed=0)
+    assert list(table.columns) == ["k", "top", "random_median", "random_lo", "random_hi"]
+    assert table["top"].tolist() == pytest.approx([0.5, 0.8, 0.95])
+    # a random k-set's expected value is k/8 of the total (1.0); its range covers both extremes
+    assert table.loc[table["k"] == 4, "random_median"].item() == pytest.approx(0.5, abs=0.1)
+    assert table.loc[table["k"] == 1, "random_lo"].item() == 0 and table.loc[table["k"] == 1, "random_hi"].item() == 0.5

@@ -40,6 +40,7 @@ METHODS = ("eap_ig", "eap", "activation_patching")
 STEPS = 5       # IG steps: Hanna et al. 2024 find m = 5 enough for EAP-IG
 TARGET = 0.8    # faithfulness a selected circuit must reach (as for node circuits)
 PATCH_BATCH = 512  # sequences per exact-patching forward (copies of a group, one edge each)
+EXHAUSTIVE = 16    # edge-set sizes tried one by one before the geometric grid (graphs have 10^3-10^5 edges)
 GRAD_BATCH = 8     # examples per gradient forward (its graph holds every head's q/k/v inputs)
 
 
@@ -210,7 +211,7 @@ def edge_circuit(model, task, method: str = "eap_ig", *, steps: int = STEPS, tar
     if top_n is not None:
         k, searched = top_n, {top_n: faithfulness(top_n)}
     else:
-        k, searched = smallest_faithful(faithfulness, n_max, target)
+        k, searched = smallest_faithful(faithfulness, n_max, target, exhaustive=EXHAUSTIVE)
     frame["in_circuit"] = False
     note = f"edges outside the circuit carry {ev.reference} ({ev.ablation} ablation)"
     if k is None:
