@@ -12,7 +12,8 @@ Nodes, named as in Hanna et al.'s ``eap`` code:
 
 An edge u → v is valid when u is computed before v reads (``input`` and every node of an
 earlier layer feed a layer's heads; its own heads also feed its MLP). The residual a node reads
-is the sum of all valid upstream outputs (plus constant biases), so changing one edge means
+is the sum of all valid upstream outputs (plus constant biases, such as GPT-2's attention output
+bias, which belong to no node and never differ between runs), so changing one edge means
 adding ``δ_v = a_u' − a_u`` to node v's input only: the head's query (key, value) is then
 ``W_Q[h] · LN(x + δ)``, computed with the model's own LayerNorm and weights, while every other
 reader of x sees it unchanged. `run` does this with hooks on the plain HF model
@@ -184,6 +185,7 @@ class _Proj:
 
 @dataclass
 class _Block:
+    module: torch.nn.Module     # the decoder block (block 0's input is the ``input`` node)
     ln1: torch.nn.Module
     attn: torch.nn.Module
     qkv: dict                   # {"q" | "k" | "v": module whose output is that projection} or {"qkv": c_attn}
@@ -215,7 +217,7 @@ def _blocks(model) -> tuple[list[_Block], torch.nn.Module]:
             proj = {k: _Proj(w[:, i * d:(i + 1) * d].view(d, H, dh), bias[i * d:(i + 1) * d].view(H, dh), conv=True)
                     for i, k in enumerate(KINDS)}
             w_out = b.attn.c_proj.weight.view(H, dh, d).transpose(1, 2)  # (heads, d, d_head)
-            blocks.append(_Block(b.ln_1, b.attn, {"qkv": b.attn.c_attn}, b.attn.c_proj, w_out, b.ln_2, b.mlp, proj))
+            blocks.append(_Block(b, b.ln_1, b.attn, {"qkv": b.attn.c_attn}, b.attn.c_proj, w_out, b.ln_2, b.mlp, proj))
         return blocks, hf.transformer.ln_f
     for b in hf.model.layers:
         a = b.self_attn
@@ -223,7 +225,7 @@ def _blocks(model) -> tuple[list[_Block], torch.nn.Module]:
                 "v": _linear(a.v_proj, Hkv, dh, H // Hkv)}
         d = a.o_proj.weight.shape[0]
         w_out = a.o_proj.weight.view(d, H, dh).permute(1, 0, 2)  # (heads, d, d_head)
-        blocks.append(_Block(b.input_layernorm, a, {"q": a.q_proj, "k": a.k_proj, "v": a.v_proj}, a.o_proj,
+        blocks.append(_Block(b, b.input_layernorm, a, {"q": a.q_proj, "k": a.k_proj, "v": a.v_proj}, a.o_proj,
                              w_out, b.post_attention_layernorm, b.mlp, proj))
     return blocks, hf.model.norm
 
@@ -316,7 +318,7 @@ def run(model, ids: torch.Tensor, *, delta: Delta | None = None, input_value: to
         d = delta("logits", None, ups) if delta is not None else None
         return None if d is None else (args[0] + d.to(args[0].dtype), *args[1:])
 
-    pre = [(blocks_module(model)[0], block0), (final, final_pre)]
+    pre = [(blocks[0].module, block0), (final, final_pre)]
     post = []
     for layer, b in enumerate(blocks):
         pre += [(b.ln1, ln1(layer)), (b.attn, attn_pre(layer)), (b.out, out_pre(layer)), (b.ln2, ln2(layer))]
@@ -329,12 +331,6 @@ def run(model, ids: torch.Tensor, *, delta: Delta | None = None, input_value: to
         for b, n in zip(blocks, saved):
             b.attn.num_key_value_groups = n
     return logits, ups
-
-
-def blocks_module(model) -> list[torch.nn.Module]:
-    """The decoder block modules of the handle's HF model (block 0's input is the ``input`` node)."""
-    hf = model.hf_model
-    return list(hf.transformer.h) if hf.config.model_type == "gpt2" else list(hf.model.layers)
 
 
 def check_model(model) -> Graph:

@@ -111,7 +111,13 @@ class Evaluator:
                     return None
                 cur = ups.flat(n)  # (b, p, n, d)
                 base = -cur if ref is None else ref[..., :n, :] - cur  # ablated value − current value
-                out = torch.einsum("bpnd,nv->bpvd", base, a.to(cur.dtype))  # (b, p, cols, d)
+                full, part = a.all(1), a.any(1) & ~a.all(1)  # (n,): upstreams cut into every column / some
+                # δ_v = Σ_u cut[u, v] base_u: one sum for the rows cut everywhere, a product for the rest
+                out = torch.einsum("bpnd,n->bpd", base, full.to(cur.dtype))[:, :, None]  # (b, p, 1, d)
+                if bool(part.any()):
+                    rows = part.nonzero()[:, 0]
+                    out = out + torch.einsum("bpnd,nv->bpvd", base[:, :, rows], a[rows].to(cur.dtype))
+                out = out.expand(*out.shape[:2], a.shape[1], out.shape[-1])  # (b, p, cols, d)
                 return split_attn(out, g.n_heads) if site == "attn" else out[:, :, 0]
 
             ld = logit_diff(edges.run(self.model, group.clean, delta=delta)[0], group)
