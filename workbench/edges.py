@@ -48,7 +48,7 @@ KINDS = ("q", "k", "v")
 
 #: ``delta(site, layer, ups)`` -> what to add to the inputs of that site's downstream nodes.
 #: site ``"attn"``: ``(dq, dk, dv)``, each ``[batch, pos, n_heads, d_model]`` or None (or None
-#: for all three); ``"mlp"`` and ``"logits"`` (layer None): ``[batch, pos, d_model]`` or None.
+#: for all three), or one ``[batch, pos, d_model]`` shift for every head's q, k and v alike; ``"mlp"`` and ``"logits"`` (layer None): ``[batch, pos, d_model]`` or None.
 #: ``ups`` holds the upstream outputs computed so far in this forward (see `Ups`).
 Delta = Callable[[str, "int | None", "Ups"], object]
 
@@ -262,8 +262,11 @@ def run(model, ids: torch.Tensor, *, delta: Delta | None = None, input_value: to
         def hook(module, args):
             x[layer] = args[0]  # (batch, pos, d): the residual the heads read
             deltas = delta("attn", layer, ups) if delta is not None else None
+            if isinstance(deltas, torch.Tensor):  # one shift for every head's q, k and v: no split needed
+                return (args[0] + deltas.to(args[0].dtype), *args[1:])
             if deltas is not None and any(d is not None for d in deltas):
                 split[layer] = deltas
+            return None
         return hook
 
     def attn_pre(layer):

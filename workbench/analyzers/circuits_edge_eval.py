@@ -104,19 +104,28 @@ class Evaluator:
         cut = torch.as_tensor(g.valid() & ~kept)
         total, count = 0.0, 0
         for group, ref in zip(self.groups, self.refs):
-            def delta(site, layer, ups, ref=ref):
+            state = {"done": 0, "diff": None}  # diff[:, :, u] = ablated − current value of upstream u
+
+            def delta(site, layer, ups, ref=ref, state=state):
                 n = g.prefix(site, layer)
                 a = cut[:n, site_cols(g, site, layer)]
                 if not bool(a.any()):
                     return None
-                cur = ups.flat(n)  # (b, p, n, d)
-                base = -cur if ref is None else ref[..., :n, :] - cur  # ablated value − current value
+                cur, done = ups.flat(n), state["done"]  # (b, p, n, d); nodes before `done` are filled
+                if state["diff"] is None:
+                    state["diff"] = torch.empty_like(ups.buffer)  # (b, p, U, d)
+                if n > done:  # each upstream node's difference is computed once, when first read
+                    new = cur[:, :, done:n]
+                    state["diff"][:, :, done:n] = -new if ref is None else ref[..., done:n, :] - new
+                    state["done"] = n
+                base = state["diff"][:, :, :n]  # (b, p, n, d)
                 full, part = a.all(1), a.any(1) & ~a.all(1)  # (n,): upstreams cut into every column / some
-                # δ_v = Σ_u cut[u, v] base_u: one sum for the rows cut everywhere, a product for the rest
-                out = torch.einsum("bpnd,n->bpd", base, full.to(cur.dtype))[:, :, None]  # (b, p, 1, d)
-                if bool(part.any()):
-                    rows = part.nonzero()[:, 0]
-                    out = out + torch.einsum("bpnd,nv->bpvd", base[:, :, rows], a[rows].to(cur.dtype))
+                # δ_v = Σ_u cut[u, v] base_u: one weighted sum for the rows cut everywhere, a product for the rest
+                out = (full.to(base.dtype) @ base)[:, :, None]  # (b, p, 1, d)
+                if not bool(part.any()):  # the same shift for every reader of the site
+                    return out[:, :, 0]
+                rows = part.nonzero()[:, 0]
+                out = out + a[rows].T.to(base.dtype) @ base[:, :, rows]  # (cols, r) @ (b, p, r, d)
                 out = out.expand(*out.shape[:2], a.shape[1], out.shape[-1])  # (b, p, cols, d)
                 return split_attn(out, g.n_heads) if site == "attn" else out[:, :, 0]
 
