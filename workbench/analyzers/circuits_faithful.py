@@ -84,3 +84,138 @@ def curve(evaluate: Callable[[list], float], ranking: list, sizes, *, draws: int
         rows.append({"k": k, "top": float(top), "random_median": float(np.median(rand)),
                      "random_lo": float(np.min(rand)), "random_hi": float(np.max(rand))})
     return pd.DataFrame(rows, columns=["k", "top", "random_median", "random_lo", "random_hi"])
+
+
+# -- node circuits: the metric with only some heads kept ----------------------------------------
+#: What a head outside the circuit becomes. ``mean`` (default; Wang et al. 2022): its mean
+#: output over the reference distribution, the task's corrupted prompts (Wang et al.'s ABC
+#: distribution), position by position where the scored prompt and at least `MIN_TEMPLATE_REFS`
+#: reference prompts share its template and length, else one mean over every reference position.
+#: It keeps a head's typical contribution and removes only what depends on the example, so a
+#: circuit is not charged for the constant work other heads do. ``resample`` (Conmy et al. 2023's
+#: ACDC, Hanna et al. 2024): the head's output on the same example's corrupted prompt, one draw
+#: from that distribution. ``zero``: nothing (off-distribution; the harshest).
+NODE_ABLATIONS = ("mean", "resample", "zero")
+MIN_TEMPLATE_REFS = 4   # reference prompts of one template and length needed for per-position means
+NODE_BATCH = 512        # sequences per forward when several head masks ride in one batch
+
+
+def _reference_rows(task_rows: list[dict], reference) -> list[tuple[str, object]]:
+    """``(prompt, template or None)`` of the reference distribution (never a scored prompt)."""
+    if reference is None:
+        return [(str(r["corrupted_prompt"]), r.get("template")) for r in task_rows]
+    out = []
+    for i, item in enumerate(reference):
+        if isinstance(item, str):
+            out.append((item, None))
+        elif isinstance(item, dict) and "corrupted_prompt" in item:
+            out.append((str(item["corrupted_prompt"]), item.get("template")))
+        else:
+            from workbench.errors import WorkbenchError
+
+            raise WorkbenchError(f"reference item {i} must be a prompt string or a task row with "
+                                 f"'corrupted_prompt'; got {type(item).__name__}")
+    if not out:
+        from workbench.errors import WorkbenchError
+
+        raise WorkbenchError("reference is empty: expected prompts or task rows")
+    return out
+
+
+class NodeEvaluator:
+    """Mean LD of a task with chosen heads kept and the rest ablated; many masks per forward.
+
+    Args:
+        model: a causal `ModelHandle`.
+        task: as for `workbench.circuit` (rows may carry ``template``).
+        ablation: one of `NODE_ABLATIONS`.
+        reference: prompts or task rows whose corrupted prompts are the reference distribution
+            for ``mean`` (default: the task's own corrupted prompts; the clean prompts being
+            scored are never part of it).
+    """
+
+    def __init__(self, model, task, *, ablation: str = "mean", reference=None):
+        import torch
+
+        from workbench import checks
+        from workbench.analyzers.circuits import encode_task, read_task
+        from workbench.heads import head_means, record_heads
+
+        self.model, self.ablation = model, checks.choice("ablation", ablation, NODE_ABLATIONS)
+        rows = read_task(task)
+        by_template: dict = {}
+        for row in rows:
+            by_template.setdefault(row.get("template"), []).append(row)
+        self.groups = [(g, t) for t, part in by_template.items() for g in encode_task(model, part)]
+        self.bases: list = []
+        self.position_aware = 0
+        if self.ablation == "mean":
+            refs = _reference_rows(rows, reference)
+            tok = model.tokenizer
+            lengths = [len(tok(p)["input_ids"]) for p, _ in refs]
+            overall = head_means(model, [p for p, _ in refs])  # (L, H, d)
+            cache: dict = {}
+            for g, template in self.groups:
+                n = g.clean.shape[1]
+                key = (template, n)
+                if key not in cache:
+                    same = [p for (p, t), m in zip(refs, lengths) if template is not None and t == template and m == n]
+                    cache[key] = head_means(model, same, by_position=True) if len(same) >= MIN_TEMPLATE_REFS else None
+                base = cache[key]
+                self.position_aware += len(g.clean) if base is not None else 0
+                self.bases.append(overall if base is None else base)  # (L, H, d) or (L, pos, H, d)
+            self.reference = (f"mean over {len(refs)} " + ("corrupted prompts of the task" if reference is None
+                              else "reference prompts") + f"; per position for {self.position_aware} of "
+                              f"{self.n} examples (template shared by >= {MIN_TEMPLATE_REFS} reference prompts)")
+        elif self.ablation == "resample":
+            with torch.no_grad():
+                self.bases = [record_heads(model, g.corrupt) for g, _ in self.groups]  # {layer: (b, pos, H, d)}
+            self.reference = "the same example's corrupted prompt (resample)"
+        else:
+            self.bases = [None] * len(self.groups)
+            self.reference = "zero"
+
+    @property
+    def n(self) -> int:
+        return sum(len(g.clean) for g, _ in self.groups)
+
+    def metric(self, masks) -> "np.ndarray":
+        """Mean LD for each head mask: ``masks [C, n_layers, n_heads]`` (1 keeps, 0 ablates) -> ``[C]``."""
+        import numpy as np
+        import torch
+
+        from workbench.heads import HeadEdit, edit_heads
+
+        masks = torch.as_tensor(np.asarray(masks, dtype=np.float32))
+        totals = np.zeros(len(masks))
+        with torch.no_grad():
+            for (g, _), base in zip(self.groups, self.bases):
+                b = len(g.clean)
+                per = max(1, NODE_BATCH // b)
+                for start in range(0, len(masks), per):
+                    chunk = masks[start:start + per]  # (c, L, H)
+                    c = len(chunk)
+                    scale = chunk.repeat_interleave(b, 0)  # (c * b, L, H): copy i is rows i*b..(i+1)*b
+                    if isinstance(base, dict):  # resample: this group's corrupted outputs, per copy
+                        edit_base = {layer: z.repeat(c, 1, 1, 1) for layer, z in base.items()}
+                    else:
+                        edit_base = base
+                    ids = g.clean.repeat(c, 1)
+                    with edit_heads(self.model, HeadEdit(scale, edit_base), site="hf"):
+                        last = self.model.hf_model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[:, -1]
+                    rows = torch.arange(len(ids))
+                    ld = last[rows, g.answer.repeat(c)] - last[rows, g.wrong.repeat(c)]  # (c * b,)
+                    totals[start:start + c] += ld.view(c, b).sum(1).double().cpu().numpy()
+        return totals / self.n
+
+    def corrupted_metric(self) -> float:
+        """Mean LD of the corrupted prompts themselves (answer vs corrupted answer tokens)."""
+        import torch
+
+        total = 0.0
+        with torch.no_grad():
+            for g, _ in self.groups:
+                last = self.model.hf_model(input_ids=g.corrupt, use_cache=False, logits_to_keep=1).logits[:, -1]
+                rows = torch.arange(len(last))
+                total += float((last[rows, g.answer] - last[rows, g.wrong]).sum())
+        return total / self.n
