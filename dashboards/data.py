@@ -4,9 +4,11 @@ A served folder (the *root*) is one run or a folder of runs. Pages name a run by
 run's path relative to the root as it appears in the URL (``?run=demo``; ``.`` is the root
 itself). `resolve_run` turns an id into a path and refuses anything outside the root, so a URL
 cannot read other directories. Tables, and the figures made from them, are kept in LRU caches
-keyed by (run path, table, file mtime and size), so a re-analysed table is read again. The only
-other state is three more small LRU caches for what is computed on demand: loaded models,
-single-head attention patterns and token attributions of typed prompts.
+keyed by (run path, table, file mtime and size), so a re-analysed table is read again. What is
+computed on demand with a model (the patterns of a layer on a typed prompt, token attributions)
+runs in Dash background callbacks, in worker processes; their results go to the app's disk cache
+(`diskcache`, set by `use_cache`), which every process shares, so the plain callbacks that draw
+them read them back without a model. Loaded models are kept per process (a small LRU cache).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from workbench.checks import integer
 from workbench.errors import WorkbenchError
 from workbench.run import Run, prompts_hash
 
@@ -26,13 +29,29 @@ from workbench.run import Run, prompts_hash
 ROOT_KEY = "WORKBENCH_ROOT"
 #: Model sources the app may load to compute patterns on demand (plus existing directories).
 NAMED_SOURCES = ("demo", "minilm")
+#: Longest run id accepted from an address, and longest folder name in it (bytes; most file systems' limit).
+MAX_RUN_ID, MAX_NAME = 1000, 255
+
+
+_SERVED: dict[str, object] = {}  # set once by `dashboards.app.create_app`: the root and the disk cache
 
 
 def served_root() -> Path:
-    """The folder the running app serves (read from the current Flask app's config)."""
-    from flask import current_app
+    """The folder the running app serves: the current Flask app's config, or (in a background
+    callback's worker process, which has no request) the root the app was created with."""
+    from flask import current_app, has_app_context
 
-    return Path(current_app.config[ROOT_KEY])
+    if has_app_context() and ROOT_KEY in current_app.config:
+        return Path(current_app.config[ROOT_KEY])
+    if "root" in _SERVED:
+        return Path(_SERVED["root"])
+    raise WorkbenchError("no app is serving a folder of runs")
+
+
+def use_root_and_cache(root: Path, cache) -> None:
+    """Remember the served root and the disk cache (a ``diskcache.Cache``) for this process and
+    the background workers forked from it."""
+    _SERVED.update(root=str(root), cache=cache)
 
 
 def check_root(path: str | Path) -> Path:
@@ -88,21 +107,48 @@ def resolve_run(root: str | Path, run_id: str | None) -> Path:
     """
     base = Path(root).resolve()
     run_id = run_or_default(base, run_id) or "."
-    if not isinstance(run_id, str) or "\x00" in run_id or len(run_id) > 1000:
-        raise WorkbenchError("the run id in the address is malformed: pick a run from the list")
+    if (not isinstance(run_id, str) or "\x00" in run_id or len(run_id) > MAX_RUN_ID
+            or any(len(part.encode()) > MAX_NAME for part in run_id.split("/"))):
+        shown = f" {_short(run_id)!r}" if isinstance(run_id, str) else ""
+        raise WorkbenchError(f"the run id{shown} in the address is malformed (at most {MAX_RUN_ID} characters, "
+                             f"{MAX_NAME} bytes a folder name): pick a run from the list")
     if run_id.startswith(("/", "\\", "~")) or Path(run_id).is_absolute():
-        raise WorkbenchError(f"run id {run_id!r} is an absolute path: expected a run inside the served folder")
-    path = (base / run_id).resolve()
+        raise WorkbenchError(f"run id {_short(run_id)!r} is an absolute path: expected a run inside the served folder")
+    try:
+        path = (base / run_id).resolve()
+    except (OSError, RuntimeError):  # a symlink loop, a name the file system refuses
+        raise WorkbenchError(f"run id {_short(run_id)!r} cannot be resolved: pick a run from the list") from None
     if path != base and base not in path.parents:
-        raise WorkbenchError(f"run id {run_id!r} points outside the served folder: pick a run from the list")
+        raise WorkbenchError(f"run id {_short(run_id)!r} points outside the served folder: pick a run from the list")
     return path
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def head_index(name: str, value) -> int:
+    """A layer or head index from a callback input or the address (an int, or digits as text).
+
+    Raises:
+        WorkbenchError: anything else (a forged ``layer="abc"``, a negative number, a float).
+    """
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 6:
+        value = int(value)
+    if isinstance(value, str):
+        raise WorkbenchError(f"{name} {_short(value)!r} is not a {name} index: expected an int >= 0")
+    return integer(name, value, low=0)
 
 
 def open_run(root: str | Path, run_id: str | None) -> Run:
     """Open run ``run_id`` of ``root`` (see `resolve_run`); WorkbenchError if missing or damaged."""
     path = resolve_run(root, run_id)
-    if not path.exists():
-        raise WorkbenchError(f"there is no run {run_id!r} in the served folder: pick a run from the list")
+    try:
+        exists = path.exists()
+    except OSError:  # e.g. a name longer than the file system allows
+        exists = False
+    if not exists:
+        raise WorkbenchError(f"there is no run {_short(str(run_id))!r} in the served folder: pick a run from the list")
     return Run.open(path)
 
 
@@ -173,18 +219,10 @@ def per_head(frame: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def head_groups(frame: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
-    """Split a per-head frame into parts with one row per head: by the text columns that vary
-    within a head (e.g. ``task`` and ``method`` of the circuits table). Returns
-    ``[(where, part)]`` with ``where`` the column values of the part (``{}`` when unsplit)."""
-    if not frame.duplicated(["layer", "head"]).any():
-        return [({}, frame)]
-    per = frame.groupby(["layer", "head"])
-    cols = [c for c in frame.columns if c not in ("layer", "head")
-            and not pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
-            and per[c].nunique().max() > 1]
-    if not cols:
-        return [({}, frame)]
-    return [({c: str(v) for c, v in zip(cols, key)}, part) for key, part in frame.groupby(cols, sort=False)]
+    """Split a per-head frame into parts with one row per head (`workbench.findings.head_groups`)."""
+    from workbench.findings import head_groups as split
+
+    return split(frame)
 
 
 # -- on demand: models and patterns ----------------------------------------------------------
@@ -217,10 +255,17 @@ def _loaded(source: str):
 
 
 def run_prompts(run: Run) -> list[str]:
-    """The run's prompts when they can be recovered: the default prompt set for its model source
-    whose hash equals the manifest's ``prompts_hash``; else an empty list."""
+    """Prompts to choose from for the run: every prompt of its ``prompts`` table (the run's own
+    first, then each set its analyses used), else the default prompt set of its model source if
+    its hash matches the manifest's ``prompts_hash``, else an empty list."""
     from workbench.prompts import load_prompts
 
+    if "prompts" in run:
+        try:
+            stored = table(run, "prompts")
+            return list(dict.fromkeys(stored["prompt"].astype(str)))
+        except WorkbenchError:
+            pass
     source = model_source(run)
     if source is None:
         return []
@@ -231,40 +276,131 @@ def run_prompts(run: Run) -> list[str]:
     return prompts if prompts_hash(prompts) == run.manifest.get("prompts_hash") else []
 
 
-@lru_cache(maxsize=4)  # at most 4 patterns of up to n_ctx² floats (64 MB each at 4096 tokens)
-def head_pattern(source: str, prompt: str, layer: int, head: int) -> tuple[np.ndarray, tuple[str, ...]]:
-    """The attention pattern of one head on one prompt, computed with the model from ``source``.
+CACHE_KEY = "WORKBENCH_CACHE"  # the app's diskcache.Cache in its Flask config
+
+
+def _cache():
+    """The serving app's disk cache (from its Flask config), or in a background worker the cache
+    it was forked with; None outside any app."""
+    from flask import current_app, has_app_context
+
+    if has_app_context() and CACHE_KEY in current_app.config:
+        return current_app.config[CACHE_KEY]
+    return _SERVED.get("cache")
+
+
+def _cache_get(key):
+    cache = _cache()
+    return None if cache is None else cache.get(key)
+
+
+def _cache_set(key, value) -> None:
+    cache = _cache()
+    if cache is not None:
+        cache.set(key, value)
+
+
+def layer_patterns(source: str, prompt: str, layer: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The attention patterns of every head of one layer on one prompt, computed with the model
+    from ``source`` (exact, `workbench.capture_patterns`), kept in the app's disk cache.
 
     Returns:
-        ``(pattern [query, key] float32, tokens)``: exact, from ``blocks.{layer}.attn.hook_pattern``
-        via `workbench.capture_patterns`; the full matrix stays on the server (only windows or
-        block means of it are sent to the browser).
+        ``(patterns [head, query, key] float32, tokens)``; the full matrices stay on the server
+        (only windows or block means of them are sent to the browser).
     Raises:
-        WorkbenchError: the model cannot be loaded, the prompt is empty or too long, layer or
-            head out of range.
+        WorkbenchError: the model cannot be loaded, the prompt is empty or too long, layer out of range.
     """
     import workbench as wb
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise WorkbenchError("the prompt is empty: type some text first")
+    layer = head_index("layer", layer)
+    key = ("layer_patterns", source, prompt, layer)
+    hit = _cache_get(key)
+    if hit is not None:
+        return hit
     model, lock = _loaded(source)
-    model.check_layer(int(layer))
-    model.check_head(int(head))
+    model.check_layer(layer)
     with lock:
-        patterns = wb.capture_patterns(model, [prompt], layers=[int(layer)])
+        patterns = wb.capture_patterns(model, [prompt], layers=[layer])
         tokens = tuple(model.to_str_tokens(prompt))
-    pattern = patterns[int(layer)][0, int(head)].numpy()  # (query, key)
-    return pattern[: len(tokens), : len(tokens)], tokens
+    n = len(tokens)
+    value = (patterns[layer][0, :, :n, :n].numpy().astype(np.float32), tokens)  # (head, query, key)
+    _cache_set(key, value)
+    return value
 
 
-@lru_cache(maxsize=4)
+def cached_layer(source: str, prompt: str, layer: int):
+    """`layer_patterns` if a background callback already computed it, else None (never computes)."""
+    return _cache_get(("layer_patterns", source, prompt, int(layer)))
+
+
+def head_pattern(source: str, prompt: str, layer: int, head: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """One head's pattern ``(pattern [query, key] float32, tokens)`` (see `layer_patterns`).
+
+    Raises:
+        WorkbenchError: as `layer_patterns`, or a head out of range.
+    """
+    head = head_index("head", head)
+    patterns, tokens = layer_patterns(source, prompt, layer)
+    if not head < patterns.shape[0]:
+        raise WorkbenchError(f"head {head!r} is out of range: the model has heads 0..{patterns.shape[0] - 1}")
+    return patterns[head], tokens
+
+
+def unknown_words(source: str, prompt: str) -> tuple[int, list[str]]:
+    """How many of the prompt's tokens are the tokenizer's unknown token, and the words that became
+    it (empty when the tokenizer has no unknown token)."""
+    model, _ = _loaded(source)
+    tok = model.tokenizer
+    if tok.unk_token_id is None:
+        return 0, []
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    count = sum(1 for i in ids if i == tok.unk_token_id)
+    if not count:
+        return 0, []
+    words = [w for w in prompt.split() if tok.unk_token_id in tok(w, add_special_tokens=False)["input_ids"]]
+    return count, words
+
+
 def token_attributions(source: str, prompt: str) -> pd.DataFrame:
     """Captum token attributions (integrated gradients) and attention of one prompt, computed with
-    the model from ``source`` by `workbench.token_attributions` (frame as that function returns)."""
+    the model from ``source`` by `workbench.token_attributions` (frame as that function returns),
+    kept in the app's disk cache."""
     import workbench as wb
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise WorkbenchError("the prompt is empty: type some text first")
+    key = ("token_attributions", source, prompt)
+    hit = _cache_get(key)
+    if hit is not None:
+        return hit
     model, lock = _loaded(source)
     with lock:
-        return wb.token_attributions(model, prompt, "integrated_gradients")
+        frame = wb.token_attributions(model, prompt, "integrated_gradients")
+    _cache_set(key, frame)
+    return frame
+
+
+def stored_examples(run: Run) -> list[str]:
+    """The example prompts whose every-head patterns the run stores (``head_examples``), or []."""
+    if "head_examples" not in run:
+        return []
+    try:
+        return list(dict.fromkeys(table(run, "head_examples")["example"].astype(str)))
+    except WorkbenchError:
+        return []
+
+
+def stored_layer(run: Run, example: str, layer: int) -> tuple[np.ndarray, tuple[str, ...], list[int], int] | None:
+    """``(patterns [head, kept, kept], tokens, positions, n_tokens)`` of one layer on a stored
+    example, or None when the run lacks it."""
+    from workbench.analyzers.examples import example_of
+
+    frame = table(run, "head_examples")
+    heads = sorted(int(h) for h in frame[(frame["example"] == example) & (frame["layer"] == int(layer))]["head"])
+    found = [example_of(frame, example, int(layer), h) for h in heads]
+    if not found or found[0] is None:
+        return None
+    _, positions, tokens, n = found[0]
+    return np.stack([f[0] for f in found]), tuple(tokens), positions, n

@@ -39,6 +39,7 @@ def layout_factory(pages: list[tuple[str, str]]):
                          html.Span(root.name if ids == ["."] else "", className="wb-run-name"), picker,
                          html.Nav(nav, className="wb-nav"), html.Span(id="app-selected", className="wb-selected")],
                         className="wb-header"),
+            html.Div(id="app-error", role="alert"),  # what a failed callback says (dashboards.app.callback_error)
             html.Main(dash.page_container, className="wb-main"),
         ])
 
@@ -78,3 +79,5 @@ def register_callbacks(app: dash.Dash) -> None:
         lambda search, value: sync_run(ctx.triggered_id, search, value))
     app.callback(Output("app-selected", "children"), Input("app-selection", "data"),
                  Input("app-url", "search"))(selected_badge)
+    app.callback(Output("app-error", "children"), Input("app-url", "pathname"), Input("app-url", "search"))(
+        lambda *_: None)  # a new page or run clears the last error

@@ -12,9 +12,14 @@ from urllib.parse import quote
 from dash import dcc, html, no_update
 
 from dashboards import data
-from workbench.analyzers import ANALYZERS
+from workbench.analyzers import ANALYZERS, pages
 from workbench.errors import WorkbenchError
 from workbench.figures import score_columns
+from workbench.glossary import lookup
+
+#: Extra content of a page, after its tables' figures: ``{page slug: fn(run id, opened run) -> [components]}``
+#: (the saliency page's per-token bars on a typed prompt).
+PAGE_EXTRAS: dict = {}
 
 GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -34,9 +39,21 @@ def placeholder(text: str):
                              margin={"l": 20, "r": 20, "t": 20, "b": 20})
 
 
-def matching(names, keywords) -> list[str]:
-    """The names that contain any of ``keywords`` (a page's analyses, by table name)."""
-    return [n for n in names if any(k in n for k in keywords)]
+def tables_of(slug: str) -> list[str]:
+    """The registered analyses shown on dashboard page ``slug`` (`Analyzer.page`)."""
+    return pages().get(slug, [])
+
+
+def label_of(column: str, table: str | None = None) -> str:
+    """The glossary label of a column (the column name when the glossary lacks it)."""
+    term = lookup(column, table)
+    return term.label if term else column
+
+
+def tooltip(column: str, table: str | None = None) -> str:
+    """The glossary definition of a column as one paragraph (for ``title=`` tooltips)."""
+    term = lookup(column, table)
+    return term.tooltip() if term else f"{column}: not in the glossary"
 
 
 def title_of(name: str) -> str:
@@ -74,6 +91,9 @@ def names_heads(fig) -> bool:
     if axes == ("head", "layer"):
         return True
     for trace in fig.data:
+        if isinstance(getattr(trace, "name", None), str) and _HEAD_LABEL.match(trace.name) \
+                and getattr(trace, "customdata", None) is not None:
+            return True  # layer thumbnails: one heatmap per head, named L{layer}H{head}
         labels = getattr(trace, "text", None) if isinstance(getattr(trace, "text", None), (list, tuple)) else None
         for values in (labels, getattr(trace, "x", None)):
             if values is not None and len(values) and getattr(trace, "customdata", None) is not None \
@@ -125,24 +145,46 @@ def run_query(run_id: str | None, **extra) -> str:
     return "?" + "&".join(parts) if parts else ""
 
 
-def analysis_page(root, run_id: str | None, prefix: str, label: str, keywords) -> list:
-    """The body of an analysis page: every figure of every table of the run whose name matches
-    ``keywords``, and a clear message for each registered matching analysis the run lacks.
+def prompts_note(run, name: str) -> str | None:
+    """Which prompts table ``name`` was made from ("prompts: 16 of set 'ioi' (15 tokens), ..."),
+    from the run's ``prompts`` table; None when the run stores no prompt texts."""
+    if "prompts" not in run:
+        return None
+    try:
+        stored = data.table(run, "prompts")
+    except WorkbenchError:
+        return None
+    parts = []
+    for set_name, rows in stored.groupby("set", sort=False):
+        if name in str(rows["used_by"].iloc[0]).split(","):
+            low, high = int(rows["n_tokens"].min()), int(rows["n_tokens"].max())
+            parts.append(f"{len(rows)} of set {set_name!r} ({low}–{high} tokens)")
+    return ("prompts: " + "; ".join(parts) + " (listed in the report's Prompts section and the Head page's prompt "
+            "list)") if parts else None
 
-    Args:
-        root, run_id: which run (see `dashboards.data.resolve_run`).
-        prefix: the page's id prefix; figures of heads get ids ``{"type": f"{prefix}-graph", ...}``
-            (a click selects the head), other figures ``{"type": f"{prefix}-figure", ...}``.
-        label: what the page shows, for messages ("retrieval").
-        keywords: table-name fragments that belong to the page.
+
+def analysis_page(root, run_id: str | None, slug: str) -> list:
+    """The body of an analysis page: every figure of every table the registry puts on page
+    ``slug`` (`Analyzer.page`), the glossary of their columns as tooltips, and a clear message for
+    each such analysis the run lacks or skipped.
+
+    Figures of heads get ids ``{"type": "analysis-graph", "page": slug, "index": ...}`` (a click
+    selects the head), other figures ``{"type": "analysis-figure", ...}``.
     """
     try:
         run = data.open_run(root, run_id)
     except WorkbenchError as exc:
         return [message(str(exc), "error")]
-    names = matching(run.tables, keywords)
+    names = tables_of(slug)
+    skipped = run.manifest.get("skipped") or {}
     out = []
     for name in names:
+        if name not in run:
+            if name in skipped:
+                out.append(message(f"{title_of(name)} was skipped for this run's model: {skipped[name]}"))
+            else:
+                out.append(message(f"this run has no {name} table; run `{analyze_hint(run, [name])}`"))
+            continue
         out.append(html.H3(title_of(name)))
         try:
             frame = data.table(run, name)
@@ -153,21 +195,25 @@ def analysis_page(root, run_id: str | None, prefix: str, label: str, keywords) -
         except Exception as exc:  # noqa: BLE001 - a figure function's bug must not become a stack trace
             out.append(message(f"could not draw table {name!r}: {type(exc).__name__}: {exc}", "error"))
             continue
+        note = prompts_note(run, name)
+        if note:
+            out.append(html.Div(note, className="wb-caption wb-prompts"))
+        terms = [html.Span(label_of(c, name), title=tooltip(c, name), className="wb-term")
+                 for c in frame.columns if lookup(c, name) is not None]
+        if terms:
+            out.append(html.Div(["columns (hover for definitions): ", *sum(([t, " · "] for t in terms), [])[:-1]],
+                                className="wb-caption"))
         if not figures:
             out.append(message(f"table {name!r} has no figures; {len(frame)} rows, columns {list(frame.columns)}"))
         for i, fig in enumerate(figures):  # only figures of heads get the id that selects a head
-            kind = f"{prefix}-graph" if names_heads(fig) else f"{prefix}-figure"
-            out.append(dcc.Graph(id={"type": kind, "index": f"{name}-{i}"}, figure=fig, config=GRAPH_CONFIG))
-    skipped = run.manifest.get("skipped") or {}
-    lacking = [n for n in matching(ANALYZERS, keywords) if n not in run]
-    for name in lacking:
-        if name in skipped:
-            out.append(message(f"{title_of(name)} was skipped for this run's model: {skipped[name]}"))
-        else:
-            out.append(message(f"this run has no {name} table; run `{analyze_hint(run, [name])}`"))
-    if not names and not lacking:
-        out.append(message(f"this run has no {label} table; run `{analyze_hint(run, [])}` with a "
-                           f"workbench that has the {label} analysis"))
+            kind = "analysis-graph" if names_heads(fig) else "analysis-figure"
+            out.append(dcc.Graph(id={"type": kind, "page": slug, "index": f"{name}-{i}"}, figure=fig,
+                                 config=GRAPH_CONFIG))
+    if not names:
+        out.append(message(f"no registered analysis has a page {slug!r}"))
+    extra = PAGE_EXTRAS.get(slug)
+    if extra is not None:
+        out += extra(data.run_or_default(root, run_id), run)
     return out
 
 

@@ -8,7 +8,8 @@ module runs the real compiler, Triton source -> TTIR -> TTGIR -> LLVM IR -> PTX 
 GPU, so those failures show up on a CPU-only machine too. It does not launch anything.
 
     python -m kernels.aot --arch 90            # every variant the launcher can pick, sm_90
-    python -m kernels.aot --arch 90 --quick    # bf16, causal, d=128 (the benchmark shape)
+    python -m kernels.aot --arch 90 --quick    # bf16, causal, d=128 (the benchmark shape):
+                                               # pass 1, pass 2 and the one-pass kernel
 
 Must run with TRITON_INTERPRET unset (in interpreter mode @triton.jit builds interpreter
 objects, which cannot be compiled); the CLI refuses otherwise.
@@ -35,10 +36,10 @@ class InterpreterModeError(RuntimeError):
 class Compiled:
     """One compiled kernel variant."""
 
-    kernel: str      # _row_stats_kernel or _col_mass_kernel
+    kernel: str      # _row_stats_kernel, _col_mass_kernel or _onepass_kernel
     dtype: str       # fp16, bf16 or fp32
     d_block: int     # BLOCK_D (head dim rounded up to a power of two)
-    flags: str       # causal/mask/local/even-d, e.g. "causal,local,even_d"
+    flags: str       # causal/mask/local/even-d/argmax/col, e.g. "causal,local,even_d"
     shared: int      # bytes of shared memory per block
     seconds: float   # compile time
     has_cubin: bool  # the pipeline reached a cubin
@@ -52,11 +53,13 @@ def _signature(fn, pointer_types: dict[str, str], constexprs: dict[str, object])
 
 
 def compile_variant(kernel: str, dtype: str, d_block: int, *, causal: bool, has_mask: bool,
-                    has_local: bool, even_d: bool, arch: int = 90) -> Compiled:
+                    has_local: bool, even_d: bool, want_arg: bool = True, want_col: bool = True,
+                    arch: int = 90) -> Compiled:
     """Compile one variant of one kernel for ``cuda:sm_<arch>`` with the launcher's tile sizes.
 
     Args:
-        kernel: ``"row"`` (pass 1) or ``"col"`` (pass 2).
+        kernel: ``"row"`` (pass 1), ``"col"`` (pass 2) or ``"one"`` (the one-pass kernel).
+        want_arg, want_col: the argmax / column-sum flags (pass 1 takes want_arg, "one" both).
         dtype: ``"fp16"``, ``"bf16"`` or ``"fp32"`` (the q/k element type).
         d_block: BLOCK_D, a power of two in [16, 256].
     Raises:
@@ -80,37 +83,47 @@ def compile_variant(kernel: str, dtype: str, d_block: int, *, causal: bool, has_
         types = {"Q": ptr, "K": ptr, "MASK": "*u8", "LSE2": "*fp32", "ENT": "*fp32",
                  "MAXP": "*fp32", "ARG": "*i64", "SINK": "*fp32", "LOCAL": "*fp32",
                  "scale_log2": "fp32"}
-        constexprs = {**common, "HAS_LOCAL": has_local}
+        constexprs = {**common, "HAS_LOCAL": has_local, "WANT_ARG": want_arg}
+    elif kernel == "one":
+        fn = kt._onepass_kernel
+        types = {"Q": ptr, "K": ptr, "MASK": "*u8", "LSE2": "*fp32", "ENT": "*fp32",
+                 "MAXP": "*fp32", "ARG": "*i64", "SINK": "*fp32", "LOCAL": "*fp32", "COL": "*fp32",
+                 "scale_log2": "fp32"}
+        constexprs = {**common, "HAS_LOCAL": has_local, "WANT_ARG": want_arg, "WANT_COL": want_col}
     elif kernel == "col":
         fn = kt._col_mass_kernel
         types = {"Q": ptr, "K": ptr, "MASK": "*u8", "LSE2": "*fp32", "COL": "*fp32",
                  "scale_log2": "fp32"}
         constexprs = common
     else:
-        raise ValueError(f"kernel {kernel!r}; expected 'row' or 'col'")
+        raise ValueError(f"kernel {kernel!r}; expected 'row', 'col' or 'one'")
     signature, const_map = _signature(fn, types, constexprs)
     t0 = time.perf_counter()
     out = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=const_map),
                          target=GPUTarget("cuda", arch, 32),
                          options={"num_warps": num_warps, "num_stages": num_stages})
     flags = ",".join(n for n, on in (("causal", causal), ("mask", has_mask),
-                                     ("local", has_local and kernel == "row"),
-                                     ("even_d", even_d)) if on)
+                                     ("local", has_local and kernel != "col"), ("even_d", even_d),
+                                     ("argmax", want_arg and kernel != "col"),
+                                     ("col", want_col and kernel == "one")) if on)
     return Compiled(fn.__name__, dtype, d_block, flags, int(out.metadata.shared),
                     time.perf_counter() - t0, "cubin" in out.asm)
 
 
 def variants(quick: bool):
-    """(kernel, dtype, d_block, causal, has_mask, has_local, even_d) to compile."""
+    """(kernel, dtype, d_block, causal, has_mask, has_local, even_d, want_arg, want_col) to compile."""
     if quick:
-        yield from (("row", "bf16", 128, True, False, True, True),
-                    ("col", "bf16", 128, True, False, False, True))
+        yield from (("row", "bf16", 128, True, False, True, True, True, False),
+                    ("col", "bf16", 128, True, False, False, True, False, False),
+                    ("one", "bf16", 128, True, False, True, True, False, True))
         return
     for dtype, d_block, causal, has_mask, even_d in itertools.product(
             ("bf16", "fp16", "fp32"), (64, 128), (True, False), (False, True), (True, False)):
         for has_local in (False, True):
-            yield ("row", dtype, d_block, causal, has_mask, has_local, even_d)
-        yield ("col", dtype, d_block, causal, has_mask, False, even_d)
+            yield ("row", dtype, d_block, causal, has_mask, has_local, even_d, True, False)
+            for want_arg, want_col in ((False, True), (True, False), (False, False)):
+                yield ("one", dtype, d_block, causal, has_mask, has_local, even_d, want_arg, want_col)
+        yield ("col", dtype, d_block, causal, has_mask, False, even_d, False, False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,15 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     limit = SHARED_LIMIT.get(args.arch)
     worst = 0
-    for kernel, dtype, d_block, causal, mask, local, even in variants(args.quick):
+    for kernel, dtype, d_block, causal, mask, local, even, want_arg, want_col in variants(args.quick):
         try:
-            c = compile_variant(kernel, dtype, d_block, causal=causal, has_mask=mask,
-                                has_local=local, even_d=even, arch=args.arch)
+            c = compile_variant(kernel, dtype, d_block, causal=causal, has_mask=mask, has_local=local,
+                                even_d=even, want_arg=want_arg, want_col=want_col, arch=args.arch)
         except InterpreterModeError as err:  # the one check lives in compile_variant
             print(f"error: {err}", file=sys.stderr)
             return 2
         worst = max(worst, c.shared)
-        print(f"sm_{args.arch} {c.kernel:18s} {c.dtype} d={c.d_block:<3d} {c.flags:28s} "
+        print(f"sm_{args.arch} {c.kernel:18s} {c.dtype} d={c.d_block:<3d} {c.flags:34s} "
               f"shared {c.shared:6d} B  {c.seconds:5.1f} s  cubin={c.has_cubin}", flush=True)
         if not c.has_cubin or (limit is not None and c.shared > limit):
             print(f"error: {c.kernel} {c.dtype} d={c.d_block} needs {c.shared} B of shared memory "

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from workbench.errors import WorkbenchError
+from kernels.errors import WorkbenchError
 
 NameFilter = str | Iterable[str] | Callable[[str], bool]
 

@@ -30,3 +30,12 @@ def minilm():
     import workbench as wb
 
     return wb.load_model("minilm")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct, loaded once per session through the user cache (the first
+    load of a fresh cache dequantizes the GGUF: about 20 s on an idle machine)."""
+    import workbench as wb
+
+    return wb.load_model("smollm2")

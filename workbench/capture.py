@@ -1,12 +1,15 @@
-"""Public capture entry points built on `probes` (exact mode)."""
+"""Public capture entry points built on `probes`: exact patterns from the bridge's hooks, and
+streaming per-head statistics (row means with `capture_stats`, column sums with `capture_columns`)
+that never hold an N×N tensor."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 from probes.hooks import record
+from workbench.checks import integer, positive_int
 from workbench.errors import WorkbenchError
 from workbench.types import Pattern
 
@@ -19,6 +22,41 @@ def run_bridge(model, ids: torch.Tensor, mask: torch.Tensor, **kwargs):
     if bool(mask.all()):
         return model.bridge(ids, **kwargs)
     return model.bridge(ids, attention_mask=mask, **kwargs)
+
+
+def padded_batches(mask: torch.Tensor, batch_size: int, *, by_length: bool = True) -> Iterator[tuple[list[int], int]]:
+    """Cut a right-padded batch into forwards of at most ``batch_size`` rows.
+
+    Args:
+        mask: ``[batch, pos]`` attention mask from `ModelHandle.to_tokens` (1 = real token).
+        batch_size: rows per forward.
+        by_length: order rows by length first (longest first), so each forward pads little;
+            False keeps the prompts' order.
+    Yields:
+        ``(row indices, width)``: run ``ids[rows, :width]`` with ``mask[rows, :width]``; width is
+        the longest real length among the rows.
+    """
+    batch_size = positive_int("batch_size", batch_size)
+    lengths = mask.sum(-1).cpu()
+    order = (torch.argsort(lengths, descending=True, stable=True) if by_length else torch.arange(len(lengths))).tolist()
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        yield rows, int(lengths[rows].max())
+
+
+def pattern_bytes(model, batch: int, n: int, n_layers: int | None = None) -> int:
+    """Bytes of the float32 patterns ``[batch, head, n, n]`` of ``n_layers`` layers (default all)."""
+    return batch * model.n_heads * n * n * 4 * (model.n_layers if n_layers is None else n_layers)
+
+
+def check_pattern_bytes(model, batch: int, n: int, n_layers: int, max_bytes: int, *, advice: str) -> None:
+    """Refuse an exact capture whose patterns would exceed ``max_bytes`` (the message names the sizes)."""
+    need = pattern_bytes(model, batch, n, n_layers)
+    if need > max_bytes:
+        raise WorkbenchError(
+            f"exact patterns for {batch} prompt(s) of {n} tokens over {n_layers} layer(s) need "
+            f"{need / 2**30:.3g} GiB ({need} bytes; limit {max_bytes / 2**30:.3g} GiB = {max_bytes} bytes): {advice}"
+        )
 
 
 def capture_patterns(
@@ -44,13 +82,7 @@ def capture_patterns(
     chosen = list(range(model.n_layers)) if layers is None else [model.check_layer(layer) for layer in layers]
     if not chosen:
         raise WorkbenchError("layers is empty: expected at least one layer index")
-    batch, n = ids.shape
-    need = batch * model.n_heads * n * n * 4 * len(chosen)
-    if need > max_bytes:
-        raise WorkbenchError(
-            f"exact patterns for {batch} prompt(s) of {n} tokens over {len(chosen)} layer(s) need "
-            f"{need / 2**30:.1f} GiB (limit {max_bytes / 2**30:.1f} GiB): use wb.capture_stats for long context"
-        )
+    check_pattern_bytes(model, *ids.shape, len(chosen), max_bytes, advice="use wb.capture_stats for long context")
     return patterns_for_batch(model, ids, mask, chosen)
 
 
@@ -62,9 +94,23 @@ def patterns_for_batch(model, ids: torch.Tensor, mask: torch.Tensor, layers: Seq
     return {layer: store[name].float() for layer, name in zip(layers, names)}
 
 
+def _stream_batches(model, prompts, *, batch_size: int, sink_tokens: int, window: int, backend: str,
+                    column_mass: bool):
+    """Streaming captures of ``prompts`` in batches of equal length (no padding anywhere)."""
+    from probes.streaming import equal_length_batches, stream_capture
+
+    ids, mask = model.to_tokens(prompts)
+    batch_size = positive_int("batch_size", batch_size)
+    sink_tokens = integer("sink_tokens", sink_tokens, low=0)
+    window = integer("window", window, low=0)
+    for chosen, n in equal_length_batches(mask, batch_size):
+        yield stream_capture(model, ids[chosen, :n], prompt_ids=chosen, sink_tokens=sink_tokens, window=window,
+                             column_mass=column_mass, backend=backend)
+
+
 def capture_stats(model, prompts, *, batch_size: int = 4, sink_tokens: int = 1, window: int = 16,
-                  backend: str = "auto", columns: bool = False):
-    """Streaming capture: per-head statistics without any N×N tensor (long context).
+                  backend: str = "auto"):
+    """Streaming capture: per-head row statistics without any N×N tensor (long context).
 
     Args:
         model: a `ModelHandle`.
@@ -73,25 +119,32 @@ def capture_stats(model, prompts, *, batch_size: int = 4, sink_tokens: int = 1, 
         sink_tokens: sink_mass counts attention on keys ``[0, sink_tokens)`` (Gu et al.: 1).
         window: local_mass counts attention on the last ``window`` keys up to the query.
         backend: `kernels.head_stats` backend (``"auto"``: Triton on CUDA, else reference).
-        columns: also return the attention each key receives.
     Returns:
         DataFrame ``prompt_id, layer, head, entropy, max_prob, sink_mass, local_mass, n_queries``
-        (means over each prompt's real query rows); with ``columns=True`` a pair
-        ``(that frame, column frame prompt_id, layer, head, position, col_mass)``.
+        (means over each prompt's real query rows). The attention each key receives is
+        `capture_columns`.
     """
     import pandas as pd
 
-    from probes.streaming import equal_length_batches, stream_capture
+    frames = [cap.to_frame() for cap in _stream_batches(model, prompts, batch_size=batch_size, sink_tokens=sink_tokens,
+                                                         window=window, backend=backend, column_mass=False)]
+    return pd.concat(frames, ignore_index=True).sort_values(["prompt_id", "layer", "head"], ignore_index=True)
 
-    ids, mask = model.to_tokens(prompts)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise WorkbenchError(f"batch_size must be a positive int; got {batch_size!r}")
-    frames, cols = [], []
-    for chosen, n in equal_length_batches(mask, batch_size):  # no padding anywhere
-        cap = stream_capture(model, ids[chosen, :n], prompt_ids=chosen, sink_tokens=sink_tokens,
-                             window=window, column_mass=columns, backend=backend)
-        frames.append(cap.to_frame())
-        if columns:
-            cols.append(cap.column_frame())
-    frame = pd.concat(frames, ignore_index=True).sort_values(["prompt_id", "layer", "head"], ignore_index=True)
-    return (frame, pd.concat(cols, ignore_index=True)) if columns else frame
+
+def capture_columns(model, prompts, *, batch_size: int = 4, backend: str = "auto"):
+    """Streaming capture of the attention every key receives, Σ_t A[t, k] over the prompt's
+    queries, without any N×N tensor (long context).
+
+    Args:
+        model, prompts, batch_size, backend: as for `capture_stats`.
+    Returns:
+        DataFrame ``prompt_id, layer, head, position, col_mass``: one row per key position of
+        each prompt (position is the key's 0-based index; the same columns as
+        `Description.column_frame`).
+    """
+    import pandas as pd
+
+    frames = [cap.column_frame() for cap in _stream_batches(model, prompts, batch_size=batch_size, sink_tokens=1,
+                                                             window=1, backend=backend, column_mass=True)]
+    return pd.concat(frames, ignore_index=True).sort_values(["prompt_id", "layer", "head", "position"],
+                                                            ignore_index=True)

@@ -21,15 +21,19 @@ from workbench.errors import WorkbenchError
 
 def integer(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
     """An int in ``[low, high]`` (either bound optional); numpy integers are accepted."""
+    if (low, high) == (1, None):
+        what = "a positive int"
+    else:
+        what = "an int" + ("" if low is None and high is None else f" >= {low}" if high is None else
+                           f" <= {high}" if low is None else f" in [{low}, {high}]")
     if isinstance(value, bool):
-        raise WorkbenchError(f"{name} must be an int; got the bool {value!r}")
+        raise WorkbenchError(f"{name} must be {what}; got the bool {value!r}")
     try:
         number = operator.index(value)
     except TypeError:
-        raise WorkbenchError(f"{name} must be an int; got {value!r} ({type(value).__name__})") from None
+        raise WorkbenchError(f"{name} must be {what}; got {value!r} ({type(value).__name__})") from None
     if (low is not None and number < low) or (high is not None and number > high):
-        bounds = f">= {low}" if high is None else (f"<= {high}" if low is None else f"in [{low}, {high}]")
-        raise WorkbenchError(f"{name} must be an int {bounds}; got {number!r}")
+        raise WorkbenchError(f"{name} must be {what}; got {number!r}")
     return int(number)
 
 
@@ -40,24 +44,27 @@ def positive_int(name: str, value: Any) -> int:
 
 def number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
            low_open: bool = False, high_open: bool = False, finite: bool = True) -> float:
-    """A real number (int, float or numpy scalar, not bool) within the given bounds."""
-    if isinstance(value, bool):
-        raise WorkbenchError(f"{name} must be a number; got the bool {value!r}")
+    """A real number (int, float or numpy scalar, not bool or str) within the given bounds; NaN
+    never passes, infinities only with ``finite=False``."""
+    if (low, high, low_open) == (0.0, None, True):
+        what = "a positive number"
+    elif low is None and high is None:
+        what = "a finite number" if finite else "a number"
+    else:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        what = f"a number in {left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+    if isinstance(value, (bool, str)):
+        kind = "bool" if isinstance(value, bool) else "string"
+        raise WorkbenchError(f"{name} must be {what}; got the {kind} {value!r}")
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise WorkbenchError(f"{name} must be a number; got {value!r} ({type(value).__name__})") from None
-    if isinstance(value, str):
-        raise WorkbenchError(f"{name} must be a number; got the string {value!r}")
-    if math.isnan(x) or (finite and math.isinf(x)):
-        raise WorkbenchError(f"{name} must be a finite number; got {value!r}")
+        raise WorkbenchError(f"{name} must be {what}; got {value!r} ({type(value).__name__})") from None
     too_low = low is not None and (x <= low if low_open else x < low)
     too_high = high is not None and (x >= high if high_open else x > high)
-    if too_low or too_high:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
-        raise WorkbenchError(f"{name} must lie in {span}; got {value!r}")
+    if math.isnan(x) or (finite and math.isinf(x)) or too_low or too_high:
+        shown = value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value  # numpy scalars
+        raise WorkbenchError(f"{name} must be {what}; got {shown!r}")
     return x
 
 
@@ -84,8 +91,9 @@ def names(name: str, value: Any, options: Iterable[str]) -> list[str]:
     chosen = [value] if isinstance(value, str) else list(value)
     if not chosen:
         raise WorkbenchError(f"{name} is empty: expected at least one of {options}")
+    one = (name[:-2] + "is" if name.endswith("ses") else  # analyses: analysis
+           name[:-1] if name.endswith("s") and not name.endswith(("is", "ss")) else name)
     for item in chosen:
         if item not in options:
-            raise WorkbenchError(f"unknown {name[:-1] if name.endswith('s') else name} {item!r}: "
-                                 f"expected one of {options}")
+            raise WorkbenchError(f"unknown {one} {item!r}: expected one of {options}")
     return chosen

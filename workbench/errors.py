@@ -1,9 +1,10 @@
 """One exception type for every bad input the workbench rejects.
 
 Messages name the value that was given and what was expected; the CLI prints them as one line
-(no traceback).
+(no traceback). The class lives at the bottom layer (`kernels.errors`) so that `kernels` and
+`probes` can raise it without importing `workbench`; this is the same class, re-exported.
 """
 
+from kernels.errors import WorkbenchError
 
-class WorkbenchError(ValueError):
-    """A bad input or a state the workbench cannot work with (message says what and why)."""
+__all__ = ["WorkbenchError"]

@@ -13,6 +13,7 @@ from workbench.errors import WorkbenchError
 from workbench.figures import head_grid
 
 dash.register_page(__name__, path="/", name="Overview", title="Overview · Attention Workbench", order=0)
+SUPPORT = ("prompts", "head_examples")  # tables that feed other views, with no scores to grid
 
 
 def grid_choices(run) -> list[dict]:
@@ -20,13 +21,15 @@ def grid_choices(run) -> list[dict]:
     tables split that way); each value is JSON ``{"table", "score", "where"}``."""
     options = []
     for name in run.tables:
+        if name in SUPPORT:
+            continue
         try:
             frame = data.per_head(data.table(run, name))
         except WorkbenchError:
             continue
         for where, part in [] if frame is None else data.head_groups(frame):
             suffix = f" ({', '.join(where.values())})" if where else ""
-            options += [{"label": f"{views.title_of(name)}: {score}{suffix}",
+            options += [{"label": f"{views.title_of(name)}: {views.label_of(score, name)}{suffix}",
                          "value": json.dumps({"table": name, "score": score, "where": where}, sort_keys=True)}
                         for score in views.scores_of(part)]
     return options
@@ -47,7 +50,9 @@ def grid_figure(root, run_id, value: str | None):
     if frame is None or frame.empty or score not in frame.columns:
         raise WorkbenchError(f"table {name!r} has no per-head score {score!r}{' for ' + str(where) if where else ''}")
     suffix = f" ({', '.join(where.values())})" if where else ""
-    return head_grid(frame, score, title=f"{views.title_of(name)}: {score}{suffix}")
+    label = views.label_of(score, name)
+    fig = head_grid(frame, score, title=f"{views.title_of(name)}: {label}{suffix}", label=label)
+    return fig.update_layout(meta={"definition": views.tooltip(score, name)})
 
 
 def headline(run) -> list:
@@ -59,6 +64,8 @@ def headline(run) -> list:
              ("prompts", str(run.manifest.get("n_prompts"))),
              ("tables", str(len(run.tables)))]
     for name in run.tables:
+        if name in SUPPORT:
+            continue
         try:
             frame = data.per_head(data.table(run, name))
         except WorkbenchError:
@@ -84,6 +91,7 @@ def layout(run=None, **_):
     options = grid_choices(opened)
     first = options[0]["value"] if options else None
     body = [dcc.Dropdown(id="overview-score", options=options, value=first, clearable=False),
+            html.Div(id="overview-definition", className="wb-caption"),
             dcc.Graph(id="overview-grid", figure=grid_figure(data.served_root(), run, first) or {},
                       config=views.GRAPH_CONFIG)] if options else [
         views.message(f"this run has no per-head table; run `{views.analyze_hint(opened, [])}`")]
@@ -98,6 +106,16 @@ def show_score(value, run_id):
         return grid_figure(data.served_root(), run_id, value) or no_update, None
     except WorkbenchError as exc:
         return no_update, views.message(str(exc), "error")
+
+
+@callback(Output("overview-definition", "children"), Input("overview-score", "value"))
+def show_definition(value):
+    """The glossary definition of the chosen score, under the dropdown."""
+    try:
+        choice = json.loads(value)
+        return views.tooltip(choice["score"], choice["table"])
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 @callback(Output("app-selection", "data", allow_duplicate=True), Input("overview-grid", "clickData"),

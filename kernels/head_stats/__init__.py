@@ -1,29 +1,32 @@
 """Per-head attention statistics without materializing the N×N attention matrix.
 
 `head_stats` validates its inputs and dispatches to one of three backends:
-`reference` (chunked PyTorch, reference.py), `triton` (fused kernel, triton.py) and
-`eager` (materialized softmax, eager.py; a test oracle only).
+`reference` (chunked PyTorch, reference.py), `triton` (fused kernels, triton.py and
+triton_onepass.py) and `eager` (materialized softmax, eager.py; a test oracle only). Given each
+row's lse (from the forward's own attention) the reference and Triton backends make one pass.
+`attention_stats` runs the attention and the statistics together (attention.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import warnings
 
 import torch
 
-from workbench.errors import WorkbenchError
+from kernels.errors import WorkbenchError
 
+from .attention import attention_stats_flash, device_attention
 from .eager import head_stats_eager
 from .reference import head_stats_reference
 from .stats import HeadStats
+from .validate import finite, validate
 
-__all__ = ["head_stats", "HeadStats", "BACKENDS"]
+__all__ = ["head_stats", "attention_stats", "HeadStats", "BACKENDS", "ATTENTION_BACKENDS"]
 
 BACKENDS = ("auto", "reference", "triton", "eager")
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+ATTENTION_BACKENDS = ("auto", "flash", "reference", "triton")
 TRITON_MAX_HEAD_DIM = 256
 
 
@@ -44,63 +47,6 @@ def _triton_unavailable(q: torch.Tensor) -> str | None:
     return None
 
 
-def _validate(q, k, scale, sink_tokens, window, key_padding_mask, backend, causal) -> float:
-    """Raise WorkbenchError naming the bad value; return the scale to use."""
-    for name, t in (("q", q), ("k", k)):
-        if not isinstance(t, torch.Tensor):
-            raise WorkbenchError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise WorkbenchError(
-                f"{name} must have 4 dims [batch, heads, seq, d_head], got shape {tuple(t.shape)}"
-            )
-        if t.dtype not in DTYPES:
-            raise WorkbenchError(f"{name}.dtype must be float16, bfloat16 or float32, got {t.dtype}")
-    B, Hq, N, d = q.shape
-    Bk, Hkv, M, dk = k.shape
-    if q.dtype != k.dtype:
-        raise WorkbenchError(f"q and k must have the same dtype, got q {q.dtype} and k {k.dtype}")
-    if q.device != k.device:
-        raise WorkbenchError(f"q and k must be on the same device, got q on {q.device} and k on {k.device}")
-    if Bk != B:
-        raise WorkbenchError(f"q and k must have the same batch size, got q batch {B} and k batch {Bk}")
-    if dk != d:
-        raise WorkbenchError(f"q and k must have the same head dim, got q d={d} and k d={dk}")
-    if N < 1 or M < 1 or Hq < 1 or Hkv < 1 or B < 1 or d < 1:
-        raise WorkbenchError(
-            f"q and k must be non-empty, got q shape {tuple(q.shape)} and k shape {tuple(k.shape)}"
-        )
-    if Hq % Hkv != 0:
-        raise WorkbenchError(
-            f"query heads Hq={Hq} must be a multiple of key heads Hkv={Hkv} (grouped-query attention)"
-        )
-    if causal and N > M:
-        raise WorkbenchError(
-            f"causal attention needs at most as many queries as keys, got N={N} queries and M={M} keys"
-        )
-    for name, v in (("sink_tokens", sink_tokens), ("window", window)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise WorkbenchError(f"{name} must be an int >= 0, got {v!r}")
-    if key_padding_mask is not None:
-        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
-            got = key_padding_mask.dtype if isinstance(key_padding_mask, torch.Tensor) else type(key_padding_mask).__name__
-            raise WorkbenchError(f"key_padding_mask must be a bool tensor (True = real token), got {got}")
-        if tuple(key_padding_mask.shape) != (B, M):
-            raise WorkbenchError(
-                f"key_padding_mask must have shape [batch, keys] = {(B, M)}, got {tuple(key_padding_mask.shape)}"
-            )
-        if key_padding_mask.device != q.device:
-            raise WorkbenchError(
-                f"key_padding_mask must be on q's device {q.device}, got {key_padding_mask.device}"
-            )
-    if backend not in BACKENDS:
-        raise WorkbenchError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if scale is None:
-        return 1.0 / math.sqrt(d)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise WorkbenchError(f"scale must be a finite number or None (1/sqrt(d)), got {scale!r}")
-    return float(scale)
-
-
 def head_stats(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -111,6 +57,8 @@ def head_stats(
     window: int = 0,
     key_padding_mask: torch.Tensor | None = None,
     column_mass: bool = True,
+    argmax: bool = True,
+    lse: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> HeadStats:
     """Attention statistics of every head, computed without the N×N attention matrix.
@@ -126,17 +74,29 @@ def head_stats(
         window: local_mass is the attention on keys (t + M - N - window, t + M - N], the
             last `window` keys up to and including the query's own position; 0 gives zeros.
         key_padding_mask: (B, M) bool, True = real token; masked keys get zero probability.
-        column_mass: also compute col_mass (the key-major second pass); False skips it.
+        column_mass: also compute col_mass; False skips that work (the Triton two-pass path
+            skips its whole second pass). Sink scores and mean attended distance need it.
+        argmax: also compute argmax; False skips it. Retrieval scores need it.
+        lse: (B, Hq, N) each row's log-sum-exp (natural log) if the caller has it already,
+            e.g. from the forward's flash attention; -inf marks rows with no visible key. The
+            reference and Triton backends then make a single pass (p = exp(s - lse)); the
+            result's lse is this tensor. The eager oracle ignores it.
         backend: "auto" (Triton on CUDA, else reference), "reference", "triton", "eager".
             Shapes the Triton kernel does not support (d > 256) fall back to the reference
             with a warning.
 
     Returns:
         HeadStats: lse, entropy (nats), max_prob, sink_mass, local_mass as float32
-        (B, Hq, N), argmax int64 (B, Hq, N), col_mass float32 (B, Hq, M) or None.
+        (B, Hq, N), argmax int64 (B, Hq, N) or None, col_mass float32 (B, Hq, M) or None.
         Fully masked rows: lse -inf, entropy 0, max_prob 0, argmax -1, masses 0.
+
+    Raises:
+        WorkbenchError: bad shapes, dtypes, devices or options, and non-finite values in q or k
+            (NaN logits have no softmax; they are refused rather than reported as dead rows).
     """
-    scale = _validate(q, k, scale, sink_tokens, window, key_padding_mask, backend, causal)
+    scale = validate(q, k, scale=scale, sink_tokens=sink_tokens, window=window, key_padding_mask=key_padding_mask,
+                     backend=backend, backends=BACKENDS, causal=causal, column_mass=column_mass, argmax=argmax,
+                     lse=lse)
     opts = dict(
         causal=bool(causal),
         scale=scale,
@@ -144,6 +104,8 @@ def head_stats(
         window=window,
         key_padding_mask=key_padding_mask,
         column_mass=bool(column_mass),
+        argmax=bool(argmax),
+        lse=lse,
     )
     if backend == "auto":
         backend = "triton" if q.is_cuda and _triton_installed() else "reference"
@@ -164,3 +126,70 @@ def head_stats(
 
             return head_stats_triton(q, k, **opts)
     return head_stats_reference(q, k, **opts)
+
+
+def attention_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    sink_tokens: int = 1,
+    window: int = 0,
+    column_mass: bool = True,
+    argmax: bool = True,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, HeadStats]:
+    """The attention output and every head's statistics, at about the cost of attention itself.
+
+    The output is what ``F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
+    enable_gqa=True)`` returns; the statistics equal `head_stats(q, k, ...)`'s. No N×N tensor is
+    formed. Routes (kernels/head_stats/attention.py): "flash" (CPU) takes every statistic from
+    the CPU flash-attention kernel; "reference" and "triton" take out and lse from the device's
+    flash attention and make the one-pass statistics in that `head_stats` backend.
+
+    Args:
+        q: (B, Hq, N, d); k: (B, Hkv, M, d); v: (B, Hkv, M, dv); one dtype, one device.
+        causal: causal attention; then N must equal M, or N = 1 (a single query sees every key).
+            For padding or a KV-cache prefix use `head_stats` beside your own attention.
+        scale, sink_tokens, window, column_mass, argmax: as for `head_stats`.
+        backend: "auto" ("triton" on CUDA, "flash" on CPU), "flash", "reference", "triton".
+
+    Returns:
+        (out (B, Hq, N, dv) in v's dtype, HeadStats).
+
+    Raises:
+        WorkbenchError: bad inputs as for `head_stats`, v not matching k, causal with N != M.
+    """
+    scale = validate(q, k, scale=scale, sink_tokens=sink_tokens, window=window, key_padding_mask=None,
+                     backend=backend, backends=ATTENTION_BACKENDS, causal=causal, column_mass=column_mass,
+                     argmax=argmax)
+    if not isinstance(v, torch.Tensor) or v.dim() != 4:
+        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise WorkbenchError(f"v must be a 4-dim tensor [batch, kv_heads, keys, d_v], got {got}")
+    if v.shape[:3] != k.shape[:3] or v.dtype != k.dtype or v.device != k.device:
+        raise WorkbenchError(
+            f"v must match k in batch, heads, keys, dtype and device: k {tuple(k.shape)} {k.dtype} on {k.device}, "
+            f"v {tuple(v.shape)} {v.dtype} on {v.device}"
+        )
+    finite("v", v)
+    if q.device.type not in ("cpu", "cuda"):
+        raise WorkbenchError(f"attention_stats runs on CPU or CUDA tensors, got {q.device}; use head_stats there")
+    N, M = q.shape[2], k.shape[2]
+    if causal and N not in (1, M):
+        raise WorkbenchError(
+            f"attention_stats with causal=True needs N == M queries and keys (or N = 1), got N={N}, M={M}; "
+            "for a KV-cache prefix use head_stats beside your own attention"
+        )
+    causal = bool(causal) and N > 1  # one query sees every key
+    opts = dict(scale=scale, sink_tokens=sink_tokens, window=window, column_mass=bool(column_mass), argmax=bool(argmax))
+    if backend == "auto":
+        backend = ("triton" if _triton_installed() else "reference") if q.is_cuda else "flash"
+    if backend == "flash":
+        if q.is_cuda:
+            raise WorkbenchError("backend='flash' runs on the CPU flash-attention kernel; on CUDA use 'triton' or 'reference'")
+        return attention_stats_flash(q, k, v, causal=causal, **opts)
+    out, lse = device_attention(q, k, v, causal=causal, scale=scale)
+    stats = head_stats(q, k, causal=causal, key_padding_mask=None, lse=lse, backend=backend, **opts)
+    return out, stats

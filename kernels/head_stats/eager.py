@@ -38,10 +38,13 @@ def head_stats_eager(
     window: int,
     key_padding_mask: torch.Tensor | None,
     column_mass: bool,
+    argmax: bool = True,
+    lse: torch.Tensor | None = None,
 ) -> HeadStats:
     """Row and column statistics from the materialized softmax (inputs already validated).
 
-    q: (B, Hq, N, d), k: (B, Hkv, M, d). Returns HeadStats; see kernels.head_stats.
+    q: (B, Hq, N, d), k: (B, Hkv, M, d). Returns HeadStats; see kernels.head_stats. A given
+    `lse` is not used: the oracle computes everything from the logits themselves.
     """
     B, Hq, N, _ = q.shape
     Hkv, M = k.shape[1], k.shape[2]
@@ -52,7 +55,7 @@ def head_stats_eager(
     s.masked_fill_(~valid, float("-inf"))
     lse = torch.logsumexp(s, dim=-1)  # (B, Hq, N), -inf on fully masked rows
     live = torch.isfinite(lse)
-    argmax = torch.where(live, s.argmax(dim=-1), -1)
+    top = torch.where(live, s.argmax(dim=-1), -1) if argmax else None
 
     p = torch.softmax(s, dim=-1).nan_to_num_(0.0)  # fully masked rows: NaN -> 0
     del s
@@ -69,7 +72,7 @@ def head_stats_eager(
         lse=lse,
         entropy=entropy,
         max_prob=max_prob,
-        argmax=argmax,
+        argmax=top,
         sink_mass=sink_mass,
         local_mass=local_mass,
         col_mass=col_mass,

@@ -7,6 +7,9 @@ rescaled by 2^{m_old - m_new} when the max moves. Entropy = ln2 · (log2 l - u /
 Pass 2 (`_col_mass_kernel`), key-major: one program per (key block, batch·head) owns its
 column sums and loops over the query blocks that can see it, p = 2^{s - lse2} from pass 1's
 lse: exact and deterministic, no atomics. Skipped when column_mass=False.
+One pass (`_onepass_kernel`, triton_onepass.py) replaces both for callers that have each row's
+lse already (the forward's own flash attention returns it); the two passes stay for callers
+with no lse.
 
 GQA lives in the grid: the program for query head h reads key head h // G. Causal programs
 skip key (pass 1) / query (pass 2) blocks that are entirely masked. Logits accumulate in fp32.
@@ -21,34 +24,8 @@ import triton
 import triton.language as tl
 
 from .stats import HeadStats
-
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # as @triton.jit saw it below
-
-
-def _rewrap_language_for_interpreter() -> None:
-    """Make triton.language's own jit helpers (tl.sum, tl.zeros, ...) interpretable.
-
-    @triton.jit reads TRITON_INTERPRET when it decorates; if triton was imported before the
-    variable was set (transformers imports it, for one), those helpers are compiled-mode
-    JITFunctions that the interpreter cannot call ("Cannot call @triton.jit'd outside of the
-    scope of a kernel"). Only runs in interpreter mode, where nothing is compiled anyway.
-    """
-    import sys
-
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
-
-    for name, mod in list(sys.modules.items()):
-        if name.startswith("triton.language") and mod is not None:
-            for attr, obj in list(vars(mod).items()):
-                if type(obj) is JITFunction:
-                    setattr(mod, attr, InterpretedFunction(obj.fn))
-
-
-if INTERPRET:
-    _rewrap_language_for_interpreter()
+from .triton_env import INTERPRET, LN2, LOG2E
+from .triton_onepass import _onepass_kernel
 
 
 @triton.jit
@@ -56,7 +33,8 @@ def _row_block(
     q, k_ptrs, mask_ptrs, start_n, qpos, m_i, l_i, u_i, sink_i, local_i, arg_i,
     M, D, scale_log2, sink_tokens, window, local_lo, local_hi,
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LOCAL: tl.constexpr, MASKED: tl.constexpr,
-    EVEN_D: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr, IEEE: tl.constexpr, WANT_ARG: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     # one key block of pass 1; MASKED=False for blocks every row sees whole (no tails)
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -83,8 +61,9 @@ def _row_block(
 
     # running argmax (strict > keeps the first index on ties)
     blk_max = tl.max(s, 1)
-    blk_arg = tl.argmax(s, 1, tie_break_left=True) + start_n
-    arg_i = tl.where(blk_max > m_i, blk_arg, arg_i)
+    if WANT_ARG:
+        blk_arg = tl.argmax(s, 1, tie_break_left=True) + start_n
+        arg_i = tl.where(blk_max > m_i, blk_arg, arg_i)
 
     # online softmax with a finite shift even when everything so far is masked
     m_new = tl.maximum(m_i, blk_max)
@@ -120,7 +99,8 @@ def _row_stats_kernel(
     stride_mb, stride_mn,
     Hq, N, M, D, GROUP, scale_log2, sink_tokens, window,
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LOCAL: tl.constexpr, EVEN_D: tl.constexpr,
-    IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    IEEE: tl.constexpr, WANT_ARG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -164,7 +144,7 @@ def _row_stats_kernel(
         m_i, l_i, u_i, sink_i, local_i, arg_i = _row_block(
             q, k_ptrs, m_base + offs_n * stride_mn, start_n, qpos, m_i, l_i, u_i, sink_i, local_i,
             arg_i, M, D, scale_log2, sink_tokens, window, local_lo, q_last,
-            CAUSAL, HAS_MASK, HAS_LOCAL, False, EVEN_D, IEEE, BLOCK_N, BLOCK_D,
+            CAUSAL, HAS_MASK, HAS_LOCAL, False, EVEN_D, IEEE, WANT_ARG, BLOCK_N, BLOCK_D,
         )
     for start_n in range(full_hi, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -172,7 +152,7 @@ def _row_stats_kernel(
         m_i, l_i, u_i, sink_i, local_i, arg_i = _row_block(
             q, k_ptrs, m_base + offs_n * stride_mn, start_n, qpos, m_i, l_i, u_i, sink_i, local_i,
             arg_i, M, D, scale_log2, sink_tokens, window, local_lo, q_last,
-            CAUSAL, HAS_MASK, HAS_LOCAL, True, EVEN_D, IEEE, BLOCK_N, BLOCK_D,
+            CAUSAL, HAS_MASK, HAS_LOCAL, True, EVEN_D, IEEE, WANT_ARG, BLOCK_N, BLOCK_D,
         )
 
     # step 4: finish the row statistics; dead rows (l = 0) get the documented values
@@ -187,7 +167,8 @@ def _row_stats_kernel(
     tl.store(LSE2 + out, lse2, mask=row_ok)
     tl.store(ENT + out, ent, mask=row_ok)
     tl.store(MAXP + out, maxp, mask=row_ok)
-    tl.store(ARG + out, tl.where(live, arg_i, -1).to(tl.int64), mask=row_ok)
+    if WANT_ARG:
+        tl.store(ARG + out, tl.where(live, arg_i, -1).to(tl.int64), mask=row_ok)
     tl.store(SINK + out, sink_i / l_safe, mask=row_ok)
     tl.store(LOCAL + out, local_i / l_safe, mask=row_ok)
 
@@ -265,13 +246,16 @@ def head_stats_triton(
     window: int,
     key_padding_mask: torch.Tensor | None,
     column_mass: bool,
+    argmax: bool = True,
+    lse: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
 ) -> HeadStats:
-    """Launch both passes. q: (B, Hq, N, d), k: (B, Hkv, M, d); inputs validated upstream.
+    """Launch the kernels. q: (B, Hq, N, d), k: (B, Hkv, M, d); inputs validated upstream.
 
-    Returns HeadStats as kernels.head_stats documents. block_m / block_n override the tile
-    sizes (powers of two >= 16), for tests.
+    With `lse` (B, Hq, N), natural log, as a forward's attention returns it: the one-pass kernel.
+    Without: pass 1, then pass 2 when column_mass. Returns HeadStats as kernels.head_stats
+    documents. block_m / block_n override the tile sizes (powers of two >= 16), for tests.
     """
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     if interpret != INTERPRET:
@@ -284,6 +268,7 @@ def head_stats_triton(
     assert q.dim() == 4 and k.dim() == 4 and k.shape[0] == B and k.shape[3] == d
     assert Hq % Hkv == 0 and q.dtype == k.dtype and q.device == k.device
     assert not causal or N <= M
+    assert lse is None or (tuple(lse.shape) == (B, Hq, N) and lse.device == q.device)
     assert q.is_cuda or interpret, "Triton needs CUDA tensors or TRITON_INTERPRET=1"
     if interpret and q.dtype == torch.bfloat16:
         q, k = q.float(), k.float()  # the interpreter computes bf16 tl.dot wrongly
@@ -298,9 +283,8 @@ def head_stats_triton(
         mask = key_padding_mask.to(torch.uint8)  # (B, M)
     else:
         mask = torch.ones(1, 1, dtype=torch.uint8, device=dev)  # never read
-    lse2 = torch.empty(B, Hq, N, device=dev, dtype=torch.float32)
-    ent, maxp, sink, local = (torch.empty_like(lse2) for _ in range(4))
-    arg = torch.empty(B, Hq, N, device=dev, dtype=torch.int64)
+    ent, maxp, sink, local = (torch.empty(B, Hq, N, device=dev, dtype=torch.float32) for _ in range(4))
+    arg = torch.empty(B, Hq, N, device=dev, dtype=torch.int64) if argmax else ent  # ent: never written
     common = dict(
         CAUSAL=bool(causal),
         HAS_MASK=key_padding_mask is not None,
@@ -312,13 +296,27 @@ def head_stats_triton(
     )
     strides = (*q.stride(), *k.stride(), mask.stride(0), mask.stride(1))
     scale_log2 = scale * LOG2E
+    rows_grid = (triton.cdiv(N, BLOCK_M), B * Hq)
+
+    if lse is not None:
+        # one pass: rows and columns from the given lse
+        lse2 = (lse.float() * LOG2E).contiguous()
+        col = torch.zeros(B, Hq, M, device=dev, dtype=torch.float32) if column_mass else ent  # ent: never written
+        _onepass_kernel[rows_grid](
+            q, k, mask, lse2, ent, maxp, arg, sink, local, col, *strides,
+            Hq, N, M, d, Hq // Hkv, scale_log2, sink_tokens, window,
+            HAS_LOCAL=window > 0, WANT_ARG=argmax, WANT_COL=column_mass, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+            **common,
+        )
+        return HeadStats(lse=lse.float(), entropy=ent, max_prob=maxp, argmax=arg if argmax else None,
+                         sink_mass=sink, local_mass=local, col_mass=col if column_mass else None)
 
     # pass 1: row statistics, query-major
-    grid = (triton.cdiv(N, BLOCK_M), B * Hq)
-    _row_stats_kernel[grid](
+    lse2 = torch.empty(B, Hq, N, device=dev, dtype=torch.float32)
+    _row_stats_kernel[rows_grid](
         q, k, mask, lse2, ent, maxp, arg, sink, local, *strides,
         Hq, N, M, d, Hq // Hkv, scale_log2, sink_tokens, window,
-        HAS_LOCAL=window > 0, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **common,
+        HAS_LOCAL=window > 0, WANT_ARG=argmax, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, **common,
     )
 
     # pass 2: column sums, key-major, from pass 1's lse
@@ -335,9 +333,8 @@ def head_stats_triton(
         lse=lse2 * LN2,
         entropy=ent,
         max_prob=maxp,
-        argmax=arg,
+        argmax=arg if argmax else None,
         sink_mass=sink,
         local_mass=local,
         col_mass=col,
     )
-

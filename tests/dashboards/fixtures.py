@@ -18,8 +18,8 @@ import workbench as wb
 N_LAYERS, N_HEADS = 4, 8
 
 
-def model_info(source: str = "nowhere", n_layers: int = N_LAYERS, n_heads: int = N_HEADS):
-    return SimpleNamespace(name="fixture", source=source, architecture="LlamaForCausalLM", n_layers=n_layers,
+def model_info(source: str = "nowhere", n_layers: int = N_LAYERS, n_heads: int = N_HEADS, name: str = "fixture"):
+    return SimpleNamespace(name=name, source=source, architecture="LlamaForCausalLM", n_layers=n_layers,
                            n_heads=n_heads, n_kv_heads=2, d_head=16, n_ctx=64, is_causal=True)
 
 
@@ -81,9 +81,8 @@ def make_run(path: Path, tables=None, *, source: str = "nowhere", prompts=("w1 w
     run = wb.Run.create(path, model=model_info(source), prompts=list(prompts))
     for name in all_frames if tables is None else tables:
         run.add_table(name, all_frames[name])
-    if skipped:
-        run.manifest["skipped"] = dict(skipped)
-        run._write_manifest()
+    for name, reason in dict(skipped or {}).items():
+        run.mark_skipped(name, reason)
     return run
 
 
@@ -103,3 +102,50 @@ def make_root(root: Path) -> Path:
     (root / "escape").symlink_to(outside / "secret", target_is_directory=True)
     (outside / "note.json").write_text(json.dumps({"secret": True}))
     return root
+
+
+# -- helpers for tests that call layouts and callbacks as plain functions ------------------------
+def in_callback(fn, *args, triggered: tuple[str, ...] = ()):
+    """Call a Dash callback as a plain function with ``ctx.triggered`` set (Dash's documented way
+    of unit-testing callbacks that read the callback context)."""
+    from contextvars import copy_context
+
+    from dash._callback_context import context_value
+    from dash._utils import AttributeDict
+
+    def call():
+        context_value.set(AttributeDict(triggered_inputs=[{"prop_id": t, "value": None} for t in triggered]))
+        return fn(*args)
+
+    return copy_context().run(call)
+
+
+def causal_pattern(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    logits = np.where(np.tril(np.ones((n, n), bool)), rng.normal(size=(n, n)), -np.inf)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+
+
+def find_components(component, cls=None, kind=None) -> list:
+    """All components in a Dash tree with className containing ``cls`` or of type ``kind``."""
+    out, stack = [], [component]
+    while stack:
+        c = stack.pop()
+        if isinstance(c, (list, tuple)):
+            stack.extend(c)
+            continue
+        if c is None or isinstance(c, (str, int, float)):
+            continue
+        if (cls and cls in (getattr(c, "className", None) or "").split()) or (kind and type(c).__name__ == kind):
+            out.append(c)
+        stack.append(getattr(c, "children", None))
+    return out
+
+
+def text_of(component) -> str:
+    if isinstance(component, (list, tuple)):
+        return " ".join(text_of(c) for c in component)
+    if component is None or isinstance(component, (str, int, float)):
+        return "" if component is None else str(component)
+    return text_of(getattr(component, "children", None))

@@ -70,8 +70,8 @@ def test_serve_without_argument_reuses_a_complete_demo_run(tmp_path, monkeypatch
 
     monkeypatch.setattr(wb, "load_model", no_model)
     run = make_run(tmp_path / "runs" / "demo", source="demo")  # every registered table...
-    run.manifest["skipped"] = {n: "fixture" for n in wb.ANALYZERS if n not in run}  # ...or its reason
-    run._write_manifest()
+    for name in [n for n in wb.ANALYZERS if n not in run]:  # ...or its reason
+        run.mark_skipped(name, "fixture")
     assert _serve(["--port", str(_free_port())], capsys)[0] == 0
     assert calls[0].server.config["WORKBENCH_ROOT"] == str((tmp_path / "runs" / "demo").resolve())
 
@@ -110,3 +110,89 @@ def test_workbench_serve_answers_http_on_localhost(runs_root):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# -- issue 19: no HTTP 500, a warning when bound beyond loopback --------------------------------
+import json  # noqa: E402
+
+import dashboards.app as dash_app  # noqa: E402
+
+
+@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("::", True), ("127.0.0.1", False),
+                                          ("localhost", False), ("::1", False), ("127.0.0.2", False)])
+def test_serve_warns_on_stderr_when_bound_beyond_loopback(runs_root, monkeypatch, capsys, host, warned):
+    monkeypatch.setattr(dash.Dash, "run", lambda self, **kw: None)
+    monkeypatch.setattr(dash_app, "check_port", lambda host, port: None)  # no socket needed for the warning
+    code, out = _serve([str(runs_root / "full"), "--host", host, "--port", str(_free_port())], capsys)
+    assert code == 0
+    assert (f"warning: --host {host} makes the app reachable from other machines" in out.err) is warned
+    assert "warning" not in out.out and out.err.count("\n") == (1 if warned else 0)
+
+
+def _post(client, output, outputs, inputs, state=()):
+    body = {"output": output, "outputs": outputs, "inputs": list(inputs), "state": list(state),
+            "changedPropIds": [f"{i['id']}.{i['property']}" for i in inputs]}
+    response = client.post("/_dash-update-component", json=body)
+    return response.status_code, response.get_data(as_text=True)
+
+
+def _page(client, path, search):
+    return _post(client, ".._pages_content.children..._pages_store.data..",
+                 [{"id": "_pages_content", "property": "children"}, {"id": "_pages_store", "property": "data"}],
+                 [{"id": "_pages_location", "property": "pathname", "value": path},
+                  {"id": "_pages_location", "property": "search", "value": search}])
+
+
+@pytest.mark.parametrize("run_id", ["a" * 300, "x/" + "b" * 256, "%00", "../" * 5 + "etc"])
+def test_a_bad_run_id_is_a_message_in_every_page_not_a_500(app, run_id):
+    from urllib.parse import quote
+
+    paths = [page["path"] for page in dash.page_registry.values()]
+    assert len(paths) >= 8
+    for path in paths:
+        code, body = _page(app.server.test_client(), path, "?run=" + quote(run_id))
+        assert code == 200, (path, body[:300])  # before: 500 Internal Server Error for the long names
+        assert "wb-error" in body and any(m in body for m in ("malformed", "no run", "outside the served folder")), path
+
+
+def test_a_forged_head_is_a_message_not_a_500(app):
+    client = app.server.test_client()
+    outputs = [{"id": "head-scores", "property": "children"}, {"id": "head-layer-link", "property": "href"}]
+    for layer, message in [("abc", "layer 'abc' is not a layer index: expected an int >= 0"),
+                           (-1, "layer must be an int >= 0; got -1"), (1.5, "layer must be an int >= 0; got 1.5 (float)"),
+                           ([0], "layer must be an int >= 0; got [0] (list)")]:
+        code, body = _post(client, "..head-scores.children...head-layer-link.href..", outputs,
+                           [{"id": "head-layer", "property": "value", "value": layer},
+                            {"id": "head-head", "property": "value", "value": 0}],
+                           [{"id": "head-run", "property": "data", "value": "full"}])
+        assert code == 200 and json.loads(body)["response"]["head-scores"]["children"]["props"]["children"] == message
+
+
+def test_any_callback_failure_is_shown_in_the_page(app, monkeypatch):
+    from dashboards import data
+
+    client = app.server.test_client()
+    selection = {"id": "app-selection", "property": "data"}
+    code, body = _post(  # the head page's dropdown sync, sent a forged layer: WorkbenchError outside any try
+        client, "..head-layer.value...head-head.value...app-selection.data@" +
+        next(k for k in app.callback_map if k.startswith("..head-layer.value")).split("@")[1],
+        [{"id": "head-layer", "property": "value"}, {"id": "head-head", "property": "value"},
+         dict(selection)],
+        [{"id": "head-run", "property": "data", "value": "full"}, {"id": "head-layer", "property": "value", "value": "x1"},
+         {"id": "head-head", "property": "value", "value": 0}], [dict(selection, value=None)])
+    assert code == 200, body[:300]
+    shown = json.loads(body)["sideUpdate"]["app-error"]["children"]["props"]
+    assert shown["children"] == "layer 'x1' is not a layer index: expected an int >= 0" and "wb-error" in shown["className"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(data, "open_run", broken)  # (page modules may be re-imported by other apps; data is not)
+    code, body = _post(client, "..overview-grid.figure...overview-error.children..",
+                       [{"id": "overview-grid", "property": "figure"}, {"id": "overview-error", "property": "children"}],
+                       [{"id": "overview-score", "property": "value",
+                         "value": json.dumps({"table": "head_summary", "score": "entropy", "where": {}})}],
+                       [{"id": "overview-run", "property": "data", "value": "full"}])
+    assert code == 200  # an unexpected exception: its type in the page, the traceback in the server log
+    assert json.loads(body)["sideUpdate"]["app-error"]["children"]["props"]["children"] == (
+        "the server could not do this (RuntimeError: a bug); details are in the server log")

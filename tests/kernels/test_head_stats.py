@@ -11,34 +11,9 @@ import kernels
 from kernels.head_stats import HeadStats, head_stats, reference
 from workbench.errors import WorkbenchError
 
-from .helpers import assert_defined, assert_stats_close, make_inputs
+from .helpers import GRID, assert_defined, assert_stats_close, grid_id, make_inputs
 
-# Every value of every axis appears at least once; causal/padding/sink/window/decode are
-# spread so that each N meets both causal modes and each head layout meets padding.
-# (N, M - N, d, (Hq, Hkv), causal, pad, sink_tokens, window)
-GRID = [
-    (1, 0, 16, (1, 1), True, False, 1, 0),
-    (1, 37, 64, (8, 1), True, True, 4, 16),  # one decode step over 38 keys
-    (2, 0, 128, (4, 2), False, True, 1, 16),
-    (2, 5, 16, (8, 1), True, False, 4, 0),
-    (127, 0, 64, (1, 1), True, True, 4, 16),
-    (127, 9, 128, (4, 2), False, False, 1, 0),
-    (127, 0, 16, (8, 1), True, True, 1, 16),
-    (128, 0, 16, (4, 2), True, True, 1, 16),
-    (128, 128, 64, (8, 1), False, True, 4, 16),
-    (128, 72, 128, (1, 1), True, False, 4, 0),
-    (1000, 0, 128, (8, 1), True, True, 4, 16),
-    (1000, 24, 16, (4, 2), False, False, 1, 0),
-    (1000, 300, 64, (1, 1), True, False, 1, 16),  # prefill of 1000 after 300 cached keys
-]
-
-
-def _id(case):
-    N, extra, d, (hq, hkv), causal, pad, sink, win = case
-    return f"N{N}-M{N + extra}-d{d}-h{hq}x{hkv}-{'causal' if causal else 'full'}{'-pad' if pad else ''}-s{sink}-w{win}"
-
-
-@pytest.mark.parametrize("case", GRID, ids=[_id(c) for c in GRID])
+@pytest.mark.parametrize("case", GRID, ids=[grid_id(c) for c in GRID])
 def test_reference_matches_eager(case, monkeypatch):
     N, extra, d, (Hq, Hkv), causal, pad, sink, window = case
     B = 2 if pad else 1

@@ -47,15 +47,18 @@ def _id(c):
     return f"B{B}-h{Hq}x{Hkv}-N{N}-M{M}-d{d}-{'causal' if causal else 'full'}{'-pad' if pad else ''}-s{sink}-w{win}"
 
 
-def _compare(case, dtype, atol, **launch):
+def _compare(case, dtype, atol, onepass=False, **launch):
+    """Triton against the two-pass reference; onepass: the one-pass kernel, fed the reference's lse."""
     B, Hq, Hkv, N, M, d, causal, pad, sink, window = case
     q, k, mask = make_inputs(B, Hq, Hkv, N, M, d, dtype=dtype, pad=pad, seed=N + M, device=DEVICE)
     kw = dict(causal=causal, sink_tokens=sink, window=window, key_padding_mask=mask)
+    want = head_stats(q, k, backend="reference", **kw)
+    if onepass:
+        kw["lse"] = want.lse
     if launch:
         got = head_stats_triton(q, k, scale=1 / math.sqrt(d), column_mass=True, **kw, **launch)
     else:
         got = head_stats(q, k, backend="triton", **kw)
-    want = head_stats(q, k, backend="reference", **kw)
     assert_defined(got)
     assert_stats_close(got, want, atol=atol, rtol=atol, q=q, k=k, scale=1 / math.sqrt(d))
     return got
@@ -67,9 +70,53 @@ def test_triton_matches_reference(case, dtype):
     _compare(case, dtype, TOL[dtype])
 
 
-def test_triton_small_tiles():
-    # 16×16 tiles: many key blocks per row, many query blocks per key block
-    _compare((2, 4, 2, 50, 61, 16, True, True, 4, 16), torch.float32, 1e-5, block_m=16, block_n=16)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", GRID, ids=[_id(c) for c in GRID])
+def test_triton_onepass_matches_reference(case, dtype):
+    got = _compare(case, dtype, TOL[dtype], onepass=True)
+    assert got.col_mass is not None and got.argmax is not None
+
+
+@pytest.mark.parametrize("onepass", [False, True], ids=["two-pass", "one-pass"])
+def test_triton_small_tiles(onepass):
+    # 16×16 tiles: many key blocks per row, many query blocks per key block (atomic column adds)
+    _compare((2, 4, 2, 50, 61, 16, True, True, 4, 16), torch.float32, 1e-5, onepass=onepass, block_m=16, block_n=16)
+
+
+@pytest.mark.parametrize("onepass", [False, True], ids=["two-pass", "one-pass"])
+def test_triton_unasked_statistics(onepass):
+    q, k, mask = make_inputs(2, 4, 2, 33, 33, 16, pad=True, device=DEVICE)
+    full = head_stats(q, k, key_padding_mask=mask, window=4, backend="reference")
+    lean = head_stats(q, k, key_padding_mask=mask, window=4, backend="triton", argmax=False, column_mass=False,
+                      lse=full.lse if onepass else None)
+    assert lean.argmax is None and lean.col_mass is None
+    for name in ("lse", "entropy", "max_prob", "sink_mass", "local_mass"):
+        torch.testing.assert_close(getattr(lean, name), getattr(full, name), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_stats_triton_route():
+    """out and lse from the device's attention, statistics from the one-pass kernel."""
+    import torch.nn.functional as F
+
+    from kernels import attention_stats
+
+    q, k, _ = make_inputs(1, 4, 2, 70, 70, 16, device=DEVICE)
+    v = torch.randn(1, 2, 70, 16, device=DEVICE)
+    out, got = attention_stats(q, k, v, window=8, sink_tokens=2, backend="triton")
+    want = head_stats(q, k, window=8, sink_tokens=2, backend="reference")
+    assert_stats_close(got, want, atol=1e-5, rtol=1e-5, q=q, k=k, scale=0.25)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+                               atol=1e-5, rtol=0)
+
+
+def test_triton_refuses_nan_like_the_reference():
+    from kernels import WorkbenchError
+
+    q, k, _ = make_inputs(1, 2, 1, 8, 8, 16, device=DEVICE)
+    q[0, 0, 2, 3] = float("nan")
+    for backend in ("triton", "reference"):
+        with pytest.raises(WorkbenchError, match=r"q has 1 non-finite value\(s\)"):
+            head_stats(q, k, backend=backend)
 
 
 def test_triton_rows_only_and_noncontiguous():
@@ -129,6 +176,7 @@ def test_large_head_dim_falls_back_with_warning():
 @pytest.mark.parametrize("case", GRID, ids=[_id(c) for c in GRID])
 def test_triton_bf16_on_gpu(case):
     _compare(case, torch.bfloat16, 2e-3)
+    _compare(case, torch.bfloat16, 2e-3, onepass=True)
 
 
 @large_needs_cuda
@@ -140,4 +188,25 @@ def test_triton_bf16_on_gpu(case):
     ids=["N1000-d128-gqa-pad", "N127-M1000-d64-decode"],
 )
 def test_triton_default_tiles_on_gpu(case, dtype):
-    _compare(case, dtype, {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 2e-3}[dtype])
+    tol = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 2e-3}[dtype]
+    _compare(case, dtype, tol)
+    _compare(case, dtype, tol, onepass=True)
+
+
+@pytest.mark.skipif(not CUDA, reason="FlashAttention / memory-efficient attention need a CUDA GPU")
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+def test_attention_stats_on_gpu(dtype):
+    """lse from FlashAttention (fp16/bf16) or memory-efficient attention (fp32) feeds the one pass."""
+    import torch.nn.functional as F
+
+    from kernels import attention_stats
+
+    q, k, _ = make_inputs(2, 8, 2, 1000, 1000, 128, dtype=dtype, device="cuda", seed=9)
+    v = torch.randn(2, 2, 1000, 128, device="cuda", dtype=dtype)
+    out, got = attention_stats(q, k, v, window=16, sink_tokens=4)
+    want = head_stats(q, k, window=16, sink_tokens=4, backend="reference")
+    tol = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 2e-3}[dtype]
+    assert_stats_close(got, want, atol=tol, rtol=tol, q=q, k=k, scale=1 / math.sqrt(128))
+    sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(out.float(), sdpa.float(), atol=10 * tol, rtol=0)

@@ -5,7 +5,7 @@ import torch
 
 import workbench as wb
 from probes.hooks import active_hook_count, hook_names, record
-from probes.plan import plan
+from probes.plan import STREAM_FIELDS, plan
 from tests.tiny_models import PROMPTS
 
 
@@ -110,7 +110,10 @@ def test_plan_matches_what_capture_stores(tiny):
     assert [row[1] for row in report.rows] == [tuple(p.shape) for p in patterns.values()]
     assert "total" in str(report) and len(report.to_frame()) == model.n_layers
     stream = plan(model, PROMPTS, mode="stream")
-    assert stream.total_bytes < report.total_bytes * 10 and stream.mode == "stream"
+    ids, _ = model.to_tokens(PROMPTS)
+    per_row = sum(STREAM_FIELDS.values())  # bytes a (prompt, head, query) row keeps
+    assert stream.mode == "stream"
+    assert stream.total_bytes == model.n_layers * ids.shape[0] * model.n_heads * ids.shape[1] * per_row
     with pytest.raises(wb.WorkbenchError, match="capture mode 'fast' is unknown"):
         plan(model, PROMPTS, mode="fast")
 
@@ -119,3 +122,16 @@ def test_oversized_capture_is_refused_with_advice(tiny):
     model, _ = tiny
     with pytest.raises(wb.WorkbenchError, match="use wb.capture_stats for long context"):
         wb.capture_patterns(model, PROMPTS, max_bytes=100)
+
+
+def test_padded_batches_cover_every_prompt_once():
+    from workbench.capture import padded_batches
+
+    mask = torch.zeros(5, 9, dtype=torch.long)
+    for row, n in enumerate([3, 9, 1, 7, 7]):
+        mask[row, :n] = 1
+    batches = list(padded_batches(mask, 2))
+    assert batches == [([1, 3], 9), ([4, 0], 7), ([2], 1)]  # longest first, ties in order
+    assert list(padded_batches(mask, 2, by_length=False)) == [([0, 1], 9), ([2, 3], 7), ([4], 7)]
+    with pytest.raises(wb.WorkbenchError, match="batch_size must be a positive int; got 0"):
+        list(padded_batches(mask, 0))

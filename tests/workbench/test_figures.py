@@ -63,7 +63,7 @@ def test_importance_ranking_sorts_heads_and_keeps_ids():
     assert trace.type == "bar"
     assert list(trace.x) == ["L0H1", "L1H2", "L1H1", "L0H2", "L0H0", "L1H0"]
     np.testing.assert_allclose(trace.y, [0.9, 0.7, 0.5, 0.3, 0.1, 0.0])
-    assert trace.customdata.tolist()[:2] == [[0, 1], [1, 2]]
+    assert [list(c) for c in trace.customdata][:2] == [[0, 1], [1, 2]]  # lists: plotly keeps them in click events
     assert len(figures.importance_ranking(_heads([0.1] * 6), top=2).data[0].x) == 2
     with pytest.raises(WorkbenchError, match="importance_ranking needs column"):
         figures.importance_ranking(_heads([0.1] * 6), score="nope")
@@ -126,3 +126,57 @@ def test_registered_figures_draw_their_own_tables():
     assert "50%" in figs[0].layout.title.text
     imp = _heads([0.1, 0.9, 0.3, 0.0, 0.5, 0.7]).assign(raw=0.0)
     assert [f.data[0].type for f in wb.ANALYZERS["head_importance"].make_figures(imp)] == ["bar", "bar", "heatmap"]
+
+
+def test_rankings_follow_the_scores_direction_and_keep_the_sign():
+    frame = _heads([0.2, -0.9, 0.5, 0.0, -0.1, 0.3])
+    (bars,) = figures.importance_ranking(frame, direction="abs").data
+    assert list(bars.x) == ["L0H1", "L0H2", "L1H2", "L0H0", "L1H1", "L1H0"]  # by |value|
+    np.testing.assert_allclose(bars.y[:2], [-0.9, 0.5])  # the sign is kept
+    assert bars.marker.color[0] != bars.marker.color[1]  # and coloured
+    (low,) = figures.importance_ranking(frame, direction="low").data
+    assert list(low.x[:2]) == ["L0H1", "L1H1"]
+
+
+def test_ringed_heads_leave_the_click_to_the_cell_under_them():
+    frame = _heads([0.1, 0.9, 0.3, 0.0, 0.5, 0.7]).assign(flag=[False, True, False, False, False, True])
+    fig = figures.ring_heads(figures.head_grid(frame, "importance"), frame[frame.flag], "flagged")
+    grid, rings = fig.data
+    assert rings.hoverinfo == "skip"  # the heatmap cell under a ring takes the hover and the click
+    assert list(rings.text) == ["L0H1", "L1H2"] and [list(c) for c in rings.customdata] == [[0, 1], [1, 2]]
+    assert grid.customdata[0][1].tolist() == [0, 1]
+
+
+def test_example_pattern_labels_every_position_so_repeats_never_merge():
+    tokens = ["<s>", "When", "David", "and", "David"]
+    weights = np.tril(np.ones((5, 5))) / np.arange(1, 6)[:, None]
+    fig = figures.example_pattern(weights, [0, 1, 2, 3, 9], tokens, n_tokens=12, title="L0H1")
+    (trace,) = fig.data
+    assert list(trace.x) == ["0: <s>", "1: When", "2: David", "3: and", "9: David"]
+    assert len(set(trace.x)) == 5 and np.asarray(trace.z).shape == (5, 5)
+    assert "5 of 12 positions" in fig.layout.title.text
+    full = figures.attention_pattern(weights, tokens)
+    assert list(full.data[0].y) == ["0: <s>", "1: When", "2: David", "3: and", "4: David"]
+
+
+def test_layer_thumbnails_one_heatmap_per_head_each_naming_its_head():
+    rng = np.random.default_rng(0)
+    p = rng.random((6, 5, 5))
+    fig = figures.layer_thumbnails(p, ["a", "b", "a", "b", "c"], layer=3)
+    assert [t.name for t in fig.data] == [f"L3H{h}" for h in range(6)]
+    assert fig.data[4].customdata[2][1] == [3, 4]  # every cell of head 4's thumbnail names (3, 4)
+    np.testing.assert_allclose(fig.data[4].z, p[4])
+    long = figures.layer_thumbnails(rng.random((2, 100, 100)), [f"t{i}" for i in range(100)], layer=0, max_side=48)
+    assert np.asarray(long.data[0].z).shape == (34, 34)  # ceil(100 / 48) = 3 → 34 blocks
+
+
+def test_depth_profile_is_the_median_per_layer_on_relative_depth():
+    a = pd.DataFrame({"layer": [0, 0, 0, 1, 1, 1], "head": [0, 1, 2] * 2, "s": [0.1, 0.2, 0.9, 0.5, 0.5, 0.6]})
+    b = pd.DataFrame({"layer": [0, 1, 2, 3], "head": [0] * 4, "s": [1.0, 2.0, 3.0, 4.0]})
+    fig = figures.depth_profile({"A": a, "B": b}, "s")
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    np.testing.assert_allclose(lines[0].x, [0.0, 1.0])
+    np.testing.assert_allclose(lines[0].y, [0.2, 0.5])
+    np.testing.assert_allclose(lines[1].x, [0, 1 / 3, 2 / 3, 1])
+    diff = figures.head_difference(a, a.assign(s=a.s * 2), "s")
+    np.testing.assert_allclose(diff.data[0].z, [[0.1, 0.2, 0.9], [0.5, 0.5, 0.6]])

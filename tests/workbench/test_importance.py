@@ -288,7 +288,7 @@ def test_importance_bad_inputs(causal_tiny):
         wb.head_importance(model, PROMPTS, answers=["w1"])
     with pytest.raises(wb.WorkbenchError, match="answer 1 must be non-empty text; got ''"):
         wb.pruning_curve(model, PROMPTS, answers=["w1", "", "w2"])
-    with pytest.raises(wb.WorkbenchError, match=r"step must be a fraction in \(0, 1\]; got 0"):
+    with pytest.raises(wb.WorkbenchError, match=r"step must be a number in \(0, 1\]; got 0"):
         wb.pruning_curve(model, PROMPTS, step=0)
     with pytest.raises(wb.WorkbenchError, match="n_steps must be an int >= 2; got 1"):
         wb.head_importance(model, PROMPTS, method="integrated_gradients", n_steps=1)

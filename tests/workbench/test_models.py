@@ -83,3 +83,69 @@ def test_bad_prompts(tiny):
         wb.capture_patterns(model, [too_long])
     with pytest.raises(wb.WorkbenchError, match=r"token ids must lie in \[0, 97\)"):
         model.to_tokens(torch.tensor([[1, 500]]))
+
+
+# -- the caller's model is left as it was (issue 14) -----------------------------------------
+def _snapshot(model):
+    return ([(name, type(m)) for name, m in model.named_modules()],
+            {n: (p, p.dtype, p.device, p.data_ptr()) for n, p in model.named_parameters()},
+            model.config._attn_implementation, model.training)
+
+
+@pytest.mark.parametrize("kind", tiny_models.KINDS)
+@pytest.mark.parametrize("dtype", [None, "float64"])
+def test_in_memory_model_is_left_unchanged(kind, dtype):
+    hf = tiny_models.hf_model(kind)
+    hf.train()  # a caller's model in training mode must stay in training mode
+    ids = torch.tensor([[2, 10, 11, 12, 10, 11]])
+    with torch.no_grad():
+        hf.eval()
+        before = hf(ids, output_attentions=True)
+        hf.train()
+    modules, params, attn, training = _snapshot(hf)
+    handle = wb.load_model(f"tiny-{kind}", hf_model=hf, tokenizer=tiny_models.tokenizer(kind), dtype=dtype)
+    now_modules, now_params, now_attn, now_training = _snapshot(hf)
+    assert now_modules == modules and now_attn == attn and now_training == training
+    for name, (p, dt, dev, ptr) in params.items():  # same Parameter objects, dtype, device, storage
+        q, qdt, qdev, qptr = now_params[name]
+        assert q is p and (qdt, qdev, qptr) == (dt, dev, ptr)
+    hf.eval()
+    with torch.no_grad():
+        after = hf(ids, output_attentions=True)
+    torch.testing.assert_close(after.logits, before.logits, atol=0, rtol=0)
+    assert len(after.attentions) == 2
+    for a, b in zip(after.attentions, before.attentions):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    # the handle runs its own twins: the bridge's HF model and hf_model are not the caller's
+    assert handle.hf_model is not hf and all(p is not q for p in handle.hf_model.parameters() for q in hf.parameters())
+    if dtype is None:  # no copy where nothing changes: the twins read the caller's storage
+        shared = {p.data_ptr() for p in hf.parameters()}
+        assert {p.data_ptr() for p in handle.hf_model.parameters()} <= shared
+    else:
+        assert {p.dtype for p in handle.hf_model.parameters()} == {torch.float64}
+
+
+@pytest.mark.parametrize("kind", tiny_models.KINDS)
+def test_capture_equals_the_callers_eager_attention(kind):
+    hf = tiny_models.hf_model(kind)
+    handle = wb.load_model(f"tiny-{kind}", hf_model=hf, tokenizer=tiny_models.tokenizer(kind))
+    ids, _ = handle.to_tokens(tiny_models.PROMPTS[2])
+    patterns = wb.capture_patterns(handle, ids)
+    with torch.no_grad():
+        eager = hf(ids, output_attentions=True).attentions  # the caller's own model, after loading
+        twin = handle.hf_model(ids, output_attentions=True).attentions
+    assert len(eager) == handle.n_layers
+    for layer, attention in enumerate(eager):
+        torch.testing.assert_close(patterns[layer], attention, atol=1e-6, rtol=0)
+        torch.testing.assert_close(twin[layer], attention, atol=0, rtol=0)
+
+
+def test_two_handles_over_one_model_are_independent():
+    hf = tiny_models.hf_model("llama")
+    tok = tiny_models.tokenizer("llama")
+    first = wb.load_model("a", hf_model=hf, tokenizer=tok)
+    second = wb.load_model("b", hf_model=hf, tokenizer=tok)  # the old code rewired hf: this broke
+    ids, _ = first.to_tokens("w1 w2 w3")
+    with torch.no_grad():
+        torch.testing.assert_close(first.bridge(ids), second.bridge(ids), atol=0, rtol=0)
+        torch.testing.assert_close(second.bridge(ids), hf(ids).logits, atol=1e-5, rtol=0)

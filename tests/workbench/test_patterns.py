@@ -135,10 +135,15 @@ def test_stream_descriptors_match_the_construction(handmade_frame):
     assert _score(f, 0, SELF, "local_mass") > 0.999
 
 
-def test_mean_distance_from_column_sums_equals_exact_patterns(tiny):
+@pytest.mark.parametrize("mode", ["exact", "stream"])
+def test_mean_distance_equals_exact_patterns(tiny, mode):
     model, _ = tiny
     prompts = tiny_models.PROMPTS
-    stats = pat._stream_descriptors(model, prompts, local_window=4, batch_size=2, backend="auto")
+    if mode == "stream" and not model.is_causal:  # an encoder's |t - k| needs the pattern
+        with pytest.raises(wb.WorkbenchError, match="mode='stream' needs a causal model; tiny-bert is an encoder"):
+            wb.describe(model, prompts, mode=mode)
+        return
+    stats = wb.describe(model, prompts, batch_size=2, mode=mode).to_frame()
     patterns = wb.capture_patterns(model, prompts)
     ids, mask = model.to_tokens(prompts)
     for row in stats.itertuples():
@@ -146,7 +151,7 @@ def test_mean_distance_from_column_sums_equals_exact_patterns(tiny):
         a = patterns[row.layer][row.prompt_id, row.head, :n, :n].double()  # (query, key)
         offset = torch.arange(n)[:, None] - torch.arange(n)[None, :]
         offset = offset if model.is_causal else offset.abs()
-        assert abs(row.mean_distance - float((a * offset).sum(-1).mean())) < 1e-4
+        assert abs(row.mean_distance - float((a * offset).sum(-1).mean())) < 1e-5
 
 
 def test_detection_patterns_equal_transformer_lens():
@@ -232,8 +237,10 @@ def test_umap_embedding_of_few_heads():
     x = np.random.default_rng(0).normal(size=(8, 5))
     assert pat.umap_embedding(x).shape == (8, 2)
     assert pat.umap_embedding(x[:3]).shape == (3, 2)  # fewer than 4 heads: principal components
-    with pytest.raises(wb.WorkbenchError, match="n_neighbors must be at least 2"):
+    with pytest.raises(wb.WorkbenchError, match="n_neighbors must be an int >= 2; got 1"):
         pat.umap_embedding(x, n_neighbors=1)
+    with pytest.raises(wb.WorkbenchError, match=r"n_neighbors must be an int >= 2; got 2.5 \(float\)"):
+        pat.umap_embedding(x, n_neighbors=2.5)
 
 
 def test_head_patterns_bad_inputs(handmade):
@@ -241,5 +248,11 @@ def test_head_patterns_bad_inputs(handmade):
         wb.head_patterns(handmade, [])
     with pytest.raises(wb.WorkbenchError, match="probe_len must be an int >= 2; got 1"):
         wb.head_patterns(handmade, ["w1 w2"], probe_len=1)
+    with pytest.raises(wb.WorkbenchError, match="local_window must be a positive int; got 0"):
+        wb.head_patterns(handmade, ["w1 w2"], local_window=0)
+    capture = wb.describe(handmade, ["w1 w2 w3"])
+    with pytest.raises(wb.WorkbenchError, match=r"capture was made with local_window=4; head_patterns asks for "
+                                                r"local_window=6: make it with wb.describe\(\.\.\., local_window=6\)"):
+        wb.head_patterns(handmade, ["w1 w2 w3"], local_window=6, capture=capture)
     with pytest.raises(wb.WorkbenchError, match=r"n_clusters must be an int in \[1, 8\]"):
         wb.head_patterns(handmade, ["w1 w2 w3"], n_clusters=0)

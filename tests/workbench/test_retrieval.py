@@ -120,7 +120,7 @@ def test_bad_inputs_give_clear_errors(copier, trials, tmp_path, minilm):
     bad.write_text(json.dumps({"prompt": "w1 w2 w3", "answer": " w2"}) + "\n")
     with pytest.raises(WorkbenchError, match=r"lacks field\(s\) \['context_length', 'depth'\]"):
         wb.niah_grid(copier, bad)
-    with pytest.raises(WorkbenchError, match="threshold must lie in"):
+    with pytest.raises(WorkbenchError, match=r"threshold must be a number in \[0, 1\); got 1.5"):
         R.retrieval_scores(copier, trials, threshold=1.5)
     with pytest.raises(WorkbenchError, match="answered none of the 1 trials"):
         R.retrieval_scores(copier, [{"prompt": "w1 w2 w3 w4", "answer": " w1 w2"}])

@@ -142,9 +142,13 @@ def test_massive_activations_find_the_planted_entry(embedding_only):
     assert wb.massive_activations(embedding_only, ["w1 w9 w2 w3"], ratio_threshold=1e9).empty
 
 
-@pytest.mark.parametrize("eps", [0, -0.1, 1.5, "0.3", True, float("nan")])
-def test_sink_scores_rejects_eps_outside_unit_interval(handmade, eps):
-    with pytest.raises(wb.WorkbenchError, match=r"eps must be a number in \(0, 1\]; got"):
+@pytest.mark.parametrize("eps, message", [
+    (0, r"eps must be a number in \(0, 1\]; got 0"), (-0.1, r"eps must be a number in \(0, 1\]; got -0.1"),
+    (1.5, r"eps must be a number in \(0, 1\]; got 1.5"), ("0.3", r"eps must be a number in \(0, 1\]; got the string '0.3'"),
+    (True, r"eps must be a number in \(0, 1\]; got the bool True"), (float("nan"), r"eps must be a number in \(0, 1\]; got nan"),
+])
+def test_sink_scores_rejects_eps_outside_unit_interval(handmade, eps, message):
+    with pytest.raises(wb.WorkbenchError, match=message):
         wb.sink_scores(handmade, ["w1 w2"], eps=eps)
 
 
@@ -152,12 +156,16 @@ def test_sink_functions_reject_bad_inputs(handmade):
     for fn in (wb.sink_scores, wb.token_sinks, wb.hidden_sinks, wb.secondary_sinks, wb.massive_activations):
         with pytest.raises(wb.WorkbenchError, match="prompts is empty: expected at least one prompt"):
             fn(handmade, [])
-    with pytest.raises(wb.WorkbenchError, match="abs_threshold must be a positive number; got -1"):
+    with pytest.raises(wb.WorkbenchError, match=r"abs_threshold must be a positive number; got -1"):
         wb.massive_activations(handmade, ["w1"], abs_threshold=-1)
-    with pytest.raises(wb.WorkbenchError, match=r"cos_threshold must be a number in \(0, 1\]; got 2"):
+    with pytest.raises(wb.WorkbenchError, match=r"cos_threshold must be a number in \(0, 1\); got 2"):
         wb.secondary_sinks(handmade, ["w1"], cos_threshold=2)
     with pytest.raises(wb.WorkbenchError, match="min_queries must be a positive int; got 0"):
         wb.hidden_sinks(handmade, ["w1"], min_queries=0)
+    with pytest.raises(wb.WorkbenchError, match=r"threshold must be a number in \(0, 1\); got inf"):
+        wb.hidden_sinks(handmade, ["w1"], threshold=float("inf"))
+    with pytest.raises(wb.WorkbenchError, match="causal_normalization must be a bool; got 1"):
+        wb.token_sinks(handmade, ["w1"], causal_normalization=1)
     with pytest.raises(wb.WorkbenchError, match="sink_share needs a sink_scores frame"):
         wb.sink_share(wb.token_sinks(handmade, ["w1"]))
 

@@ -22,7 +22,13 @@ import torch
 
 from workbench.analyzers import Analyzer, register
 from workbench.heads import ablate_heads, check_heads, edit_heads, record_heads
+from workbench import findings
+from workbench.figures import circuit_figures
+from workbench.findings import summaries
 from workbench.errors import WorkbenchError
+from workbench.analyzers import keyword_defaults
+from workbench.checks import choice, integer, positive
+from workbench.prompts import answer_tokens
 
 TASKS = ("ioi", "colored_objects")
 METHODS = ("attribution_patching", "activation_patching")
@@ -42,14 +48,25 @@ class _Group:
 
 
 # -- inputs -------------------------------------------------------------------------------
-def read_task(task) -> list[dict]:
+def read_task(task, model=None) -> list[dict]:
     """Rows of a task: a suite name (``ioi``, ``colored_objects``), a JSONL path, or dicts with
-    ``prompt, answer, corrupted_prompt, corrupted_answer``."""
+    ``prompt, answer, corrupted_prompt, corrupted_answer``.
+
+    A suite name gives the bundled suite for the demo model (or no model), and otherwise the
+    suite generated for ``model``'s tokenizer (`workbench.tasks.analysis_suite`: Wang et al.'s
+    templates with ABC-corrupted twins for ioi)."""
     from workbench.models import data_dir
     from workbench.prompts import read_jsonl
 
     if isinstance(task, str) and task in TASKS:
-        return read_jsonl(data_dir() / "suites" / f"{task}.jsonl", required=FIELDS)
+        if model is None or model.source == "demo":
+            return read_jsonl(data_dir() / "suites" / f"{task}.jsonl", required=FIELDS)
+        from workbench.tasks import analysis_suite, supports
+
+        reason = supports(model, task)
+        if reason:
+            raise WorkbenchError(f"task {task!r} cannot be built for {model.name}: {reason}; pass rows instead")
+        return analysis_suite(task, model)
     if isinstance(task, (str, Path)):
         if not Path(task).is_file():
             raise WorkbenchError(f"unknown task {str(task)!r}: expected a suite name {list(TASKS)}, a JSONL "
@@ -71,7 +88,7 @@ def encode_task(model, task) -> list[_Group]:
         raise WorkbenchError(f"circuits use the next-token logit difference; {model.name} is an encoder")
     tok = model.tokenizer
     by_len: dict[int, list[tuple]] = defaultdict(list)
-    for i, row in enumerate(read_task(task)):
+    for i, row in enumerate(read_task(task, model)):
         clean, corrupt = tok(str(row["prompt"]))["input_ids"], tok(str(row["corrupted_prompt"]))["input_ids"]
         if len(clean) != len(corrupt):
             raise WorkbenchError(
@@ -80,8 +97,8 @@ def encode_task(model, task) -> list[_Group]:
             )
         if len(clean) > model.n_ctx:
             raise WorkbenchError(f"task example {i} is {len(clean)} tokens; {model.name} has a context of {model.n_ctx}")
-        answer = tok(str(row["answer"]), add_special_tokens=False)["input_ids"]
-        wrong = tok(str(row["corrupted_answer"]), add_special_tokens=False)["input_ids"]
+        answer = answer_tokens(model, str(row["answer"]), f"task example {i}: answer")
+        wrong = answer_tokens(model, str(row["corrupted_answer"]), f"task example {i}: corrupted_answer")
         if not answer or not wrong or answer[0] == wrong[0]:
             raise WorkbenchError(f"task example {i}: answer {row['answer']!r} and corrupted_answer "
                                  f"{row['corrupted_answer']!r} must start with different, non-empty tokens")
@@ -197,9 +214,10 @@ def circuit(model, task, method: str = "attribution_patching", *, top_n: int | N
 
     Args:
         model: a causal `ModelHandle`.
-        task: a suite name (``"ioi"``, ``"colored_objects"``), a JSONL path, or a list of dicts
-            with ``prompt, answer, corrupted_prompt, corrupted_answer``; each prompt and its
-            corrupted prompt must have the same token length.
+        task: a suite name (``"ioi"``, ``"colored_objects"``: the demo's bundled suite, or the
+            one generated for this model's tokenizer, `read_task`), a JSONL path, or a list of
+            dicts with ``prompt, answer, corrupted_prompt, corrupted_answer``; each prompt and
+            its corrupted prompt must have the same token length.
         method: ``"activation_patching"`` (exact: the clean ``hook_z`` of one head, at every
             position, patched into the corrupted run — denoising) or ``"attribution_patching"``
             (gradient × activation difference at the corrupted run, Syed et al. 2023).
@@ -211,12 +229,11 @@ def circuit(model, task, method: str = "attribution_patching", *, top_n: int | N
         DataFrame ``layer, head, effect, in_circuit``; ``effect`` is relative to the gap
         ``LD_clean − LD_corrupted`` (both in ``frame.attrs``, with method and n).
     """
-    if method not in METHODS:
-        raise WorkbenchError(f"unknown method {method!r}: expected one of {list(METHODS)}")
+    choice("method", method, METHODS)
     if top_n is not None and threshold is not None:
         raise WorkbenchError("give top_n or threshold, not both")
-    if top_n is not None and not (isinstance(top_n, int) and 0 < top_n <= model.n_layers * model.n_heads):
-        raise WorkbenchError(f"top_n must be an int in [1, {model.n_layers * model.n_heads}]; got {top_n!r}")
+    top_n = None if top_n is None else integer("top_n", top_n, low=1, high=model.n_layers * model.n_heads)
+    threshold = None if threshold is None else positive("threshold", threshold)  # |effect| >= threshold
     groups = encode_task(model, task)
     ld_clean = _mean_ld(model, groups, "clean")
     ld_corrupt = _mean_ld(model, groups, "corrupt")
@@ -239,6 +256,8 @@ def circuit(model, task, method: str = "attribution_patching", *, top_n: int | N
 
 def select(effect: pd.Series, *, top_n: int | None = None, threshold: float | None = None) -> pd.Series:
     """Circuit membership from effects: top_n by |effect|, or |effect| >= threshold (default 0.1)."""
+    top_n = None if top_n is None else integer("top_n", top_n, low=1)
+    threshold = None if threshold is None else positive("threshold", threshold)
     size = effect.abs()
     if top_n is not None:
         return size.rank(method="first", ascending=False) <= top_n
@@ -263,8 +282,7 @@ def circuit_faithfulness(model, task, circuit_frame, *, ablation: str = "mean") 
         ``metric_full``, ``metric_circuit`` (complement ablated), ``metric_without_circuit``
         (circuit ablated), ``metric_empty`` (all heads ablated), and ``n_heads``.
     """
-    if ablation not in ABLATIONS:
-        raise WorkbenchError(f"unknown ablation {ablation!r}: expected one of {list(ABLATIONS)}")
+    choice("ablation", ablation, ABLATIONS)
     groups = encode_task(model, task)
     members = set(check_heads(model, circuit_frame))
     if not members:
@@ -350,43 +368,60 @@ def circuit_overlap(circuit_a, circuit_b) -> dict:
 
 
 # -- registry -----------------------------------------------------------------------------
-DEMO_EXAMPLES = 16  # examples per suite in the registered analysis (fast on 2 CPU cores)
+DEMO_EXAMPLES = 16  # examples per suite in the registered analysis on the demo (fast on 2 CPU cores)
 
 
-def demo_circuits(model, prompts=None) -> pd.DataFrame:
-    """The registered analysis: both methods on the demo's ioi and colored_objects suites
-    (first `DEMO_EXAMPLES` examples; ``prompts`` is not used — circuits need corrupted pairs).
+def task_circuits(model, prompts=None) -> pd.DataFrame:
+    """The registered analysis: both methods on the ioi and colored_objects suites — the demo's
+    bundled ones (first `DEMO_EXAMPLES` examples), or those generated for any other causal LM
+    (`workbench.tasks.analysis_suite`). A task the tokenizer cannot spell is left out (the
+    task_accuracy table says why); ``prompts`` is not used — circuits need corrupted pairs.
 
     Returns:
         DataFrame ``task, method, layer, head, effect, in_circuit``.
     """
+    from workbench.tasks import supports
+
     frames = []
     for task in TASKS:
-        rows = read_task(task)[:DEMO_EXAMPLES]
+        if supports(model, task):
+            continue
+        rows = read_task(task, model)
+        if model.source == "demo":
+            rows = rows[:DEMO_EXAMPLES]
         for method in METHODS:
             frames.append(circuit(model, rows, method).assign(task=task, method=method))
     cols = ["task", "method", "layer", "head", "effect", "in_circuit"]
     return pd.concat(frames, ignore_index=True)[cols]
 
 
+demo_circuits = task_circuits  # the name before circuits ran on every causal LM
+
+
 def _applies(model) -> str | None:
+    from workbench.tasks import supports
+
     if not model.is_causal:
         return "circuits use the next-token logit difference; this model is an encoder"
-    if model.source != "demo":
-        return ("needs a task with clean and corrupted prompts (bundled only for the demo model): "
-                "call wb.circuit(model, task) with yours")
+    reasons = [supports(model, task) for task in TASKS]
+    if all(reasons):
+        return "; ".join(reasons) + ": call wb.circuit(model, rows) with clean and corrupted prompts of yours"
     return None
 
 
-def _figures(frame: pd.DataFrame) -> list:
-    from workbench.figures import circuit_figures
+def _task_sets(model, prompts) -> dict[str, list[str]]:
+    """The prompts each suite's circuit was found on (as `task_circuits` reads them)."""
+    from workbench.tasks import supports
 
-    return circuit_figures(frame)
+    cut = DEMO_EXAMPLES if model.source == "demo" else None
+    return {task: [r["prompt"] for r in read_task(task, model)[:cut]] for task in TASKS if not supports(model, task)}
 
 
 register(Analyzer(
-    "circuits", demo_circuits, "Circuits (ioi, colored objects) and their overlap", mode="exact",
-    applies=_applies, figures=_figures,
+    "circuits", task_circuits, "Circuits (ioi, colored objects) and their overlap", mode="exact",
+    applies=_applies, figures=circuit_figures, family="circuits", findings=findings.circuits, example="ioi",
+    prompts=_task_sets, summary=summaries.circuits,
+    params=keyword_defaults(circuit, method=list(METHODS), tasks=list(TASKS), examples=DEMO_EXAMPLES, threshold=THRESHOLD),
     sources=("Wang et al. 2022, Interpretability in the Wild (IOI; logit difference, mean ablation)",
              "Syed et al. 2023, Attribution Patching Outperforms Automated Circuit Discovery",
              "Merullo et al. 2024, Circuit Component Reuse Across Tasks in Transformer Language Models"),

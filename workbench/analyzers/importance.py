@@ -24,10 +24,15 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from workbench.analyzers import Analyzer, register
+from workbench.analyzers import Analyzer, keyword_defaults, register
+from workbench import findings
+from workbench.figures import head_grid, importance_ranking, pruning_curve_figure
+from workbench.findings import summaries
 from workbench.capture import run_bridge
+from workbench.checks import choice, fraction, integer, positive_int
 from workbench.errors import WorkbenchError
 from workbench.heads import ABLATION_MODES, head_mask, head_means
+from workbench.prompts import answer_tokens
 
 METHODS = ("gradient", "ablation", "integrated_gradients")
 #: Devlin et al. 2019: 15% of the tokens are masked for the MLM objective.
@@ -60,7 +65,7 @@ def _with_answers(model, prompts, answers) -> tuple[list[list[int]], list[int]]:
         if not isinstance(answer, str) or not answer.strip():
             raise WorkbenchError(f"answer {i} must be non-empty text; got {answer!r}")
         head = model.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else [int(t) for t in prompt]
-        tail = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        tail = answer_tokens(model, answer, f"answer {i}")
         rows.append(list(head) + list(tail))
         sizes.append(len(tail))
     return rows, sizes
@@ -68,8 +73,7 @@ def _with_answers(model, prompts, answers) -> tuple[list[list[int]], list[int]]:
 
 def _batches(model, prompts, batch_size: int, seed: int, answers=None) -> list[_Batch]:
     """Tokenize, sort by length (less padding), cut into batches, and attach loss targets."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise WorkbenchError(f"batch_size must be a positive int; got {batch_size!r}")
+    batch_size, seed = positive_int("batch_size", batch_size), integer("seed", seed, low=0)
     answer_len = None
     if answers is not None:
         prompts, sizes = _with_answers(model, prompts, answers)
@@ -146,9 +150,7 @@ def _losses(model, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 
 def _check_method(method) -> str:
-    if method not in METHODS:
-        raise WorkbenchError(f"unknown importance method {method!r}: expected one of {list(METHODS)}")
-    return method
+    return choice("importance method", method, METHODS)
 
 
 def _frame(model, raw: torch.Tensor, normalize_layers: bool, min_max: bool) -> pd.DataFrame:
@@ -197,8 +199,7 @@ def _mean_loss(model, batches, mask=None, baseline=None) -> float:
 
 def _ablation(model, batches, prompts, mode: str, batch_size: int) -> torch.Tensor:
     """Δ mean loss when each head alone is zeroed or mean-replaced."""
-    if mode not in ABLATION_MODES:
-        raise WorkbenchError(f"unknown ablation mode {mode!r}: expected one of {list(ABLATION_MODES)}")
+    choice("ablation mode", mode, ABLATION_MODES)
     means = head_means(model, prompts, batch_size=batch_size) if mode == "mean" else None
     n_heads = model.n_layers * model.n_heads
     masks = torch.ones(n_heads + 1, model.n_layers, model.n_heads)  # one head off each; the last: none
@@ -261,10 +262,8 @@ def head_importance(model, prompts, method: str = "gradient", *, answers=None, n
         WorkbenchError: unknown method or ablation mode, empty prompts, bad n_steps.
     """
     method = _check_method(method)
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 2:
-        raise WorkbenchError(f"n_steps must be an int >= 2; got {n_steps!r}")
-    if ablation not in ABLATION_MODES:
-        raise WorkbenchError(f"unknown ablation mode {ablation!r}: expected one of {list(ABLATION_MODES)}")
+    n_steps = integer("n_steps", n_steps, low=2)
+    choice("ablation mode", ablation, ABLATION_MODES)
     batches = _batches(model, prompts, batch_size, seed, answers)
     if method == "gradient":
         raw = _gradient(model, batches, torch.ones(1, model.n_layers, model.n_heads))[0]
@@ -294,8 +293,7 @@ def pruning_curve(model, prompts, *, answers=None, step: float = 0.1, importance
         from no head to all heads pruned; ``pruned`` lists the heads masked at that step
         (``"L1H3 L0H2"``). Accuracy is top-1 on the loss targets.
     """
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
-        raise WorkbenchError(f"step must be a fraction in (0, 1]; got {step!r}")
+    step = fraction("step", step)
     batches = _batches(model, prompts, batch_size, seed, answers)
     n_total = model.n_layers * model.n_heads
     per_step = max(1, math.ceil(step * n_total - 1e-9))
@@ -377,23 +375,21 @@ def _skip_untrained_mlm(model) -> str | None:
 
 
 def _importance_figures(frame):
-    from workbench.figures import head_grid, importance_ranking
-
-    return [importance_ranking(frame, "raw", title="Heads by gradient importance E|∂L/∂ξ| (global, not normalised)"),
+    return [importance_ranking(frame, "raw", direction="abs",
+                               title="Heads by gradient importance E|∂L/∂ξ| (global, not normalised)"),
             importance_ranking(frame, title="Heads by importance normalised per layer (Michel et al.), then min-max"),
             head_grid(frame, "importance", title="Head importance (gradient, per-layer L2 + min-max)")]
 
 
-def _pruning_figures(frame):
-    from workbench.figures import pruning_curve_figure
-
-    return [pruning_curve_figure(frame)]
-
-
 register(Analyzer("head_importance", _registered_importance, "Head importance (gradient)", mode="exact",
-                  applies=_skip_untrained_mlm, figures=_importance_figures,
+                  applies=_skip_untrained_mlm, figures=_importance_figures, family="importance",
+                  findings=findings.importance, example="prompt",
+                  params=lambda prompts: keyword_defaults(head_importance, answers=suite_answers(prompts) is not None,
+                                                          normalize_layers=True, min_max=True),  # gradient's
                   sources=("Michel et al. 2019, Are Sixteen Heads Really Better than One? (|∂L/∂ξ|, per-layer L2)",
                            "Li et al. 2023, pruning-based head importance metrics (min-max)")))
 register(Analyzer("pruning_curve", _registered_pruning, "Pruning curve (least important heads first)", mode="exact",
-                  applies=_skip_untrained_mlm, figures=_pruning_figures,
+                  applies=_skip_untrained_mlm, figures=lambda frame: [pruning_curve_figure(frame)],
+                  family="importance", findings=findings.pruning, summary=summaries.pruning,
+                  params=lambda prompts: keyword_defaults(pruning_curve, answers=suite_answers(prompts) is not None),
                   sources=("Michel et al. 2019, iterative pruning of 10% of heads by gradient importance",)))

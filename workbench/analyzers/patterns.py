@@ -2,14 +2,16 @@
 
 Descriptors per head:
 
-- entropy, max_prob (Voita et al. 2019's confidence), sink_mass, local_mass, mean_distance: the
-  streaming statistics (`probes.streaming`) over the prompts, means over query rows and prompts;
-  mean_distance (mean of t − k under the attention of query t) comes from the column sums,
-  Σ_t Σ_k A[t,k](t − k) = Σ_t t − Σ_k k·col_k, so it needs no pattern either (encoders, whose
-  rows reach both ways, use |t − k| from exact patterns: they are at most 512 tokens long).
+- entropy, max_prob (Voita et al. 2019's confidence), sink_mass (attention on position 0, the
+  first token, BOS or not), local_mass, mean_distance: from the shared descriptive capture of the
+  prompts (`wb.describe`), means over query rows and then over prompts; mean_distance is the
+  mean of |t − k| under the attention of query t (t − k in a causal model, where it comes from
+  the column sums: Σ_t Σ_k A[t,k](t − k) = Σ_t t − Σ_k k·col_k).
 - prev_token, duplicate, induction: TransformerLens ``head_detector``'s "mul" score
   Σ(A ⊙ D) / ΣA of the exact pattern A against a detection pattern D, averaged over seeded
-  probes made of a random token sequence repeated twice.
+  probes made of a random token sequence repeated twice. These need repeated sequences, which
+  ordinary prompts lack, so they come from a separate small forward over the synthetic probes
+  (not from the shared capture); the frame's attrs say so (``detector_probes``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,14 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
+from workbench import findings
+from workbench.figures import head_grid, umap_scatter
+from workbench.findings import summaries
 from workbench.capture import patterns_for_batch
+from workbench.checks import integer, positive_int
+from workbench.description import ROW_FIELDS, Description, resolve
 from workbench.errors import WorkbenchError
+from workbench.frames import head_frame
 
 STAT_FEATURES = ("entropy", "max_prob", "sink_mass", "local_mass", "mean_distance")
 DETECTOR_FEATURES = ("prev_token", "duplicate", "induction")
@@ -39,31 +47,6 @@ PATTERN_TRAITS = (
     ("broad", "entropy", 0.0),
 )
 NAME_Z = 0.5
-
-
-# -- descriptors from the streaming statistics ---------------------------------------------------------
-def _stream_descriptors(model, prompts, *, local_window: int, batch_size: int, backend: str) -> pd.DataFrame:
-    """Per (prompt, layer, head): the streaming row means plus mean_distance."""
-    from probes.streaming import equal_length_batches, stream_capture
-
-    ids, mask = model.to_tokens(prompts)
-    parts = []
-    for chosen, n in equal_length_batches(mask, batch_size):  # no padding: column sums are exact
-        cap = stream_capture(model, ids[chosen, :n], prompt_ids=chosen, sink_tokens=1, window=local_window,
-                             column_mass=model.is_causal, backend=backend)
-        frame = cap.to_frame()
-        if model.is_causal:
-            pos = torch.arange(n, dtype=torch.float64)
-            dist = {layer: (n - 1) / 2 - (st.col_mass.double() @ pos) / n  # (batch, head)
-                    for layer, st in cap.stats.items()}
-        else:
-            patterns = patterns_for_batch(model, ids[chosen, :n], mask[chosen, :n], range(model.n_layers))
-            offset = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs().double()  # (query, key)
-            dist = {layer: (p.double() * offset).sum(-1).mean(-1) for layer, p in patterns.items()}
-        row = {pid: b for b, pid in enumerate(chosen)}
-        frame["mean_distance"] = [float(dist[r.layer][row[r.prompt_id], r.head]) for r in frame.itertuples()]
-        parts.append(frame)
-    return pd.concat(parts, ignore_index=True)
 
 
 # -- detector scores on repeated random tokens -------------------------------------------------------------
@@ -120,15 +103,16 @@ def detector_scores(patterns: dict[int, torch.Tensor], tokens: torch.Tensor) -> 
         DataFrame ``layer, head, prev_token, duplicate, induction``.
     """
     detections = [detection_patterns(row) for row in tokens.cpu()]
-    rows = []
-    for layer, pattern in patterns.items():
-        a = pattern.double()  # (batch, head, query, key)
+    grids = {name: [] for name in DETECTOR_FEATURES}  # name -> per layer [head]
+    for layer in sorted(patterns):
+        a = patterns[layer].double()  # (batch, head, query, key)
         total = a.sum((-1, -2))  # (batch, head)
-        scores = {name: torch.stack([(a[b] * d[name].double()).sum((-1, -2)) for b, d in enumerate(detections)]) / total
-                  for name in DETECTOR_FEATURES}  # (batch, head)
-        for head in range(a.shape[1]):
-            rows.append({"layer": layer, "head": head, **{k: float(v[:, head].mean()) for k, v in scores.items()}})
-    return pd.DataFrame(rows)
+        for name in DETECTOR_FEATURES:
+            hits = torch.stack([(a[b] * d[name].double()).sum((-1, -2)) for b, d in enumerate(detections)])
+            grids[name].append((hits / total).mean(0))  # (head,), mean over sequences
+    frame = head_frame({name: torch.stack(rows) for name, rows in grids.items()})  # (layer, head) grids
+    frame["layer"] = np.asarray(sorted(patterns))[frame["layer"]]
+    return frame
 
 
 # -- map and clusters -------------------------------------------------------------------------------------
@@ -168,7 +152,7 @@ def umap_embedding(features: np.ndarray, *, n_neighbors: int | None = None, seed
         k = min(2, u.shape[1])
         out[:, :k] = u[:, :k] * s[:k]
         return out
-    k = min(15 if n_neighbors is None else n_neighbors, n - 1)
+    k = min(15 if n_neighbors is None else integer("n_neighbors", n_neighbors, low=2), n - 1)
     if k < 2:
         raise WorkbenchError(f"n_neighbors must be at least 2; got {n_neighbors!r}")
     threads = torch.get_num_threads()  # umap/numba start-up changes torch's thread count
@@ -202,9 +186,7 @@ def cluster_heads(features: np.ndarray, *, n_clusters: int | None = None, seed: 
     x = _standardize(np.asarray(features, dtype=np.float64))
     n = x.shape[0]
     if n_clusters is not None:
-        if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or not 1 <= n_clusters <= n:
-            raise WorkbenchError(f"n_clusters must be an int in [1, {n}] (the number of heads); got {n_clusters!r}")
-        candidates = [n_clusters]
+        candidates = [integer("n_clusters", n_clusters, low=1, high=n)]  # at most the number of heads
     else:
         candidates = list(range(2, min(6, n // 2) + 1))
     if not candidates or np.allclose(x, x[0]):
@@ -245,33 +227,40 @@ def name_clusters(frame: pd.DataFrame) -> dict[int, str]:
 # -- the analysis ------------------------------------------------------------------------------------------
 def head_patterns(model, prompts, *, local_window: int = 4, n_probes: int = 8, probe_len: int = 24, seed: int = 0,
                   n_neighbors: int | None = None, n_clusters: int | None = None, batch_size: int = 4,
-                  backend: str = "auto") -> pd.DataFrame:
+                  backend: str = "auto", capture: Description | None = None) -> pd.DataFrame:
     """Pattern descriptors of every head, a 2-D UMAP of them, and named clusters of pattern types.
 
     Args:
         model: a `ModelHandle`.
-        prompts: strings or token ids (for the streaming descriptors).
+        prompts: strings or token ids for the descriptors (None with ``capture``).
         local_window: local_mass counts the attention on the query and the ``local_window − 1``
-            keys before it (a "positional"/local head in Voita et al. 2019's sense).
+            keys before it (a "positional"/local head in Voita et al. 2019's sense); a given
+            capture must have been made with the same window.
         n_probes, probe_len, seed: the repeated random-token probes of the detector scores
-            (TransformerLens ``head_detector``; induction needs a repeated sequence).
+            (TransformerLens ``head_detector``; induction needs a repeated sequence). They run
+            in their own forward over these synthetic tokens, apart from the prompts' capture.
         n_neighbors: UMAP neighbours (default min(15, heads − 1); McInnes et al. 2018).
         n_clusters: k-means clusters (default: the best silhouette over 2..min(6, heads/2)).
-        batch_size, backend: streaming capture settings.
+        batch_size, backend: `wb.describe` settings when no capture is given.
+        capture: a `Description` of these prompts from `wb.describe` (shared with the other
+            descriptive analyses).
     Returns:
         DataFrame ``layer, head, entropy, max_prob, sink_mass, local_mass, mean_distance,
         prev_token, duplicate, induction, umap_x, umap_y, cluster, pattern`` with one row per
         head; ``pattern`` is the cluster's readable name (induction, previous-token,
-        duplicate-token, sink, local, broad or mixed; see `PATTERN_TRAITS`).
+        duplicate-token, sink, local, broad or mixed; see `PATTERN_TRAITS`). ``attrs``:
+        ``detector_probes`` (how the detector scores were made) and the first-token attrs.
     Raises:
-        WorkbenchError: empty prompts, bad probe settings, bad n_neighbors / n_clusters.
+        WorkbenchError: empty prompts, bad probe settings, bad n_neighbors / n_clusters, a
+            capture made with another local_window.
     """
-    for name, value, low in (("local_window", local_window, 1), ("n_probes", n_probes, 1), ("probe_len", probe_len, 2),
-                             ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise WorkbenchError(f"{name} must be an int >= {low}; got {value!r}")
-    stats = _stream_descriptors(model, prompts, local_window=local_window, batch_size=batch_size, backend=backend)
-    frame = stats.groupby(["layer", "head"], as_index=False)[list(STAT_FEATURES)].mean()
+    local_window, n_probes, batch_size = (positive_int(n, v) for n, v in (
+        ("local_window", local_window), ("n_probes", n_probes), ("batch_size", batch_size)))
+    probe_len, seed = integer("probe_len", probe_len, low=2), integer("seed", seed, low=0)
+    desc = resolve(model, prompts, capture, analysis="head_patterns", local_window=local_window,
+                   batch_size=batch_size, backend=backend)
+    means = desc.row_means().mean(0)  # (layer, head, field), mean over prompts of per-prompt means
+    frame = head_frame({"mean_distance" if f == "distance" else f: means[..., i] for i, f in enumerate(ROW_FIELDS)})
     probes = repeated_token_probes(model, n_probes=n_probes, probe_len=probe_len, seed=seed).to(model.device)
     patterns = patterns_for_batch(model, probes, torch.ones_like(probes), range(model.n_layers))
     frame = frame.merge(detector_scores(patterns, probes), on=["layer", "head"])
@@ -281,17 +270,28 @@ def head_patterns(model, prompts, *, local_window: int = 4, n_probes: int = 8, p
     frame["cluster"] = cluster_heads(features, n_clusters=n_clusters, seed=seed).astype(int)
     frame["pattern"] = frame["cluster"].map(name_clusters(frame))
     frame[["layer", "head"]] = frame[["layer", "head"]].astype(int)
-    return frame.sort_values(["layer", "head"], ignore_index=True)
+    frame = frame.sort_values(["layer", "head"], ignore_index=True)
+    frame.attrs.update(desc.first_token_attrs(), detector_probes=(
+        f"prev_token, duplicate and induction come from a separate forward over {n_probes} seeded random token "
+        f"sequences of {probe_len} tokens, each repeated twice (seed {seed}; TransformerLens head_detector, "
+        "'mul' score), not from the prompts"))
+    return frame
 
 
 def _pattern_figures(frame):
-    from workbench.figures import head_grid, umap_scatter
+    shown = [c for c in FEATURES if c != "sink_mass"]  # sink_mass repeats sink_scores' sink_score
+    return [umap_scatter(frame)] + [head_grid(frame, col) for col in shown]
 
-    return [umap_scatter(frame)] + [head_grid(frame, col) for col in FEATURES]
+
+def _probe_texts(model, prompts) -> dict[str, list[str]]:
+    """The repeated random-token probes of the detector scores, decoded for showing."""
+    probes = repeated_token_probes(model)
+    return {"repeated random tokens (8 × 24, twice, seed 0)": [model.tokenizer.decode(p) for p in probes.tolist()]}
 
 
-register(Analyzer("head_patterns", head_patterns, "Head pattern types and the UMAP head map", mode="stream",
-                  figures=_pattern_figures,
+register(Analyzer("head_patterns", head_patterns, "Head pattern types and the UMAP head map", capture=True,
+                  figures=_pattern_figures, family="head types", page="head-map", findings=findings.head_types,
+                  example="repeated", prompts=_probe_texts, summary=summaries.head_types,
                   sources=("Voita et al. 2019, Analyzing Multi-Head Self-Attention (confidence, positional heads)",
                            "TransformerLens head_detector ('mul' score: previous-token, duplicate, induction)",
                            "McInnes et al. 2018, UMAP", "Li et al. 2023 (pattern types of heads)")))

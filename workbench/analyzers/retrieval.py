@@ -22,7 +22,13 @@ import torch
 
 from workbench.analyzers import Analyzer, register
 from workbench.heads import ablate_heads, check_heads
+from workbench import findings
+from workbench.figures import niah_heatmap, retrieval_grid
+from workbench.findings import summaries
 from workbench.errors import WorkbenchError
+from workbench.analyzers import keyword_defaults
+from workbench.checks import choice, number
+from workbench.prompts import answer_tokens
 
 THRESHOLD = 0.1  # Wu et al. 2024: a retrieval head has retrieval score > 0.1
 MODES = ("teacher_forced", "generation")
@@ -39,11 +45,20 @@ class Trial:
 
 
 # -- inputs -------------------------------------------------------------------------------
-def read_trials(trials=None, required: tuple[str, ...] = ("prompt", "answer")) -> list[dict]:
-    """Trials from a list of dicts, a JSONL path, or (None) the demo's passkey suite."""
+def read_trials(trials=None, required: tuple[str, ...] = ("prompt", "answer"), model=None) -> list[dict]:
+    """Trials from a list of dicts, a JSONL path, or (None) the passkey suite: the demo's bundled
+    one for the demo model (or no model), else the one generated for ``model``'s tokenizer
+    (`workbench.tasks.analysis_suite`)."""
     from workbench.models import data_dir
     from workbench.prompts import read_jsonl
 
+    if trials is None and model is not None and model.source != "demo":
+        from workbench.tasks import analysis_suite, supports
+
+        reason = supports(model, "passkey")
+        if reason:
+            raise WorkbenchError(f"no default trials for {model.name}: {reason}; pass trials=[...] of yours")
+        return analysis_suite("passkey", model)
     if trials is None:
         trials = data_dir() / "suites" / "passkey.jsonl"
     if isinstance(trials, (str, Path)):
@@ -75,7 +90,7 @@ def encode_trials(model, rows: list[dict]) -> list[Trial]:
                 "needs the needle verbatim in the haystack"
             )
         p_ids = model.tokenizer(prompt)["input_ids"]
-        a_ids = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        a_ids = answer_tokens(model, answer, f"trial {i}: the answer")
         n = len(a_ids)
         starts = [s for s in range(len(p_ids) - n + 1) if p_ids[s:s + n] == a_ids]
         if not starts:
@@ -153,9 +168,8 @@ def trial_scores(model, trials=None, *, mode: str = "teacher_forced", batch_size
 
     See `retrieval_scores` for the arguments and the definition of a copy.
     """
-    if mode not in MODES:
-        raise WorkbenchError(f"unknown mode {mode!r}: expected one of {list(MODES)}")
-    encoded = encode_trials(model, read_trials(trials))
+    choice("mode", mode, MODES)
+    encoded = encode_trials(model, read_trials(trials, model=model))
     results = (_teacher_forced(model, encoded, batch_size, backend) if mode == "teacher_forced"
                else _generation(model, encoded, backend))
     layer, head = np.meshgrid(np.arange(model.n_layers), np.arange(model.n_heads), indexing="ij")
@@ -173,8 +187,9 @@ def retrieval_scores(model, trials=None, *, mode: str = "teacher_forced", thresh
     Args:
         model: a causal `ModelHandle`.
         trials: dicts with ``prompt`` and ``answer`` (the answer must appear verbatim in the
-            prompt: it is the needle), a JSONL path, or None for the demo's passkey suite
-            ``data/suites/passkey.jsonl``.
+            prompt: it is the needle), a JSONL path, or None for the passkey suite: the demo's
+            ``data/suites/passkey.jsonl``, or the one generated for any other causal LM
+            (`workbench.tasks.analysis_suite`).
         mode: ``"teacher_forced"`` — one streaming forward over prompt + answer, the argmax of
             the query rows that produce the answer tokens (fast, long context); or
             ``"generation"`` — greedy decoding on ``model.hf_model`` with a KV cache, the argmax
@@ -190,8 +205,7 @@ def retrieval_scores(model, trials=None, *, mode: str = "teacher_forced", thresh
         WorkbenchError: an unknown mode, a needle not in its haystack, an encoder, a threshold
             outside [0, 1), or no trial answered correctly (the score is defined on those).
     """
-    if not 0 <= threshold < 1:
-        raise WorkbenchError(f"threshold must lie in [0, 1); got {threshold!r}")
+    threshold = number("threshold", threshold, low=0.0, high=1.0, high_open=True)
     per = trial_scores(model, trials, mode=mode, batch_size=batch_size, backend=backend)
     n_trials = int(per["trial"].nunique())
     good = per[per["correct"]]
@@ -230,15 +244,15 @@ def niah_grid(model, trials=None, ablate=None) -> pd.DataFrame:  # noqa: A002 - 
         ablate: heads to zero while answering (pairs or a `retrieval_scores` frame), or None.
     Returns:
         DataFrame ``context_length, depth, accuracy, n_trials``: greedy exact match of the
-        answer (teacher-forced, `workbench.demo.evaluate.accuracy`).
+        answer (teacher-forced, the shared scorer `workbench.tasks.greedy_match`).
     """
-    from workbench.demo.evaluate import accuracy
+    from workbench.tasks import greedy_match
 
-    rows = read_trials(trials, required=("prompt", "answer", "context_length", "depth"))
+    rows = read_trials(trials, required=("prompt", "answer", "context_length", "depth"), model=model)
     encode_trials(model, rows)  # validates needles and lengths
     heads = [] if ablate is None else check_heads(model, ablate)
     with _sdpa(model), ablate_heads(model, heads):
-        hits = accuracy(model.hf_model, model.tokenizer, rows)
+        hits = greedy_match(model.hf_model, model.tokenizer, rows)
     frame = pd.DataFrame({"context_length": [r["context_length"] for r in rows],
                           "depth": [float(r["depth"]) for r in rows], "hit": hits})
     return (frame.groupby(["context_length", "depth"], as_index=False)
@@ -253,52 +267,121 @@ DEMO_MAX_CONTEXT = 256  # the registered scores use the passkey trials up to thi
 ABLATE_THRESHOLD = 0.5
 
 
+RANDOM_DRAWS = 5  # random head sets of the same size in the NIAH control (median reported)
+HELD_OUT_SEED = 1  # NIAH reads passkey trials of this seed; the retrieval scores read seed 0
+
+
 def _passkey_rows(max_context: int | None = None) -> list[dict]:
     rows = read_trials(None)
     return [r for r in rows if max_context is None or int(r.get("context_length", 0)) <= max_context]
 
 
-def demo_retrieval(model, prompts=None, *, threshold: float = THRESHOLD) -> pd.DataFrame:
-    """The registered analysis: teacher-forced retrieval scores on the demo's passkey trials up
-    to `DEMO_MAX_CONTEXT` tokens (``prompts`` is not used: retrieval needs needle trials)."""
-    return retrieval_scores(model, _passkey_rows(DEMO_MAX_CONTEXT), threshold=threshold)
+def passkey_retrieval(model, prompts=None, *, threshold: float = THRESHOLD) -> pd.DataFrame:
+    """The registered analysis: teacher-forced retrieval scores on the passkey suite — the
+    demo's bundled trials up to `DEMO_MAX_CONTEXT` tokens, or the suite generated for any other
+    causal LM (`workbench.tasks.analysis_suite`). ``prompts`` is not used: retrieval needs
+    needle trials. When the model answers no trial correctly the scores are undefined (Wu et
+    al. average over correct trials): every score is NaN and no head is a retrieval head."""
+    from workbench.tasks import ANALYSIS_SUITES, memo
+
+    key = ("passkey_retrieval", threshold, repr(ANALYSIS_SUITES["passkey"]))
+    return memo(model, key, lambda: _passkey_retrieval(model, threshold))
 
 
-def demo_niah(model, prompts=None) -> pd.DataFrame:
-    """The registered analysis: the passkey NIAH grid as is and with the retrieval heads found
-    by `demo_retrieval` (score > `ABLATE_THRESHOLD`) zeroed. Columns ``condition,
-    context_length, depth, accuracy, n_trials`` (condition ``"full"`` or ``"retrieval heads
-    ablated"``)."""
-    heads = demo_retrieval(model, threshold=ABLATE_THRESHOLD)
-    frames = [niah_grid(model).assign(condition="full"),
-              niah_grid(model, ablate=heads).assign(condition="retrieval heads ablated")]
-    frame = pd.concat(frames, ignore_index=True)
-    return frame[["condition", "context_length", "depth", "accuracy", "n_trials"]]
+def _passkey_retrieval(model, threshold: float) -> pd.DataFrame:
+    rows = _passkey_rows(DEMO_MAX_CONTEXT) if model.source == "demo" else read_trials(None, model=model)
+    if model.source != "demo" and not any(r["model_correct"] for r in rows):
+        layer, head = np.meshgrid(np.arange(model.n_layers), np.arange(model.n_heads), indexing="ij")
+        frame = pd.DataFrame({"layer": layer.ravel(), "head": head.ravel(), "retrieval_score": np.nan,
+                              "activation_frequency": np.nan, "is_retrieval": False})
+        frame.attrs.update(n_trials=len(rows), n_correct=0, mode="teacher_forced")
+        return frame
+    return retrieval_scores(model, rows, threshold=threshold)
+
+
+demo_retrieval = passkey_retrieval  # the name before retrieval ran on every causal LM
+
+
+def ablation_set(scores: pd.DataFrame) -> list[tuple[int, int]]:
+    """The heads the NIAH section ablates: retrieval score > `ABLATE_THRESHOLD`, best first."""
+    strong = scores[scores["retrieval_score"] > ABLATE_THRESHOLD].sort_values("retrieval_score", ascending=False)
+    return list(zip(strong["layer"].astype(int), strong["head"].astype(int)))
+
+
+def passkey_niah(model, prompts=None, *, draws: int = RANDOM_DRAWS, seed: int = 0) -> pd.DataFrame:
+    """The registered analysis: the passkey NIAH grid as is, with the strong retrieval heads of
+    `passkey_retrieval` zeroed (`ablation_set`), and with as many random other heads zeroed
+    (``draws`` seeded draws; per cell the median accuracy). The trials are held out from those
+    that found the heads: the passkey suite of seed `HELD_OUT_SEED` (for the demo, new rows from
+    its own generators, 128–1024 tokens). Columns ``condition,
+    context_length, depth, accuracy, n_trials``; conditions ``"full"``, ``"retrieval heads
+    ablated (k heads, score > 0.5)"`` and ``"random heads ablated (k heads, median of 5)"``
+    (the last two absent when no head passes the threshold). ``frame.attrs``: the ablated and
+    random heads, and the overall accuracy in full, ablated and per random draw."""
+    from workbench.tasks import analysis_suite
+
+    trials = analysis_suite("passkey", model, seed=HELD_OUT_SEED)  # not the trials that found the heads
+    frames = [niah_grid(model, trials).assign(condition="full")]
+    heads = ablation_set(passkey_retrieval(model))
+    attrs: dict = {"ablated_heads": [list(h) for h in heads], "accuracy_full": _overall(frames[0])}
+    if heads:
+        k = len(heads)
+        frames.append(niah_grid(model, trials, ablate=heads)
+                      .assign(condition=f"retrieval heads ablated ({k} heads, score > {ABLATE_THRESHOLD})"))
+        rng = np.random.default_rng(seed)
+        others = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads) if (l, h) not in heads]
+        picks = [[others[i] for i in rng.choice(len(others), k, replace=False)] for _ in range(draws)]
+        random = [niah_grid(model, trials, ablate=pick) for pick in picks]
+        median = (pd.concat(random).groupby(["context_length", "depth"], as_index=False)
+                  .agg(accuracy=("accuracy", "median"), n_trials=("n_trials", "first")))
+        frames.append(median.assign(condition=f"random heads ablated ({k} heads, median of {draws})"))
+        attrs.update(accuracy_ablated=_overall(frames[1]), random_heads=[[list(h) for h in p] for p in picks],
+                     accuracy_random=[_overall(g) for g in random])
+    frame = pd.concat(frames, ignore_index=True)[["condition", "context_length", "depth", "accuracy", "n_trials"]]
+    frame.attrs.update(attrs)
+    return frame
+
+
+def _overall(grid: pd.DataFrame) -> float:
+    """Accuracy over all trials of a `niah_grid` frame."""
+    return float((grid["accuracy"] * grid["n_trials"]).sum() / grid["n_trials"].sum())
+
+
+demo_niah = passkey_niah
 
 
 def _applies(model) -> str | None:
+    from workbench.tasks import supports
+
     if not model.is_causal:
         return "retrieval heads are defined on generation; this model is an encoder"
-    if model.source != "demo":
-        return ("needs needle-in-a-haystack trials (bundled only for the demo model): call "
-                "wb.retrieval_scores(model, trials) with yours")
+    reason = supports(model, "passkey")
+    if reason:
+        return f"{reason}: call wb.retrieval_scores(model, trials) with needle trials of yours"
     return None
 
 
-def _score_figures(frame: pd.DataFrame) -> list:
-    from workbench.figures import retrieval_grid
+def _passkey_sets(model, prompts) -> dict[str, list[str]]:
+    rows = _passkey_rows(DEMO_MAX_CONTEXT) if model.source == "demo" else read_trials(None, model=model)
+    return {"passkey": [r["prompt"] for r in rows]}
 
-    return [retrieval_grid(frame)]
 
+def _niah_sets(model, prompts) -> dict[str, list[str]]:
+    from workbench.tasks import analysis_suite
 
-def _niah_figures(frame: pd.DataFrame) -> list:
-    from workbench.figures import niah_heatmap
-
-    return [niah_heatmap(frame)]
+    return {f"passkey, seed {HELD_OUT_SEED} (held out from the scoring trials)":
+            [r["prompt"] for r in analysis_suite("passkey", model, seed=HELD_OUT_SEED)]}
 
 
 _WU = "Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality"
-register(Analyzer("retrieval_heads", demo_retrieval, "Retrieval heads (needle-in-a-haystack copying)",
-                  mode="stream", applies=_applies, figures=_score_figures, sources=(_WU,)))
-register(Analyzer("niah", demo_niah, "Needle-in-a-haystack accuracy, with and without the retrieval heads",
-                  mode="exact", applies=_applies, figures=_niah_figures, sources=(_WU,)))
+register(Analyzer("retrieval_heads", passkey_retrieval, "Retrieval heads (needle-in-a-haystack copying)",
+                  mode="stream", applies=_applies, figures=lambda frame: [retrieval_grid(frame)], sources=(_WU,),
+                  family="retrieval", findings=findings.retrieval, example="passkey", prompts=_passkey_sets,
+                  summary=summaries.retrieval,
+                  params=keyword_defaults(retrieval_scores, trials="passkey suite", max_context=DEMO_MAX_CONTEXT)))
+register(Analyzer("niah", passkey_niah, "Needle-in-a-haystack accuracy, with and without the retrieval heads",
+                  mode="exact", applies=_applies, figures=lambda frame: [niah_heatmap(frame)], sources=(_WU,),
+                  family="retrieval", findings=findings.niah, example="passkey", prompts=_niah_sets,
+                  summary=summaries.niah,
+                  params={"trials": f"passkey suite, seed {HELD_OUT_SEED} (held out)", "ablate_threshold": ABLATE_THRESHOLD,
+                          "draws": RANDOM_DRAWS, "seed": 0, "retrieval_max_context": DEMO_MAX_CONTEXT}))

@@ -25,7 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.analyzers import Analyzer, register
+from workbench.analyzers import Analyzer, keyword_defaults, register
+from workbench.checks import choice, positive_int
+from workbench import findings
+from workbench.figures import correlation_grid
+from workbench.findings import summaries
 from workbench.errors import WorkbenchError
 
 METHODS = ("integrated_gradients", "saliency", "input_x_gradient", "feature_ablation")
@@ -136,8 +140,8 @@ def token_attributions(model, prompt: str, method: str = "integrated_gradients",
         over dimensions (IG: these sum to target(x) − target(baseline)). ``frame.attrs``: target
         description and id, query position, and IG's ``convergence_delta`` (Captum).
     """
-    if method not in METHODS:
-        raise WorkbenchError(f"unknown method {method!r}: expected one of {list(METHODS)}")
+    choice("method", method, METHODS)
+    n_steps = positive_int("n_steps", n_steps)
     if not isinstance(prompt, str):
         raise WorkbenchError(f"prompt must be one string; got {type(prompt).__name__}")
     ids, _ = model.to_tokens([prompt])
@@ -192,15 +196,13 @@ def saliency_alignment(model, prompts, method: str = "integrated_gradients", *, 
         ``"rollout"`` have layer = head = -1. Each metric is computed per prompt, then averaged
         over prompts (Jain & Wallace 2019; Abnar & Zuidema 2020).
     """
-    if method not in METHODS:
-        raise WorkbenchError(f"unknown method {method!r}: expected one of {list(METHODS)}")
+    choice("method", method, METHODS)
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
     if not prompts:
         raise WorkbenchError("prompts is empty: expected at least one prompt")
-    if not isinstance(topk, int) or topk < 1:
-        raise WorkbenchError(f"topk must be a positive int; got {topk!r}")
+    topk, n_steps = positive_int("topk", topk), positive_int("n_steps", n_steps)
     rows = []
     for prompt in prompts:
         frame = token_attributions(model, prompt, method, n_steps=n_steps, exclude_special=exclude_special)
@@ -224,15 +226,16 @@ def registered_saliency(model, prompts) -> pd.DataFrame:
                               n_steps=REGISTERED_STEPS)
 
 
-def _figures(frame: pd.DataFrame) -> list:
-    from workbench.figures import correlation_grid
-
-    return [correlation_grid(frame, metric) for metric in ("spearman", "kendall")]
+def _saliency_sets(model, prompts) -> dict[str, list[str]]:
+    return {f"run (first {REGISTERED_PROMPTS})": list(prompts)[:REGISTERED_PROMPTS]}
 
 
 register(Analyzer(
     "saliency_alignment", registered_saliency, "Attention vs saliency (integrated gradients)", mode="exact",
-    figures=_figures,
+    figures=lambda frame: [correlation_grid(frame, metric) for metric in ("spearman", "kendall")],
+    family="saliency", findings=findings.saliency, prompts=_saliency_sets, summary=summaries.saliency,
+    params=lambda prompts: keyword_defaults(
+        saliency_alignment, n_steps=REGISTERED_STEPS, n_prompts=min(len(prompts), REGISTERED_PROMPTS)),
     sources=("Jain & Wallace 2019, Attention is not Explanation",
              "Abnar & Zuidema 2020, Quantifying Attention Flow in Transformers (rollout)",
              "Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks (Captum IG)"),

@@ -33,6 +33,10 @@ def train(
     from workbench.demo import corpus
     from workbench.demo.train import TINY, DemoConfig, train as run_train, write_report
 
+    from workbench.checks import integer, positive_int
+
+    seed = integer("--seed", seed, low=0)  # before anything is written
+    steps = None if steps is None else positive_int("--steps", steps)
     cfg = DemoConfig(seed=seed)
     if tiny:
         cfg = replace(cfg, **TINY)

@@ -40,7 +40,7 @@ def load_demo(model_dir: str | Path = "data/demo", attn: str = "sdpa"):
     if not (path / "config.json").exists():
         raise WorkbenchError(f"no config.json in {str(path)!r}; expected a HF model directory "
                              "such as data/demo (regenerate with `workbench demo train`)")
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn, use_safetensors=True)  # never unpickle
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
@@ -49,22 +49,18 @@ def _encode(tok, row: dict) -> tuple[list[int], list[int]]:
     return (tok(row["prompt"]).input_ids, tok(row["answer"], add_special_tokens=False).input_ids)
 
 
-@torch.no_grad()
 def accuracy(model, tok, rows: Iterable[dict]) -> list[bool]:
-    """Greedy exact match per row (teacher-forced; see module docstring).
+    """Greedy exact match per row (teacher-forced; see module docstring), by the project's one
+    greedy scorer `workbench.tasks.scoring.greedy_match` (batched by length).
 
     Args:
         rows: dicts with ``prompt`` and ``answer``.
     Returns:
         one bool per row.
     """
-    out = []
-    for row in rows:
-        prompt, answer = _encode(tok, row)
-        ids = torch.tensor([prompt + answer])  # (1, P + A)
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1]  # (A, V)
-        out.append(bool((logits.argmax(-1) == torch.tensor(answer)).all()))
-    return out
+    from workbench.tasks.scoring import greedy_match
+
+    return greedy_match(model, tok, list(rows))
 
 
 @torch.no_grad()

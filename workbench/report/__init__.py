@@ -3,9 +3,12 @@
     >>> run = wb.analyze(wb.load_model("demo"), out="runs/demo")
     >>> wb.report(run, "report.html")
 
-The page has a section per registered analysis (`workbench.analyzers.ANALYZERS`: its title,
-figures from ``make_figures(frame)`` and the papers in ``sources``), a table of top heads, a
-method note and the run's provenance (``run.manifest``). Analyses recorded as skipped say why.
+The page opens with the findings, one block per family of analyses (`Analyzer.family`): what
+each table shows in words and numbers, the heads it names with their patterns on stored example
+prompts and their causal checks. Then heads ranked by every score (by the score's meaning, from
+`workbench.glossary`), a section per registered analysis (its figures, the prompts it used, its
+sources), the glossary, the prompts, a method note and the run's provenance. Analyses recorded
+as skipped say why. `compare_report` puts two runs side by side.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from pathlib import Path
 
 from workbench.analyzers import ANALYZERS
 from workbench.errors import WorkbenchError
-from workbench.report import page
+from workbench.report import page, sections
+from workbench.report.compare import render_compare
 from workbench.run import Run, prompts_hash
 
-__all__ = ["check_output", "render", "report", "report_model"]
+__all__ = ["check_output", "compare_report", "render", "render_compare", "report", "report_model"]
 
 
 def check_output(out: str | Path) -> Path:
@@ -74,7 +78,7 @@ def _complete(run: Run, model, prompts, progress: bool) -> Run:
     from workbench.prompts import load_prompts
 
     skipped = run.manifest.get("skipped") or {}
-    missing = [n for n in ANALYZERS if n not in run and n not in skipped]
+    missing = [n for n in ANALYZERS if n not in skipped and (n not in run or run.problem(n))]  # damaged too
     if not missing:
         return run
     model = _model_for(run, model)
@@ -97,9 +101,12 @@ def render(run: Run) -> tuple[str, int]:
     manifest = run.manifest
     model = (manifest.get("model") or {}).get("name") or "unknown model"
     doc = page.Page(title=f"Attention Workbench report: {model}")
+    tables = sections.Tables(run)
     skipped = manifest.get("skipped") or {}
-    tops, method, analysed = [], [], []
-    names = list(ANALYZERS) + [n for n in run.tables if n not in ANALYZERS]
+    doc.add("findings", "Findings", sections.findings_section(doc, tables))
+    doc.add("ranked", "Heads ranked by each score", sections.ranked_section(tables))
+    method, analysed, nav = [], [], [("findings", "Findings"), ("ranked", "Ranked heads")]
+    names = [n for n in list(ANALYZERS) + [n for n in run.tables if n not in ANALYZERS] if n not in sections.SUPPORT]
     for name in names:
         analyzer = ANALYZERS.get(name)
         title = analyzer.title if analyzer else name
@@ -108,32 +115,34 @@ def render(run: Run) -> tuple[str, int]:
         cite = "".join(f"<li>{html.escape(s)}</li>" for s in sources)
         cite = f"<h3>Sources</h3><ul>{cite}</ul>" if cite else ""
         method.append([title, f"table {name}", "; ".join(sources) or "—"])
+        nav.append((anchor, name))
         if name in skipped:
-            body = f"<p>Not applicable to this model: {html.escape(str(skipped[name]))}</p>{cite}"
-            doc.add(anchor, title, body, css="skipped")
+            doc.add(anchor, title, f"<p>Not applicable to this model: {html.escape(str(skipped[name]))}</p>{cite}",
+                    css="skipped")
             continue
-        if name not in run:
-            doc.add(anchor, title, "<p>Not computed in this run (report it with a model to compute it).</p>" + cite,
+        if name not in run or run.problem(name):
+            why = "Not computed in this run" if name not in run else f"Its table cannot be read: {run.problem(name)}"
+            doc.add(anchor, title, f"<p>{html.escape(why)}. Compute it with "
+                    f"<code>{html.escape(run.restore_command([name]))}</code>, then report again.</p>" + cite,
                     css="missing")
             continue
-        frame = run.table(name)
+        frame = tables.get(name)
         meta = manifest["tables"][name]
         facts = (f'<p class="note">table <code>{html.escape(name)}</code>: {len(frame)} rows; columns '
                  f'{html.escape(", ".join(map(str, frame.columns)))}; capture {html.escape(str(meta.get("capture_mode")))}'
                  f', backend {html.escape(page.fmt(meta.get("backend")))}, {html.escape(page.fmt(meta.get("seconds")))} s</p>')
+        used = sections.prompts_used(tables, name)
+        defined = [sections.term_link(c, name) for c in frame.columns if sections.lookup(c, name) is not None]
+        columns = f'<p class="note">Columns: {" · ".join(defined)} (see the glossary).</p>' if defined else ""
         if frame.empty:
-            doc.add(anchor, title, facts + "<p>The analysis found nothing: the table has no rows.</p>" + cite)
+            doc.add(anchor, title, facts + used + "<p>The analysis found nothing: the table has no rows.</p>" + cite)
             continue
         figures = analyzer.make_figures(frame) if analyzer else []
-        body = facts + page.flags(frame) + "".join(doc.figure(f) for f in figures) + cite
+        body = facts + used + columns + sections.flags(frame) + "".join(doc.figure(f) for f in figures) + cite
         doc.add(anchor, title, body)
-        tops += page.top_heads(name, frame)
         analysed.append(name)
-    if tops:
-        header = ["analysis", "score"] + [f"#{i}" for i in range(1, page.TOP_K + 1)]
-        body = ('<p class="note">The heads with the highest mean of each score (means over prompts; '
-                "L = layer, H = head, value in brackets).</p>" + page.table(tops, header))
-        doc.sections.insert(0, ("top-heads", "Top heads", body, ""))
+    doc.add("glossary", "Glossary", sections.glossary_section(tables))
+    doc.add("prompts", "Prompts", sections.prompts_section(tables))
     note = ('<p>Each analysis follows the definition of the paper(s) below; thresholds and defaults are '
             "documented in the docstring of its function. Attention is read exactly from the "
             "TransformerLens hook <code>blocks.{L}.attn.hook_pattern</code> (capture \"exact\") or as "
@@ -141,9 +150,39 @@ def render(run: Run) -> tuple[str, int]:
     doc.add("method", "Method", note + page.table(method, ["analysis", "stored as", "sources"]))
     shrunk = f'<p class="note">{doc.downsampled} figure(s) were downsampled to fit the page.</p>' if doc.downsampled else ""
     doc.add("provenance", "Provenance", page.provenance(manifest) + shrunk)
+    nav += [("glossary", "Glossary"), ("prompts", "Prompts"), ("method", "Method"), ("provenance", "Provenance")]
     subtitle = (f"{manifest.get('n_prompts')} prompts · analyses: {len(analysed)} with results, "
                 f"{len(skipped)} not applicable · run {run.path.name}")
-    return doc.render(subtitle), doc.n_figures
+    return doc.render(subtitle, nav), doc.n_figures
+
+
+def _write(text: str, out: Path) -> Path:
+    """Write ``text`` to ``out`` atomically (temp file in the same folder, then rename)."""
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def compare_report(run_a: Run | str | Path, run_b: Run | str | Path, out: str | Path = "compare.html") -> Path:
+    """Write one self-contained HTML page comparing two runs (e.g. two models, or two checkpoints
+    of one): model-level numbers side by side, every shared score by relative layer depth, and
+    per-head differences when the models have the same shape. Computes nothing.
+
+    Raises:
+        WorkbenchError: unwritable ``out``, a missing or damaged run.
+    """
+    out = check_output(out)
+    runs = [r if isinstance(r, Run) else Run.open(r) for r in (run_a, run_b)]
+    return _write(render_compare(*runs)[0], out)
 
 
 def report(run: Run | str | Path, out: str | Path = "report.html", *, model=None, prompts=None,
@@ -170,19 +209,7 @@ def report(run: Run | str | Path, out: str | Path = "report.html", *, model=None
     run = run if isinstance(run, Run) else Run.open(run)
     if compute:
         run = _complete(run, model, prompts, progress)
-    text, _ = render(run)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return _write(render(run)[0], out)
 
 
 def _check_not_stale(cached: Path, model) -> None:

@@ -10,22 +10,10 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from workbench.figures import block_mean
+
 #: Largest number of heatmap cells kept along one axis (a 128k-token pattern becomes 256 bins).
 MAX_SIDE = 256
-
-
-def _block_mean(z: np.ndarray, fy: int, fx: int) -> np.ndarray:
-    """Mean over ``fy × fx`` blocks, NaN-aware; ragged edge blocks are averaged over what they hold."""
-    rows, cols = z.shape
-    ny, nx = -(-rows // fy), -(-cols // fx)
-    padded = np.full((ny * fy, nx * fx), np.nan)
-    padded[:rows, :cols] = z
-    blocks = padded.reshape(ny, fy, nx, fx)  # (ny, fy, nx, fx)
-    valid = ~np.isnan(blocks)
-    total = np.where(valid, blocks, 0.0).sum(axis=(1, 3))
-    count = valid.sum(axis=(1, 3))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def _bin_labels(labels, n: int, factor: int) -> list:
@@ -63,7 +51,7 @@ def downsample_heatmaps(fig: go.Figure, *, max_side: int = MAX_SIDE) -> tuple[go
             continue
         fy, fx = -(-z.shape[0] // max_side), -(-z.shape[1] // max_side)
         n_rows, n_cols = z.shape
-        trace.z = _block_mean(z, fy, fx)
+        trace.z = block_mean(z, fy, fx)
         trace.y = _bin_labels(trace.y, n_rows, fy)
         trace.x = _bin_labels(trace.x, n_cols, fx)
         trace.customdata = None

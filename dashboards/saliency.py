@@ -1,20 +1,17 @@
-"""Attention vs saliency: the run's correlation grids, and per-token bars for a chosen prompt.
+"""Attention vs saliency, on demand: per-token bars of attribution vs attention for a chosen or
+typed prompt, added to the registry-built Saliency page (`views.PAGE_EXTRAS`).
 
-The per-token bars (attribution vs attention, all heads and the selected head) are computed on
-demand with the run's model when this machine can load it (Captum integrated gradients).
+Integrated gradients on a typed prompt is slow, so it runs in a Dash background callback (the
+app's `diskcache` manager); the result is kept in the app's disk cache.
 """
 
 from __future__ import annotations
 
-import dash
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
 from dashboards import data, views
 from workbench.errors import WorkbenchError
 from workbench.figures import attribution_bars
-
-dash.register_page(__name__, path="/saliency", name="Saliency", title="Saliency · Attention Workbench", order=6)
-KEYWORDS = ("saliency", "attribution")
 
 
 def token_bars(source: str, prompt: str, selection) -> list:
@@ -29,12 +26,13 @@ def token_bars(source: str, prompt: str, selection) -> list:
     return [dcc.Graph(figure=fig, config=views.GRAPH_CONFIG) for fig in figs]
 
 
-def on_demand(opened) -> list:
+def on_demand(run_id, opened) -> list:
     source = data.model_source(opened)
     if source is None:
         return [views.message("per-token bars need the run's model, which cannot be loaded on this machine")]
     prompts = data.run_prompts(opened)
     return [html.H3("Per-token attribution vs attention"),
+            dcc.Store(id={"type": "saliency-run", "index": 0}, data=run_id),
             dcc.Dropdown(id="saliency-prompt", options=[{"label": p[:80], "value": p} for p in prompts],
                          value=None, placeholder="choose a prompt of the run, or type one below"),
             html.Div([dcc.Textarea(id="saliency-text", placeholder="type a prompt", className="wb-textarea"),
@@ -42,29 +40,14 @@ def on_demand(opened) -> list:
             html.Div(id="saliency-error"), dcc.Loading(html.Div(id="saliency-bars"), type="circle")]
 
 
-def layout(run=None, **_):
-    run = data.run_or_default(data.served_root(), run)
-    body = views.analysis_page(data.served_root(), run, "saliency", "saliency", KEYWORDS)
-    try:
-        body += on_demand(data.open_run(data.served_root(), run))
-    except WorkbenchError:
-        pass  # analysis_page already says what is wrong with the run
-    return html.Div([html.H2("Saliency"), dcc.Store(id={"type": "saliency-run", "index": 0}, data=run), *body])
-
-
-@callback(Output("app-selection", "data", allow_duplicate=True),
-          Input({"type": "saliency-graph", "index": ALL}, "clickData"),
-          State({"type": "saliency-run", "index": ALL}, "data"),
-          prevent_initial_call=True)
-def select_head(clicks, runs):
-    # pattern-matching ids throughout: Dash also calls this when the page's graphs go away
-    return views.click_selection(ctx.triggered, runs)
+views.PAGE_EXTRAS["saliency"] = on_demand
 
 
 @callback(Output("saliency-bars", "children"), Output("saliency-error", "children"),
           Input("saliency-compute", "n_clicks"), Input("saliency-prompt", "value"),
           State("saliency-text", "value"), State("app-selection", "data"),
-          State({"type": "saliency-run", "index": ALL}, "data"), prevent_initial_call=True)
+          State({"type": "saliency-run", "index": ALL}, "data"), prevent_initial_call=True,
+          background=True, interval=250)
 def show_bars(_, chosen, text, selection, runs):
     prompt = (text or "").strip() if ctx.triggered_id == "saliency-compute" else chosen
     if not prompt or not runs:
