@@ -135,5 +135,5 @@ def families() -> dict[str, list[str]]:
 from workbench.analyzers import summary  # noqa: E402,F401  (registers itself)
 from workbench.analyzers import importance, patterns, sinks  # noqa: E402,F401  (register themselves)
 from workbench.analyzers import accuracy  # noqa: E402,F401  (registers itself, before the causal sections)
-from workbench.analyzers import circuits, retrieval, saliency  # noqa: E402,F401  (register themselves)
+from workbench.analyzers import circuits_tables, retrieval, saliency  # noqa: E402,F401  (register themselves)
 from workbench.analyzers import examples  # noqa: E402,F401  (last: it reads the others' prompt sets)

@@ -86,7 +86,7 @@ class Evaluator:
                 self.refs = [edges.run(model, group.corrupt)[1].flat() for group in self.groups]  # (b, p, U, d)
         elif self.ablation == "mean":
             if reference is None:
-                reference = [row["corrupted_prompt"] for row in read_task(task)]
+                reference = [row["corrupted_prompt"] for row in read_task(task, model)]
             means = reference_means(model, reference, by_position=by_position).to(model.device)
             self.refs = [means] * len(self.groups)  # (U, d) or (p, U, d)
         else:

@@ -32,8 +32,8 @@ import torch
 
 from workbench import checks, edges, overlap
 from workbench.analyzers.circuits import encode_task
-from workbench.analyzers.circuits_edge_eval import ABLATIONS, Evaluator, batches, logit_diff, site_cols, split_attn
-from workbench.analyzers.circuits_faithful import smallest_faithful
+from workbench.analyzers.circuits_edge_eval import Evaluator, batches, logit_diff, site_cols, split_attn
+from workbench.analyzers.circuits_faithful import GROWTH, smallest_faithful
 from workbench.errors import WorkbenchError
 
 METHODS = ("eap_ig", "eap", "activation_patching")
@@ -167,7 +167,8 @@ def edge_scores(model, task, method: str = "eap_ig", *, steps: int = STEPS) -> p
 
 # -- circuits ------------------------------------------------------------------------------------
 def edge_circuit(model, task, method: str = "eap_ig", *, steps: int = STEPS, target: float = TARGET,
-                 top_n: int | None = None, ablation: str = "resample", reference=None) -> pd.DataFrame:
+                 top_n: int | None = None, ablation: str = "resample", reference=None, held_out=None,
+                 exhaustive: int = EXHAUSTIVE, growth: float = GROWTH, rtol: float = 0.0) -> pd.DataFrame:
     """Edge scores on a task, and the smallest top-|score| edge set whose faithfulness reaches ``target``.
 
     Args:
@@ -183,18 +184,31 @@ def edge_circuit(model, task, method: str = "eap_ig", *, steps: int = STEPS, tar
         top_n: take the top ``top_n`` edges instead of searching (faithfulness still reported).
         ablation: what edges outside the circuit carry while it is judged (`ABLATIONS`, default
             ``"resample"``); reference: prompts for ``"mean"``.
+        held_out: the rows faithfulness is measured on (`workbench.analyzers.circuits.split_task`:
+            by default the suite drawn with seed 1 for a suite name, every second row of 8 or
+            more rows, else the task's own rows); scores come from the other rows.
+        exhaustive, growth, rtol: the size search (`circuits_faithful.smallest_faithful`): sizes
+            1..``exhaustive`` one by one, then a grid of ratio ``growth``, bisected to within
+            ``rtol`` of the size found (0: exactly). A big graph is searched coarsely for speed.
     Returns:
         DataFrame ``upstream, downstream, score, in_circuit`` (one row per valid edge; ``score``
         is the share of the clean–corrupted LD gap the edge carries). attrs: ``method, steps,
         ld_clean, ld_corrupted, n, target, ablation, reference, reached, n_edges, faithfulness,
-        normalized, metric_full, metric_empty, searched`` ({k: faithfulness} of sizes tried), ``note``.
+        normalized, metric_full, metric_empty, searched`` ({k: faithfulness} of sizes tried),
+        ``held_out, n_held_out, note``.
     """
+    from workbench.analyzers.circuits import split_task
+
     target = checks.number("target", target)
-    frame = edge_scores(model, task, method, steps=steps)
+    growth = checks.number("growth", growth, low=1.01)
+    rtol = checks.fraction("rtol", rtol, low_open=False)
+    exhaustive = checks.positive_int("exhaustive", exhaustive)
+    find, held, where = split_task(model, task, held_out)
+    frame = edge_scores(model, find, method, steps=steps)
     g = edges.graph(model)
     if top_n is not None:
         top_n = checks.integer("top_n", top_n, low=1, high=len(frame))
-    ev = Evaluator(model, task, ablation=ablation, reference=reference)
+    ev = Evaluator(model, held, ablation=ablation, reference=reference)
     up, down = np.nonzero(g.valid())
     order = np.argsort(-frame["score"].abs().to_numpy(), kind="stable")  # graph order breaks ties
     full, empty = ev.metric(g.valid()), ev.metric(np.zeros_like(g.valid()))
@@ -211,9 +225,9 @@ def edge_circuit(model, task, method: str = "eap_ig", *, steps: int = STEPS, tar
     if top_n is not None:
         k, searched = top_n, {top_n: faithfulness(top_n)}
     else:
-        k, searched = smallest_faithful(faithfulness, n_max, target, exhaustive=EXHAUSTIVE)
+        k, searched = smallest_faithful(faithfulness, n_max, target, exhaustive=exhaustive, growth=growth, rtol=rtol)
     frame["in_circuit"] = False
-    note = f"edges outside the circuit carry {ev.reference} ({ev.ablation} ablation)"
+    note = f"faithfulness on {where}; edges outside the circuit carry {ev.reference} ({ev.ablation} ablation)"
     if k is None:
         best = max(searched, key=searched.get)
         note = (f"no set of at most {n_max} edges (half of {len(frame)}) reaches faithfulness {target:g} "
@@ -224,7 +238,8 @@ def edge_circuit(model, task, method: str = "eap_ig", *, steps: int = STEPS, tar
         f, n = searched[k], (searched[k] * full - empty) / (full - empty)
     frame.attrs.update(target=target, ablation=ev.ablation, reference=ev.reference, reached=k is not None,
                        n_edges=0 if k is None else int(k), faithfulness=f, normalized=n, metric_full=full,
-                       metric_empty=empty, searched=searched, note=note)
+                       metric_empty=empty, searched=searched, held_out=where, n_held_out=sum(len(gr.clean) for gr in ev.groups),
+                       note=note)
     return frame
 
 
