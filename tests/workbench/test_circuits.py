@@ -243,7 +243,7 @@ def test_demo_default_circuit_is_faithful_and_beats_random_heads(demo, demo_circ
     assert agree["spearman"] > 0.5
 
 
-def test_demo_ioi_and_colored_objects_circuits_overlap_beyond_chance(demo_circuits):
+def test_demo_ioi_and_colored_objects_circuits_overlap_next_to_chance(demo_circuits):
     a = demo_circuits["ioi"]["activation_patching"]
     b = demo_circuits["colored_objects"]["activation_patching"]
     res = wb.circuit_overlap(a, b)
