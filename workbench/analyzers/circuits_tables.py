@@ -15,7 +15,14 @@ import pandas as pd
 
 from workbench import findings
 from workbench.analyzers import Analyzer, keyword_defaults, register
-from workbench.analyzers.circuits import DRAWS, METHODS, TARGET, TASKS, circuit, read_task
+from workbench.analyzers.circuits import (
+    DRAWS,
+    METHODS,
+    TARGET,
+    TASKS,
+    circuit,
+    read_task,
+)
 from workbench.figures import circuit_figures
 from workbench.findings import summaries
 
@@ -153,7 +160,7 @@ register(Analyzer(
                         "Merullo et al. 2024, Circuit Component Reuse Across Tasks in Transformer Language Models"),
 ))
 
-from workbench.analyzers import circuits_views as _views  # noqa: E402  (figures, findings, glossary of the two below)
+from workbench.analyzers import circuits_views as _views
 
 register(Analyzer(
     "circuit_faithfulness_curve", task_curves, "Faithfulness of top-k head sets vs random k-sets", mode="exact",
