@@ -33,6 +33,7 @@ THRESHOLD = 0.1  # membership by threshold: |effect| >= 10% of the clean–corru
 TARGET = 0.8     # default membership: the smallest top-|effect| set keeping 80% of the metric
 MIN_SPLIT = 8    # rows needed to hold half of a task out for faithfulness
 DRAWS = 5        # random head sets of the circuit's size it is compared with
+SEARCH_EXHAUSTIVE = 16  # circuit sizes tried one by one before a geometric grid (x1.25, bisected)
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,8 @@ def circuit(model, task, method: str = "attribution_patching", *, target: float 
         target: the circuit is the smallest top-|effect| set whose faithfulness (metric with only
             it kept, every other head ablated, over the full model's; Wang et al. 2022, Hanna et
             al. 2024) reaches ``target`` (default 0.8) on the held-out rows. Sets of at most half
-            the heads are searched; if none reaches it, no head is marked (``attrs["reached"]``
+            the heads are searched (every size up to 16, then a ×1.25 grid bisected between the
+            last size that fails and the first that reaches); if none reaches it, no head is marked (``attrs["reached"]``
             False; the circuit is not padded). Ignored when ``top_n`` or ``threshold`` is given.
         top_n: the circuit is the ``top_n`` heads by |effect|; or
         threshold: the heads with |effect| >= threshold (the old default was 0.1).
@@ -316,10 +318,14 @@ def circuit(model, task, method: str = "attribution_patching", *, target: float 
     full, corrupted = float(ev.metric([np.ones((model.n_layers, model.n_heads))])[0]), ev.corrupted_metric()
     n_max = n_total // 2
     if top_n is None and threshold is None:
-        sizes = grid(n_max)
-        cache = dict(zip(sizes, ev.metric([kept(order[:k]) for k in sizes]) / full))  # one batched pass
+        sizes, cache = grid(n_max, SEARCH_EXHAUSTIVE), {}
+        for start in range(0, len(sizes), SEARCH_EXHAUSTIVE):  # batched passes, stopping once a size reaches it
+            chunk = sizes[start:start + SEARCH_EXHAUSTIVE]
+            cache.update(zip(chunk, ev.metric([kept(order[:k]) for k in chunk]) / full))
+            if max(cache[k] for k in chunk) >= target:
+                break
         size, searched = smallest_faithful(lambda k: cache[k] if k in cache else ev.metric([kept(order[:k])])[0] / full,
-                                           n_max, target)
+                                           n_max, target, exhaustive=SEARCH_EXHAUSTIVE)
         members = [] if size is None else list(order[:size])
         rule = f"the smallest top-|effect| set with faithfulness >= {target:g}"
     else:
