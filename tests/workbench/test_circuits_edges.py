@@ -119,6 +119,10 @@ def test_faithfulness_search_finds_the_smallest_size():
     assert k == 560 and len(tried) < 100  # past 64 sizes: the grid, then bisection
     assert smallest_faithful(lambda k: 0.5, 20, 0.8) == (None, {k: 0.5 for k in range(1, 21)})
     assert grid(5) == [1, 2, 3, 4, 5] and grid(1000)[-1] == 1000 and len(grid(100_000)) < 120
+    # the coarse search of big graphs: sizes 1, 2, 4, ..., bisected until the bracket is within 25%
+    k, tried = smallest_faithful(lambda k: k / 700, 100_000, 0.8, exhaustive=1, growth=2.0, rtol=0.25)
+    assert 560 <= k <= 560 / 0.75 and len(tried) < 16 and tried[k] >= 0.8
+    assert grid(64, 1, 2.0) == [1, 2, 4, 8, 16, 32, 64]
 
 
 def test_bad_inputs_give_clear_errors(copier, minilm):

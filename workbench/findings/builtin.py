@@ -162,7 +162,8 @@ def circuits(frame: pd.DataFrame, run) -> list[Finding]:
         negative = int((one["effect"] < -0.1).sum())
         neg = f"; {negative} heads work against it (effect < −0.1)" if negative else ""
         size = (f"a circuit of {len(members)} heads (the smallest top-|effect| set keeping 0.8 of the logit "
-                f"difference on held-out prompts, {method.replace('_', ' ')})" if len(members) else
+                f"difference on held-out prompts with every other head resample-ablated from the prompt's "
+                f"corrupted twin; {method.replace('_', ' ')})" if len(members) else
                 f"no faithful circuit: no set of at most half the heads keeps 0.8 of the logit difference on "
                 f"held-out prompts ({method.replace('_', ' ')}), so none is marked")
         out.append(Finding(f"{task}: {size}; largest effects {heads_text(best, signed=True)}{neg}.", best,
