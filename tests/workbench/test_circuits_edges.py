@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-import workbench as wb
 from tests.workbench import copy_model
 from workbench.analyzers import circuits_edges as E
-from workbench.analyzers.circuits_edge_eval import Evaluator, edge_faithfulness, edge_mask
+from workbench.analyzers.circuits_edge_eval import (
+    Evaluator,
+    edge_faithfulness,
+    edge_mask,
+)
 from workbench.analyzers.circuits_faithful import grid, smallest_faithful
 from workbench.errors import WorkbenchError
 

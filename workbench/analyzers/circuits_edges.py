@@ -32,7 +32,13 @@ import torch
 
 from workbench import checks, edges, overlap
 from workbench.analyzers.circuits import encode_task
-from workbench.analyzers.circuits_edge_eval import Evaluator, batches, logit_diff, site_cols, split_attn
+from workbench.analyzers.circuits_edge_eval import (
+    Evaluator,
+    batches,
+    logit_diff,
+    site_cols,
+    split_attn,
+)
 from workbench.analyzers.circuits_faithful import GROWTH, smallest_faithful
 from workbench.errors import WorkbenchError
 
