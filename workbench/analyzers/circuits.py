@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.analyzers.circuits_faithful import split_task
 from workbench.analyzers.circuits_overlap import circuit_agreement, circuit_overlap  # noqa: F401  (public here too)
 from workbench.checks import choice, integer, positive
 from workbench.errors import WorkbenchError
@@ -205,36 +206,6 @@ def _attribution_effects(model, groups, clean_z) -> np.ndarray:
             delta = clean_z[g][layer] - z.detach()
             grads_dot[layer] += (delta * grad).sum((0, 1, 3)).cpu().double().numpy()
     return grads_dot / count  # first-order change of the mean LD
-
-
-def split_task(model, task, held_out=None) -> tuple[list[dict], list[dict], str]:
-    """The rows effects are found on, the rows faithfulness is measured on, and which they are.
-
-    Args:
-        task: as for `circuit`.
-        held_out: None (default): for a suite name, the same suite drawn with seed 1
-            (`workbench.tasks.analysis_suite`: new names, objects and places); for rows or a
-            JSONL path of at least `MIN_SPLIT` rows, every second row is held out (so both halves
-            cover the templates) and effects use the others; fewer rows are used for both.
-            Rows (or a path, or a suite name) give the held-out rows explicitly; False uses the
-            task's own rows for both.
-    Returns:
-        ``(find_rows, held_rows, description)``.
-    """
-    rows = read_task(task, model)
-    if held_out is False:
-        return rows, rows, f"the same {len(rows)} rows the effects were found on"
-    if held_out is not None:
-        held = read_task(held_out, model)
-        return rows, held, f"{len(held)} held-out rows given"
-    if isinstance(task, str) and task in TASKS and model is not None:
-        from workbench.tasks import analysis_suite
-
-        held = analysis_suite(task, model, seed=1)
-        return rows, held, f"{len(held)} held-out rows (the {task} suite drawn with seed 1)"
-    if len(rows) >= MIN_SPLIT:
-        return rows[0::2], rows[1::2], f"{len(rows) // 2} held-out rows (every second row of the task)"
-    return rows, rows, f"the same {len(rows)} rows the effects were found on (fewer than {MIN_SPLIT} to split)"
 
 
 def circuit(model, task, method: str = "attribution_patching", *, target: float = TARGET,

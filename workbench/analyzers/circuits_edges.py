@@ -39,7 +39,7 @@ from workbench.analyzers.circuits_edge_eval import (
     site_cols,
     split_attn,
 )
-from workbench.analyzers.circuits_faithful import GROWTH, smallest_faithful
+from workbench.analyzers.circuits_faithful import GROWTH, smallest_faithful, split_task
 from workbench.errors import WorkbenchError
 
 METHODS = ("eap_ig", "eap", "activation_patching")
@@ -190,7 +190,7 @@ def edge_circuit(model, task, method: str = "eap_ig", *, steps: int = STEPS, tar
         top_n: take the top ``top_n`` edges instead of searching (faithfulness still reported).
         ablation: what edges outside the circuit carry while it is judged (`ABLATIONS`, default
             ``"resample"``); reference: prompts for ``"mean"``.
-        held_out: the rows faithfulness is measured on (`workbench.analyzers.circuits.split_task`:
+        held_out: the rows faithfulness is measured on (`workbench.analyzers.circuits_faithful.split_task`:
             by default the suite drawn with seed 1 for a suite name, every second row of 8 or
             more rows, else the task's own rows); scores come from the other rows.
         exhaustive, growth, rtol: the size search (`circuits_faithful.smallest_faithful`): sizes
@@ -203,8 +203,6 @@ def edge_circuit(model, task, method: str = "eap_ig", *, steps: int = STEPS, tar
         normalized, metric_full, metric_empty, searched`` ({k: faithfulness} of sizes tried),
         ``held_out, n_held_out, note``.
     """
-    from workbench.analyzers.circuits import split_task
-
     target = checks.number("target", target)
     growth = checks.number("growth", growth, low=1.01)
     rtol = checks.fraction("rtol", rtol, low_open=False)

@@ -225,6 +225,38 @@ class NodeEvaluator:
         return total / self.n
 
 
+def split_task(model, task, held_out=None) -> tuple[list[dict], list[dict], str]:
+    """The rows effects are found on, the rows faithfulness is measured on, and which they are.
+
+    Args:
+        task: as for `circuit`.
+        held_out: None (default): for a suite name, the same suite drawn with seed 1
+            (`workbench.tasks.analysis_suite`: new names, objects and places); for rows or a
+            JSONL path of at least `MIN_SPLIT` rows, every second row is held out (so both halves
+            cover the templates) and effects use the others; fewer rows are used for both.
+            Rows (or a path, or a suite name) give the held-out rows explicitly; False uses the
+            task's own rows for both.
+    Returns:
+        ``(find_rows, held_rows, description)``.
+    """
+    from workbench.analyzers.circuits import MIN_SPLIT, TASKS, read_task
+
+    rows = read_task(task, model)
+    if held_out is False:
+        return rows, rows, f"the same {len(rows)} rows the effects were found on"
+    if held_out is not None:
+        held = read_task(held_out, model)
+        return rows, held, f"{len(held)} held-out rows given"
+    if isinstance(task, str) and task in TASKS and model is not None:
+        from workbench.tasks import analysis_suite
+
+        held = analysis_suite(task, model, seed=1)
+        return rows, held, f"{len(held)} held-out rows (the {task} suite drawn with seed 1)"
+    if len(rows) >= MIN_SPLIT:
+        return rows[0::2], rows[1::2], f"{len(rows) // 2} held-out rows (every second row of the task)"
+    return rows, rows, f"the same {len(rows)} rows the effects were found on (fewer than {MIN_SPLIT} to split)"
+
+
 CURVE_EXHAUSTIVE, CURVE_GROWTH = 8, 1.5  # the curve's k: 1..8, then a geometric grid up to every head
 
 
@@ -250,7 +282,6 @@ def circuit_curve(model, task, circuit_frame, *, ablation: str = "resample", hel
         metric_full, metric_corrupted``.
     """
     from workbench import checks
-    from workbench.analyzers.circuits import split_task
 
     for column in ("layer", "head", "effect"):
         if column not in getattr(circuit_frame, "columns", ()):
