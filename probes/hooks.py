@@ -72,7 +72,8 @@ def record(bridge, names: NameFilter, *, detach: bool = True, to_cpu: bool = Fal
 
 @contextmanager
 def attach(bridge=None, hooks: Mapping[str, Callable] | None = None, *,
-           pre_hooks: Iterable[tuple[torch.nn.Module, Callable]] = ()) -> Iterator[None]:
+           pre_hooks: Iterable[tuple[torch.nn.Module, Callable]] = (),
+           post_hooks: Iterable[tuple[torch.nn.Module, Callable]] = ()) -> Iterator[None]:
     """The one way the workbench attaches hooks: all are removed on exit, also when the forward
     (or attaching a later hook) raises.
 
@@ -82,6 +83,8 @@ def attach(bridge=None, hooks: Mapping[str, Callable] | None = None, *,
             hook points (exact names; see `hook_names` for patterns).
         pre_hooks: ``(module, fn(module, args) -> args | None)`` torch forward pre-hooks, for
             plain Hugging Face modules.
+        post_hooks: ``(module, fn(module, args, output) -> output | None)`` torch forward hooks
+            (replace or record a module's output).
     Raises:
         WorkbenchError: a hook name that is not a hook point of the bridge.
     """
@@ -95,6 +98,8 @@ def attach(bridge=None, hooks: Mapping[str, Callable] | None = None, *,
             added.append((point, point.add_hook(fn)))
         for module, fn in pre_hooks:
             handles.append(module.register_forward_pre_hook(fn))
+        for module, fn in post_hooks:
+            handles.append(module.register_forward_hook(fn))
         yield
     finally:
         for point, handle in added:

@@ -11,6 +11,9 @@ from workbench.analyzers import ANALYZERS, Analyzer, register
 from workbench.analyzers.summary import head_summary
 from workbench.analyzers.accuracy import task_accuracy
 from workbench.analyzers.circuits import circuit, circuit_agreement, circuit_faithfulness, circuit_overlap, task_metric
+from workbench.analyzers.circuits_edge_eval import edge_faithfulness
+from workbench.analyzers.circuits_faithful import circuit_curve
+from workbench.analyzers.circuits_edges import edge_circuit, edge_overlap, edge_scores
 from workbench.analyzers.retrieval import niah_grid, retrieval_scores
 from workbench.analyzers.saliency import saliency_alignment, token_attributions
 from workbench.analyzers.importance import head_importance
@@ -34,10 +37,12 @@ from workbench.tasks import task_suite
 
 __all__ = [
     "ANALYZERS", "SOURCES", "ablate", "ablate_heads", "analyze", "Analyzer", "capture_columns",
-    "capture_patterns", "capture_stats", "circuit", "circuit_agreement", "circuit_faithfulness", "circuit_overlap",
+    "capture_patterns", "capture_stats", "circuit", "circuit_agreement", "circuit_curve", "circuit_faithfulness",
+    "circuit_overlap",
     "describe", "Description", "edit_heads", "glossary", "HeadEdit", "head_importance", "head_mask", "head_means",
     "head_patterns", "head_summary", "hidden_sinks", "patch_heads", "record_heads",
     "causal_check", "duo_attention", "duo_effect", "pruning_curves",
+    "edge_circuit", "edge_faithfulness", "edge_overlap", "edge_scores",
     "load_model", "load_prompts", "massive_activations", "ModelHandle", "niah_grid",
     "pruning_curve", "register", "report", "retrieval_scores", "Run", "saliency_alignment",
     "secondary_sinks", "sink_scores", "sink_share", "task_metric", "token_attributions",

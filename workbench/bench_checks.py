@@ -27,7 +27,7 @@ def main(argv=None) -> dict:
 
     import workbench as wb
     from workbench.analyzers import causal_checks as CC
-    from workbench.analyzers import circuits, niah
+    from workbench.analyzers import circuits_tables as circuits, niah
     from workbench.analyzers import rankings as RK
     from workbench.prompts import load_prompts
 

@@ -163,8 +163,11 @@ _add(
          "the head carries more of the behaviour (negative: it works against it)",
          "Wang et al. 2022 (IOI); Syed et al. 2023 (attribution patching)", direction="abs",
          label="circuit effect"),
-    Term("in_circuit", "|effect| ≥ 0.1 (or the top-n by |effect|)", "true/false", "",
-         "Wang et al. 2022; Merullo et al. 2024", direction=None, label="in circuit"),
+    Term("in_circuit", "among the smallest top-|effect| set whose faithfulness (LD with only it kept, every "
+         "other head resample-ablated from the corrupted twin prompt, over the full model's LD) reaches 0.8 on "
+         "held-out prompts; no head when no set of at most half the heads does (or: the top-n, |effect| ≥ a "
+         "threshold, when asked)", "true/false", "",
+         "Wang et al. 2022; Hanna et al. 2024", direction=None, label="in circuit"),
     Term("pearson", "Pearson r between the head's attention (last query row) and the token attributions",
          "[−1, 1]", "attention follows the attributions more closely", "Jain & Wallace 2019"),
     Term("spearman", "Spearman ρ between attention and attributions over the prompt's tokens", "[−1, 1]",

@@ -72,6 +72,17 @@ def frames(seed: int = 0) -> dict[str, pd.DataFrame]:
         "circuits": pd.concat([base.assign(task=t, method=m, effect=rng.normal(size=n), in_circuit=rng.random(n) > 0.7)
                                for t in ("ioi", "colored_objects") for m in ("attribution_patching", "activation_patching")],
                               ignore_index=True)[["task", "method", "layer", "head", "effect", "in_circuit"]],
+        "circuit_faithfulness_curve": pd.DataFrame([
+            {"task": t, "method": "activation_patching", "k": k, "top": min(1.0, 0.3 * k ** 0.5),
+             "random_median": k / 32, "random_lo": k / 40, "random_hi": k / 25, "in_circuit": k == 8,
+             "ablated_top": 1 - min(1.0, 0.3 * k ** 0.5), "ablated_random_median": 1 - k / 32}
+            for t in ("ioi", "colored_objects") for k in (1, 2, 3, 4, 5, 6, 7, 8, 12, 18, 27, 32)]),
+        "edge_circuits": pd.DataFrame([
+            {"task": t, "upstream": u, "downstream": v, "score": sc, "in_circuit": sc > 0.2, "faithfulness": 0.85}
+            for t in ("ioi", "colored_objects")
+            for u, v, sc in (("input", "a0.h1<k>", 0.1), ("a0.h1", "a1.h2<k>", 0.6), ("a1.h2", "logits", 0.9),
+                             ("m0", "a2.h3<v>", -0.3), ("a2.h3", "m3", 0.25), ("m3", "logits", 0.4),
+                             ("input", "m0", 0.05))]),
         "saliency_alignment": pd.concat([
             base.assign(view="head"),
             pd.DataFrame({"view": "layer_mean", "layer": range(N_LAYERS), "head": -1}),

@@ -60,8 +60,35 @@ def copy_model(scale: float = 30.0) -> GPT2LMHeadModel:
     return model.eval()
 
 
-def load():
-    """The copy model as a `ModelHandle` (word-level tokenizer with BOS)."""
+def load(scale: float = 30.0):
+    """The copy model as a `ModelHandle` (word-level tokenizer with BOS).
+
+    ``scale`` multiplies the query and key weights. At 30 both heads' attention is saturated;
+    at 1 the induction head's logit for its match is about 11 (still sharp: it puts > 0.99 on
+    the match), so gradients along a path from a corrupted input are not all zero.
+    """
     import workbench as wb
 
-    return wb.load_model("copy-model", hf_model=copy_model(), tokenizer=tiny_models.tokenizer("gpt2"))
+    return wb.load_model("copy-model", hf_model=copy_model(scale), tokenizer=tiny_models.tokenizer("gpt2"))
+
+
+def key_task(n: int = 12, seed: int = 0) -> list[dict]:
+    """``f a X g … a → X``; corrupted: ``f c X g … a`` (the cue before X replaced).
+
+    In the corrupted prompt the previous-token head writes ``c`` at X's position, so the induction
+    head's key there no longer matches the final ``a``: the behaviour flows input → L0H0's value
+    → L0H0's output → L1H0's key → L1H0's output → logits. ``corrupted_answer`` is ``c``, which the
+    corrupted run ranks level with X (uniform attention).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        w = rng.permutation(np.arange(10, 90))
+        cue, other, x, fill = w[0], w[1], w[2], list(w[3:3 + int(rng.integers(2, 5))])
+        head, tail = fill[:1], fill[1:]
+        clean, corrupt = head + [cue, x] + tail + [cue], head + [other, x] + tail + [cue]
+        rows.append({"prompt": " ".join(f"w{t}" for t in clean), "answer": f" w{x}",
+                     "corrupted_prompt": " ".join(f"w{t}" for t in corrupt), "corrupted_answer": f" w{other}"})
+    return rows

@@ -62,8 +62,10 @@ def test_faithfulness_of_the_copy_circuit_is_one(copier):
     circuit = [copy_model.PREVIOUS, copy_model.INDUCTION]
     # The other two heads write nothing (zero value or output weights), so mean-ablating them
     # leaves the logits as they are: F(C) = F(M).
-    res = wb.circuit_faithfulness(copier, task, circuit)
+    res = wb.circuit_faithfulness(copier, task, circuit, ablation="mean")
     assert res["faithfulness"] == pytest.approx(1.0, abs=1e-5) and res["n_heads"] == 2
+    assert res["normalized"] == pytest.approx(1.0, abs=1e-5) and res["ablation"] == "mean"
+    assert "corrupted prompts of the task" in res["reference"]
     assert res["metric_full"] == pytest.approx(wb.task_metric(copier, task)["logit_diff"], rel=1e-5)
     assert abs(res["metric_without_circuit"]) < 0.2 * res["metric_full"]
     assert wb.task_metric(copier, task, ablate=circuit)["accuracy"] < 0.2
@@ -73,12 +75,77 @@ def test_faithfulness_of_the_copy_circuit_is_one(copier):
 def test_resample_faithfulness_swaps_in_the_corrupted_run(copier):
     task = copy_task()
     patched = wb.circuit(copier, task, "activation_patching")
-    res = wb.circuit_faithfulness(copier, task, [copy_model.INDUCTION], ablation="corrupted")
+    res = wb.circuit_faithfulness(copier, task, [copy_model.INDUCTION])  # resample: the default
     # Only the induction head's output differs in a way the logits read: the rest may take the
     # corrupted values freely, and the induction head alone carries the corrupted answer.
     assert res["faithfulness"] == pytest.approx(1.0, abs=1e-4)
     assert res["metric_without_circuit"] == pytest.approx(patched.attrs["ld_corrupted"], rel=1e-4)
     assert res["metric_empty"] == pytest.approx(patched.attrs["ld_corrupted"], rel=1e-4)
+    assert res["metric_corrupted"] == pytest.approx(patched.attrs["ld_corrupted"], rel=1e-4)
+    assert res["normalized"] == pytest.approx(1.0, abs=1e-4) and res["ablation"] == "resample"
+    zero = wb.circuit_faithfulness(copier, task, [copy_model.INDUCTION], ablation="zero")
+    assert zero["faithfulness"] < 0.5  # the previous-token head zeroed: the induction head cannot find the copy
+
+
+def same_length_task(n: int = 12, seed: int = 0) -> list[dict]:
+    """copy_task rows that all have one token length, tagged with one template."""
+    rows = [r for r in copy_task(4 * n, seed) if len(r["prompt"].split()) == 6][:n]
+    return [dict(r, template="t") for r in rows]
+
+
+def test_mean_reference_is_the_corrupted_prompts_never_the_scored_ones(copier):
+    from workbench.analyzers.circuits_faithful import NodeEvaluator
+
+    task = same_length_task()
+    ev = NodeEvaluator(copier, task, ablation="mean")
+    assert ev.position_aware == len(task) and ev.bases[0].ndim == 4  # one template: per-position means
+    changed_clean = [dict(task[0], prompt=task[0]["prompt"].replace(task[0]["prompt"].split()[0], "w95"))] + task[1:]
+    assert changed_clean[0]["prompt"] != task[0]["prompt"]
+    moved = NodeEvaluator(copier, changed_clean, ablation="mean")
+    assert torch.equal(moved.bases[0], ev.bases[0])  # a scored prompt changed: the means do not move
+    words = task[0]["corrupted_prompt"].split()
+    changed_ref = [dict(task[0], corrupted_prompt=" ".join(["w95"] + words[1:]))] + task[1:]
+    assert not torch.equal(NodeEvaluator(copier, changed_ref, ablation="mean").bases[0], ev.bases[0])
+    # the means are those of the corrupted prompts, computed independently
+    expect = wb.heads.head_means(copier, [r["corrupted_prompt"] for r in task], by_position=True)
+    assert torch.allclose(ev.bases[0], expect, atol=1e-6)
+    untagged = NodeEvaluator(copier, [{k: v for k, v in r.items() if k != "template"} for r in task], ablation="mean")
+    assert untagged.position_aware == 0 and untagged.bases[0].ndim == 3  # no shared template: one mean
+    assert "per position for 0 of" in untagged.reference
+
+
+def test_default_circuit_is_the_smallest_faithful_set_on_held_out_rows(copier):
+    task = copy_task(12)
+    frame = wb.circuit(copier, task, "activation_patching")
+    a = frame.attrs
+    assert frame.loc[frame["in_circuit"], ["layer", "head"]].values.tolist() == [list(copy_model.INDUCTION)]
+    assert a["reached"] and a["size"] == 1 and a["faithfulness"] == pytest.approx(1.0, abs=1e-4)
+    assert a["n"] == 6 and a["n_held_out"] == 6 and "every second row" in a["held_out"]
+    assert a["ablation"] == "resample" and a["target"] == 0.8
+    assert a["metric_without_circuit"] == pytest.approx(a["metric_corrupted"], rel=1e-4)  # the circuit ablated
+    held = task[1::2]
+    assert a["faithfulness"] == pytest.approx(wb.circuit_faithfulness(copier, held, frame)["faithfulness"], abs=1e-6)
+    # a target no set of at most half the heads reaches: nothing is marked, and the frame says so
+    none = wb.circuit(copier, task, "activation_patching", target=1.5)
+    assert not none["in_circuit"].any() and not none.attrs["reached"] and none.attrs["faithfulness"] is None
+    assert "not padded" in none.attrs["note"] and sorted(none.attrs["searched"]) == [1, 2]
+    fixed = wb.circuit(copier, task, "activation_patching", top_n=2)
+    assert fixed["in_circuit"].sum() == 2 and fixed.attrs["target"] is None
+
+
+def test_faithfulness_curve_top_k_against_random_sets(copier):
+    task = copy_task(12)
+    frame = wb.circuit(copier, task, "activation_patching")
+    curve = wb.circuit_curve(copier, task, frame, draws=5, ablated=True)
+    assert curve["k"].tolist() == [1, 2, 3, 4]
+    row = curve.set_index("k")
+    assert row.loc[1, "top"] == pytest.approx(1.0, abs=1e-4) and row.loc[4, "top"] == pytest.approx(1.0, abs=1e-5)
+    assert (curve["random_lo"] <= curve["random_median"]).all() and (curve["random_median"] <= curve["random_hi"]).all()
+    assert row.loc[1, "random_median"] < 0.5  # most single random heads are not the induction head
+    assert curve["in_circuit"].tolist() == [True, False, False, False]
+    corrupted = curve.attrs["metric_corrupted"] / curve.attrs["metric_full"]
+    assert row.loc[1, "ablated_top"] == pytest.approx(corrupted, abs=1e-4)  # the induction head ablated
+    assert row.loc[1, "ablated_random_median"] > row.loc[1, "ablated_top"]
 
 
 def test_circuit_overlap_on_hand_made_sets():
@@ -90,7 +157,16 @@ def test_circuit_overlap_on_hand_made_sets():
     grid = pd.DataFrame([(l, h) for l in range(3) for h in range(2)], columns=["layer", "head"])
     fa = grid.assign(in_circuit=[(l, h) in a for l, h in zip(grid["layer"], grid["head"])], effect=0.0)
     fb = grid.assign(in_circuit=[(l, h) in b for l, h in zip(grid["layer"], grid["head"])], effect=0.0)
-    assert wb.circuit_overlap(fa, fb) == res
+    framed = wb.circuit_overlap(fa, fb)  # frames of every head: the universe is known, chance is added
+    assert {k: framed[k] for k in res} == res and framed["n_total"] == 6
+    assert framed["expected_shared"] == pytest.approx(4 * 3 / 6)
+    # brute force: every 3-head set B' among 6, how often it shares >= 2 heads with a
+    universe = list(zip(grid["layer"], grid["head"]))
+    from itertools import combinations
+
+    hits = [len(set(c) & set(a)) for c in combinations(universe, 3)]
+    assert framed["p_value"] == pytest.approx(np.mean([h >= 2 for h in hits]))
+    assert framed["chance_jaccard"] == pytest.approx(np.mean([h / (7 - h) for h in hits]))
     assert wb.circuit_overlap(a, a)["jaccard"] == 1.0
     assert wb.circuit_overlap([(0, 0)], [(5, 5)])["overlap_coefficient"] == 0.0
 
@@ -123,19 +199,18 @@ def test_bad_inputs_give_clear_errors(copier, tmp_path, minilm):
         wb.circuit(copier, "greater_than")
     with pytest.raises(WorkbenchError, match="give top_n or threshold, not both"):
         wb.circuit(copier, task, top_n=2, threshold=0.1)
-    with pytest.raises(WorkbenchError, match="unknown ablation 'zero'"):
-        wb.circuit_faithfulness(copier, task, [(1, 0)], ablation="zero")
+    with pytest.raises(WorkbenchError, match="unknown ablation 'corrupted'"):
+        wb.circuit_faithfulness(copier, task, [(1, 0)], ablation="corrupted")
     with pytest.raises(WorkbenchError, match="circuit b is empty"):
         wb.circuit_overlap([(0, 0)], [])
     with pytest.raises(WorkbenchError, match="is an encoder"):
         wb.circuit(minilm, task)
-    assert C._applies(minilm) and C._applies(copier)
+    from workbench.analyzers import circuits_tables
+
+    assert circuits_tables._applies(minilm) and circuits_tables._applies(copier)
 
 
 # -- the demo model -----------------------------------------------------------------------
-DRAWS, SEED = 5, 0
-
-
 @pytest.fixture(scope="module")
 def demo():
     torch.set_num_threads(1)
@@ -148,41 +223,31 @@ def demo_circuits(demo):
 
 
 @pytest.mark.parametrize("task", C.TASKS)
-def test_demo_circuit_is_faithful_and_beats_random_heads(demo, demo_circuits, task):
+def test_demo_default_circuit_is_faithful_and_beats_random_heads(demo, demo_circuits, task):
     frame = demo_circuits[task]["activation_patching"]
+    a = frame.attrs
     heads = [tuple(map(int, h)) for h in frame.loc[frame["in_circuit"], ["layer", "head"]].values]
-    resample = wb.circuit_faithfulness(demo, task, frame, ablation="corrupted")
-    mean = wb.circuit_faithfulness(demo, task, frame, ablation="mean")
-    full = wb.task_metric(demo, task)
-    cut = wb.task_metric(demo, task, ablate=heads)
-    rng = np.random.default_rng(SEED)
-    others = [(l, h) for l in range(demo.n_layers) for h in range(demo.n_heads) if (l, h) not in heads]
-    random = [wb.task_metric(demo, task, ablate=[others[i] for i in rng.choice(len(others), len(heads), replace=False)])
-              for _ in range(DRAWS)]
-    rand_ld = float(np.median([r["logit_diff"] for r in random]))
     agree = wb.circuit_agreement(frame, demo_circuits[task]["attribution_patching"])
-    print(f"\n{task}: circuit {heads} (LD clean {frame.attrs['ld_clean']:.2f}, corrupted "
-          f"{frame.attrs['ld_corrupted']:.2f}); faithfulness resample {resample['faithfulness']:.3f} / mean "
-          f"{mean['faithfulness']:.3f}; LD full {full['logit_diff']:.2f} (acc {full['accuracy']:.2f}), circuit "
-          f"zeroed {cut['logit_diff']:.2f} (acc {cut['accuracy']:.2f}), random median {rand_ld:.2f} (acc "
-          f"{np.median([r['accuracy'] for r in random]):.2f}); methods Spearman {agree['spearman']:.3f}")
-    assert cut["logit_diff"] < rand_ld  # ablating the circuit hurts more than as many random heads
+    held = C.split_task(demo, task)[1]
+    mean = wb.circuit_faithfulness(demo, held, frame, ablation="mean")
+    print(f"\n{task}: default circuit {heads} ({a['held_out']}): faithfulness {a['faithfulness']:.3f} "
+          f"(normalized {a['normalized']:.3f}, {a['ablation']}), random {len(heads)}-sets kept "
+          f"{a['random_kept_median']:.3f}; ablated: circuit {a['metric_without_circuit'] / a['metric_full']:.3f} vs "
+          f"random median {a['random_ablated_median']:.3f}; mean ablation over corrupted prompts "
+          f"{mean['faithfulness']:.3f}; methods Spearman {agree['spearman']:.3f}")
+    assert a["reached"] and a["faithfulness"] >= 0.8 and len(heads) <= demo.n_layers * demo.n_heads // 2
+    assert "seed 1" in a["held_out"] and a["ablation"] == "resample"
+    assert a["random_kept_median"] < a["faithfulness"]
+    # ablating the circuit hurts more than the median of 5 random sets of its size, on held-out prompts
+    assert a["metric_without_circuit"] / a["metric_full"] < a["random_ablated_median"]
     assert agree["spearman"] > 0.5
-    # faithfulness: the copy is spread over several heads below the 0.1 threshold (the threshold
-    # circuit keeps 0.77 of ioi's logit difference, 0.48 of colored_objects'), so grow the
-    # circuit along the activation-patching ranking; a quarter of the heads must be enough
-    budget = demo.n_layers * demo.n_heads // 4
-    size = next((n for n in range(len(heads), budget + 1)
-                 if wb.circuit_faithfulness(demo, task, frame.assign(in_circuit=C.select(frame["effect"], top_n=n)),
-                                            ablation="corrupted")["faithfulness"] > 0.8), None)
-    print(f"{task}: the top {size} heads by effect keep > 0.8 of the logit difference (resample ablation)")
-    assert size is not None and size <= budget
 
 
-def test_demo_ioi_and_colored_objects_circuits_overlap(demo_circuits):
+def test_demo_ioi_and_colored_objects_circuits_overlap_next_to_chance(demo_circuits):
     a = demo_circuits["ioi"]["activation_patching"]
     b = demo_circuits["colored_objects"]["activation_patching"]
     res = wb.circuit_overlap(a, b)
-    print(f"\noverlap ioi vs colored_objects (activation patching): {res}")
-    assert res["n_shared"] >= 1
+    print(f"\noverlap ioi vs colored_objects (default circuits, activation patching): {res}")
+    assert res["n_shared"] >= 1 and res["n_total"] == 32
+    assert res["expected_shared"] == pytest.approx(res["n_a"] * res["n_b"] / 32)
     assert res["jaccard"] == res["n_shared"] / (res["n_a"] + res["n_b"] - res["n_shared"])

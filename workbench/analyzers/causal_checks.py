@@ -23,11 +23,8 @@ import pandas as pd
 from workbench.analyzers import Analyzer, causal, register
 from workbench.analyzers import importance as imp
 from workbench.analyzers.rankings import (
-    BIG_MODEL,
     _budget,
-    _n_params,
     importance_rankings,
-    memo,
     method_frame,
     splits,
 )
@@ -110,23 +107,13 @@ def circuit_ranking_name(task: str, method: str, main: str) -> str:
 
 
 def circuit_effects(model) -> pd.DataFrame:
-    """The circuit effects the checks rank: the registered ``circuits`` table (`circuits.task_circuits`,
-    both methods), computed once per model; on a model of more than `rankings.BIG_MODEL`
-    parameters only attribution patching (`wb.circuit` on the same suite rows): activation patching
-    costs one patched forward per head and example (~190 s a task on smollm2 on 2 CPU cores),
-    which the ``circuits`` table already spends."""
-    from workbench.analyzers import circuits as C
-    from workbench.tasks import supports
+    """The circuit effects the checks rank: the registered ``circuits`` table
+    (`circuits_tables.task_circuits`, both methods). Its per-(task, method) circuits are memoized
+    per model weights (`workbench.tasks.memo`), so in a run that has made the circuits table this
+    costs nothing more."""
+    from workbench.analyzers.circuits_tables import task_circuits
 
-    if _n_params(model) <= BIG_MODEL:
-        return memo(model, ("task_circuits",), lambda: C.task_circuits(model))
-
-    def compute():
-        frames = [C.circuit(model, C.read_task(task, model), "attribution_patching")
-                  .assign(task=task, method="attribution_patching") for task in C.TASKS if not supports(model, task)]
-        return pd.concat(frames, ignore_index=True)[["task", "method", "layer", "head", "effect", "in_circuit"]]
-
-    return memo(model, ("circuit_effects_attribution",), compute)
+    return task_circuits(model)
 
 
 def _circuit_checks(model, seed: int) -> tuple[list[pd.DataFrame], str | None]:

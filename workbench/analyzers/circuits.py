@@ -20,21 +20,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.analyzers import Analyzer, register
-from workbench.heads import ablate_heads, check_heads, edit_heads, record_heads
-from workbench import findings
-from workbench.figures import circuit_figures
-from workbench.findings import summaries
-from workbench.errors import WorkbenchError
-from workbench.analyzers import keyword_defaults
+from workbench.analyzers.circuits_faithful import split_task
+from workbench.analyzers.circuits_overlap import circuit_agreement, circuit_overlap  # noqa: F401  (public here too)
 from workbench.checks import choice, integer, positive
+from workbench.errors import WorkbenchError
+from workbench.heads import ablate_heads, check_heads, edit_heads, record_heads
 from workbench.prompts import answer_tokens
 
 TASKS = ("ioi", "colored_objects")
 METHODS = ("attribution_patching", "activation_patching")
 FIELDS = ("prompt", "answer", "corrupted_prompt", "corrupted_answer")
-ABLATIONS = ("mean", "corrupted")
-THRESHOLD = 0.1  # default membership: |effect| >= 10% of the clean–corrupted LD gap
+THRESHOLD = 0.1  # membership by threshold: |effect| >= 10% of the clean–corrupted LD gap
+TARGET = 0.8     # default membership: the smallest top-|effect| set keeping 80% of the metric
+MIN_SPLIT = 8    # rows needed to hold half of a task out for faithfulness
+DRAWS = 5        # random head sets of the circuit's size it is compared with
+SEARCH_EXHAUSTIVE = 16  # circuit sizes tried one by one before a geometric grid (x1.25, bisected)
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,14 @@ def read_task(task, model=None) -> list[dict]:
     """Rows of a task: a suite name (``ioi``, ``colored_objects``), a JSONL path, or dicts with
     ``prompt, answer, corrupted_prompt, corrupted_answer``.
 
-    A suite name gives the bundled suite for the demo model (or no model), and otherwise the
-    suite generated for ``model``'s tokenizer (`workbench.tasks.analysis_suite`: Wang et al.'s
-    templates with ABC-corrupted twins for ioi)."""
+    A suite name gives the suite for ``model`` (`workbench.tasks.analysis_suite`: the demo's
+    bundled rows with their template ids, else rows generated for its tokenizer, Wang et al.'s
+    templates with ABC-corrupted twins for ioi), or the bundled file when no model is given."""
     from workbench.models import data_dir
     from workbench.prompts import read_jsonl
 
     if isinstance(task, str) and task in TASKS:
-        if model is None or model.source == "demo":
+        if model is None:
             return read_jsonl(data_dir() / "suites" / f"{task}.jsonl", required=FIELDS)
         from workbench.tasks import analysis_suite, supports
 
@@ -208,33 +208,61 @@ def _attribution_effects(model, groups, clean_z) -> np.ndarray:
     return grads_dot / count  # first-order change of the mean LD
 
 
-def circuit(model, task, method: str = "attribution_patching", *, top_n: int | None = None,
-            threshold: float | None = None) -> pd.DataFrame:
-    """Per-head effect on a task's logit difference, and the circuit they define.
+def circuit(model, task, method: str = "attribution_patching", *, target: float = TARGET,
+            top_n: int | None = None, threshold: float | None = None, ablation: str = "resample",
+            held_out=None, draws: int = DRAWS) -> pd.DataFrame:
+    """Per-head effect on a task's logit difference, and the smallest faithful circuit they define.
 
     Args:
         model: a causal `ModelHandle`.
-        task: a suite name (``"ioi"``, ``"colored_objects"``: the demo's bundled suite, or the
-            one generated for this model's tokenizer, `read_task`), a JSONL path, or a list of
-            dicts with ``prompt, answer, corrupted_prompt, corrupted_answer``; each prompt and
-            its corrupted prompt must have the same token length.
+        task: a suite name (``"ioi"``, ``"colored_objects"``: the suite generated for this
+            model's tokenizer, the bundled one for the demo, `read_task`), a JSONL path, or a
+            list of dicts with ``prompt, answer, corrupted_prompt, corrupted_answer`` (and
+            optionally ``template``); each prompt and its corrupted prompt must have the same
+            token length.
         method: ``"activation_patching"`` (exact: the clean ``hook_z`` of one head, at every
             position, patched into the corrupted run — denoising) or ``"attribution_patching"``
             (gradient × activation difference at the corrupted run, Syed et al. 2023).
+        target: the circuit is the smallest top-|effect| set whose faithfulness (metric with only
+            it kept, every other head ablated, over the full model's; Wang et al. 2022, Hanna et
+            al. 2024) reaches ``target`` (default 0.8) on the held-out rows. Sets of at most half
+            the heads are searched (every size up to 16, then a ×1.25 grid bisected between the
+            last size that fails and the first that reaches); if none reaches it, no head is marked (``attrs["reached"]``
+            False; the circuit is not padded). Ignored when ``top_n`` or ``threshold`` is given.
         top_n: the circuit is the ``top_n`` heads by |effect|; or
-        threshold: the heads with |effect| >= threshold. Default: threshold 0.1 (a head that
-            alone moves LD by a tenth of the clean–corrupted gap; negative heads count too, as
-            Wang et al.'s negative name movers do).
+        threshold: the heads with |effect| >= threshold (the old default was 0.1).
+        ablation: what a head outside the circuit becomes while faithfulness is measured
+            (`circuits_faithful.NODE_ABLATIONS`; default ``"resample"``: its output on the same
+            example's corrupted prompt; ``"mean"``: over the task's corrupted prompts,
+            position-aware where a template is shared; ``"zero"``).
+        held_out: which rows faithfulness is measured on (`split_task`).
+        draws: random head sets of the circuit's size compared with it (seeded, 0).
     Returns:
         DataFrame ``layer, head, effect, in_circuit``; ``effect`` is relative to the gap
-        ``LD_clean − LD_corrupted`` (both in ``frame.attrs``, with method and n).
+        ``LD_clean − LD_corrupted`` on the rows effects were found on. attrs: ``ld_clean,
+        ld_corrupted, method, n`` (those rows), ``target, reached, size, faithfulness,
+        normalized`` ((kept − corrupted)/(clean − corrupted)), ``metric_full, metric_corrupted,
+        metric_circuit, metric_without_circuit`` (circuit ablated, the rest kept),
+        ``random_kept_median, random_ablated_median`` (random sets of its size, drawn from all
+        heads), ``ablation, reference, held_out, n_held_out, searched`` ({k: faithfulness}),
+        ``note``.
     """
+    from workbench.analyzers.circuits_faithful import (
+        NodeEvaluator,
+        grid,
+        smallest_faithful,
+    )
+
     choice("method", method, METHODS)
     if top_n is not None and threshold is not None:
         raise WorkbenchError("give top_n or threshold, not both")
-    top_n = None if top_n is None else integer("top_n", top_n, low=1, high=model.n_layers * model.n_heads)
+    n_total = model.n_layers * model.n_heads
+    top_n = None if top_n is None else integer("top_n", top_n, low=1, high=n_total)
     threshold = None if threshold is None else positive("threshold", threshold)  # |effect| >= threshold
-    groups = encode_task(model, task)
+    target = positive("target", target)
+    draws = integer("draws", draws, low=0)
+    find, held, where = split_task(model, task, held_out)
+    groups = encode_task(model, find)
     ld_clean = _mean_ld(model, groups, "clean")
     ld_corrupt = _mean_ld(model, groups, "corrupt")
     gap = ld_clean - ld_corrupt
@@ -248,9 +276,58 @@ def circuit(model, task, method: str = "attribution_patching", *, top_n: int | N
         raw = _attribution_effects(model, groups, clean_z) / gap
     layer, head = np.meshgrid(np.arange(model.n_layers), np.arange(model.n_heads), indexing="ij")
     frame = pd.DataFrame({"layer": layer.ravel(), "head": head.ravel(), "effect": raw.ravel()})
-    frame["in_circuit"] = select(frame["effect"], top_n=top_n, threshold=threshold)
-    frame.attrs.update(ld_clean=ld_clean, ld_corrupted=ld_corrupt, method=method,
-                       n=sum(len(g.clean) for g in groups))
+    frame.attrs.update(ld_clean=ld_clean, ld_corrupted=ld_corrupt, method=method, n=sum(len(g.clean) for g in groups))
+
+    ev = NodeEvaluator(model, held, ablation=ablation, reference=find + held if held is not find else None)
+    order = np.argsort(-np.abs(raw.ravel()), kind="stable")  # head index l * H + h, best first
+
+    def kept(index) -> np.ndarray:
+        mask = np.zeros(n_total, dtype=np.float32)
+        mask[list(index)] = 1.0
+        return mask.reshape(model.n_layers, model.n_heads)
+
+    full, corrupted = float(ev.metric([np.ones((model.n_layers, model.n_heads))])[0]), ev.corrupted_metric()
+    n_max = n_total // 2
+    if top_n is None and threshold is None:
+        sizes, cache = grid(n_max, SEARCH_EXHAUSTIVE), {}
+        for start in range(0, len(sizes), SEARCH_EXHAUSTIVE):  # batched passes, stopping once a size reaches it
+            chunk = sizes[start:start + SEARCH_EXHAUSTIVE]
+            cache.update(zip(chunk, ev.metric([kept(order[:k]) for k in chunk]) / full))
+            if max(cache[k] for k in chunk) >= target:
+                break
+        size, searched = smallest_faithful(lambda k: cache[k] if k in cache else ev.metric([kept(order[:k])])[0] / full,
+                                           n_max, target, exhaustive=SEARCH_EXHAUSTIVE)
+        members = [] if size is None else list(order[:size])
+        rule = f"the smallest top-|effect| set with faithfulness >= {target:g}"
+    else:
+        chosen = select(frame["effect"], top_n=top_n, threshold=threshold).to_numpy()
+        members, searched = list(np.nonzero(chosen)[0]), {}
+        size = len(members)
+        rule = f"top {top_n} by |effect|" if top_n is not None else f"|effect| >= {threshold:g}"
+    frame["in_circuit"] = False
+    frame.loc[members, "in_circuit"] = True
+    note = (f"faithfulness on {where}; heads outside the circuit get {ev.reference} ({ev.ablation} ablation)")
+    stats = {"faithfulness": None, "normalized": None, "metric_circuit": None, "metric_without_circuit": None,
+             "random_kept_median": None, "random_ablated_median": None}
+    if members:
+        rng = np.random.default_rng(0)
+        rand = [rng.choice(n_total, len(members), replace=False) for _ in range(draws)]
+        every = np.ones((model.n_layers, model.n_heads), dtype=np.float32)
+        got = ev.metric([kept(members), every - kept(members)] + [kept(r) for r in rand]
+                        + [every - kept(r) for r in rand])
+        stats.update(faithfulness=float(got[0] / full), normalized=float((got[0] - corrupted) / (full - corrupted)),
+                     metric_circuit=float(got[0]), metric_without_circuit=float(got[1]))
+        if draws:
+            stats.update(random_kept_median=float(np.median(got[2:2 + draws]) / full),
+                         random_ablated_median=float(np.median(got[2 + draws:]) / full))
+    elif top_n is None and threshold is None:
+        best = max(searched, key=searched.get)
+        note = (f"no set of at most {n_max} heads (half of {n_total}) reaches faithfulness {target:g} (best "
+                f"{searched[best]:.3f} with the top {best}); no head is marked, the circuit is not padded; " + note)
+    frame.attrs.update(target=target if top_n is None and threshold is None else None, rule=rule,
+                       reached=bool(members) and (stats["faithfulness"] or 0) >= target, size=len(members),
+                       metric_full=full, metric_corrupted=corrupted, ablation=ev.ablation, reference=ev.reference,
+                       held_out=where, n_held_out=ev.n, draws=draws, searched=searched, note=note, **stats)
     return frame
 
 
@@ -264,165 +341,42 @@ def select(effect: pd.Series, *, top_n: int | None = None, threshold: float | No
     return size >= (THRESHOLD if threshold is None else threshold)
 
 
-# -- faithfulness, agreement, overlap -----------------------------------------------------
-def circuit_faithfulness(model, task, circuit_frame, *, ablation: str = "mean") -> dict:
+def circuit_faithfulness(model, task, circuit_frame, *, ablation: str = "resample", reference=None) -> dict:
     """Task metric with every head outside the circuit ablated, relative to the full model.
 
     Args:
+        task: the rows to score (as for `circuit`; faithfulness of a circuit found on other rows
+            is measured on held-out rows, see `split_task`).
         circuit_frame: a `circuit` frame (rows with ``in_circuit``) or ``(layer, head)`` pairs.
-        ablation: what an ablated head's ``z`` becomes: ``"mean"`` — its mean at each position
-            over the task's clean and corrupted prompts (per group of equal token length; mean
-            ablation, Wang et al. 2022); ``"corrupted"`` — its value in the same example's
-            corrupted run (resample ablation, as ACDC measures faithfulness, Conmy et al. 2023),
-            which keeps what clean and corrupted prompts share, so it tests exactly the
-            difference the patching effects measured.
+        ablation: what an ablated head's ``z`` becomes (`circuits_faithful.NODE_ABLATIONS`, where
+            the default is argued): ``"resample"`` (default; ACDC, Conmy et al. 2023) — its value
+            on the same example's corrupted prompt; ``"mean"`` (Wang et al. 2022) — its mean over
+            the reference distribution, the task's corrupted prompts (ABC names for ioi), per
+            position where a scored prompt and at least `MIN_TEMPLATE_REFS` reference prompts
+            share its template and length, else one mean over all reference positions; never a
+            mean over the prompts being scored; ``"zero"``.
+        reference: prompts or task rows whose corrupted prompts replace the task's own as the
+            reference for ``"mean"``.
     Returns:
         dict ``faithfulness`` = LD(circuit only) / LD(full model) (Wang et al.'s F(C)/F(M)),
-        ``normalized`` = (LD(C) − LD(∅)) / (LD(M) − LD(∅)), and the logit differences
-        ``metric_full``, ``metric_circuit`` (complement ablated), ``metric_without_circuit``
-        (circuit ablated), ``metric_empty`` (all heads ablated), and ``n_heads``.
+        ``normalized`` = (LD(C) − LD(corrupted)) / (LD(M) − LD(corrupted)) with LD(corrupted) the
+        corrupted prompts' own LD, the logit differences ``metric_full``, ``metric_circuit``
+        (complement ablated), ``metric_without_circuit`` (circuit ablated), ``metric_empty``
+        (every head ablated), ``metric_corrupted``, and ``n_heads, n, ablation, reference``.
     """
-    choice("ablation", ablation, ABLATIONS)
-    groups = encode_task(model, task)
+    from workbench.analyzers.circuits_faithful import NodeEvaluator
+
     members = set(check_heads(model, circuit_frame))
     if not members:
         raise WorkbenchError("the circuit is empty: expected at least one (layer, head) in it")
-    every = {(l, h) for l in range(model.n_layers) for h in range(model.n_heads)}
-    refs = []  # per group: {layer: (batch or 1, pos, head, d_head)}
-    for g in groups:
-        clean, corrupt = record_heads(model, g.clean), record_heads(model, g.corrupt)
-        refs.append(corrupt if ablation == "corrupted" else
-                    {l: torch.cat([clean[l], corrupt[l]]).mean(0, keepdim=True) for l in clean})
-
-    def ablated(heads):
-        by_layer = defaultdict(list)
-        for layer, head in heads:
-            by_layer[layer].append(head)
-
-        def edit_for(g):
-            def edit(layer, z):
-                if layer not in by_layer:
-                    return None
-                z = z.clone()
-                z[:, :, by_layer[layer]] = refs[g][layer][:, :, by_layer[layer]]
-                return z
-            return edit
-        return _mean_ld(model, groups, "clean", edit_for)
-
-    full = _mean_ld(model, groups, "clean")
-    only, without, empty = ablated(every - members), ablated(members), ablated(every)
-    return {"faithfulness": only / full, "normalized": (only - empty) / (full - empty),
-            "metric_full": full, "metric_circuit": only, "metric_without_circuit": without,
-            "metric_empty": empty, "n_heads": len(members)}
-
-
-def circuit_agreement(a: pd.DataFrame, b: pd.DataFrame) -> dict:
-    """Rank agreement of two `circuit` frames' effects (e.g. the two methods): Spearman's ρ.
-
-    Returns:
-        ``{"spearman", "pvalue", "n"}`` over the heads the two frames share.
-    """
-    from scipy.stats import spearmanr
-
-    for name, frame in (("a", a), ("b", b)):
-        if not {"layer", "head", "effect"} <= set(frame.columns):
-            raise WorkbenchError(f"circuit frame {name} needs columns layer, head, effect; it has {list(frame.columns)}")
-    both = a.merge(b, on=["layer", "head"], suffixes=("_a", "_b"))
-    if len(both) < 2:
-        raise WorkbenchError(f"the two circuit frames share {len(both)} head(s); a rank agreement needs at least 2")
-    rho, p = spearmanr(both["effect_a"], both["effect_b"])
-    return {"spearman": float(rho), "pvalue": float(p), "n": len(both)}
-
-
-def _head_set(circuit, name: str) -> set[tuple[int, int]]:
-    if isinstance(circuit, pd.DataFrame):
-        if not {"layer", "head"} <= set(circuit.columns):
-            raise WorkbenchError(f"circuit {name} needs columns layer, head; it has {list(circuit.columns)}")
-        if "in_circuit" in circuit.columns:
-            circuit = circuit[circuit["in_circuit"].astype(bool)]
-        circuit = zip(circuit["layer"], circuit["head"])
-    try:
-        heads = {(int(layer), int(head)) for layer, head in circuit}
-    except (TypeError, ValueError):
-        raise WorkbenchError(f"circuit {name} must be a circuit frame or (layer, head) pairs") from None
-    if not heads:
-        raise WorkbenchError(f"circuit {name} is empty: overlap needs at least one head on each side")
-    return heads
-
-
-def circuit_overlap(circuit_a, circuit_b) -> dict:
-    """How much two circuits share (Merullo et al., "Circuit Component Reuse"): all four ratios,
-    since a single "78% overlap" does not say which.
-
-    Args:
-        circuit_a, circuit_b: `circuit` frames (their ``in_circuit`` rows) or ``(layer, head)`` pairs.
-    Returns:
-        ``{"jaccard": |A∩B|/|A∪B|, "overlap_coefficient": |A∩B|/min(|A|,|B|),
-        "share_a_in_b": |A∩B|/|A|, "share_b_in_a": |A∩B|/|B|, "n_a", "n_b", "n_shared"}``.
-    """
-    a, b = _head_set(circuit_a, "a"), _head_set(circuit_b, "b")
-    shared = len(a & b)
-    return {"jaccard": shared / len(a | b), "overlap_coefficient": shared / min(len(a), len(b)),
-            "share_a_in_b": shared / len(a), "share_b_in_a": shared / len(b),
-            "n_a": len(a), "n_b": len(b), "n_shared": shared}
-
-
-# -- registry -----------------------------------------------------------------------------
-DEMO_EXAMPLES = 16  # examples per suite in the registered analysis on the demo (fast on 2 CPU cores)
-
-
-def task_circuits(model, prompts=None) -> pd.DataFrame:
-    """The registered analysis: both methods on the ioi and colored_objects suites — the demo's
-    bundled ones (first `DEMO_EXAMPLES` examples), or those generated for any other causal LM
-    (`workbench.tasks.analysis_suite`). A task the tokenizer cannot spell is left out (the
-    task_accuracy table says why); ``prompts`` is not used — circuits need corrupted pairs.
-
-    Returns:
-        DataFrame ``task, method, layer, head, effect, in_circuit``.
-    """
-    from workbench.tasks import supports
-
-    frames = []
-    for task in TASKS:
-        if supports(model, task):
-            continue
-        rows = read_task(task, model)
-        if model.source == "demo":
-            rows = rows[:DEMO_EXAMPLES]
-        for method in METHODS:
-            frames.append(circuit(model, rows, method).assign(task=task, method=method))
-    cols = ["task", "method", "layer", "head", "effect", "in_circuit"]
-    return pd.concat(frames, ignore_index=True)[cols]
-
-
-demo_circuits = task_circuits  # the name before circuits ran on every causal LM
-
-
-def _applies(model) -> str | None:
-    from workbench.tasks import supports
-
-    if not model.is_causal:
-        return "circuits use the next-token logit difference; this model is an encoder"
-    reasons = [supports(model, task) for task in TASKS]
-    if all(reasons):
-        return "; ".join(reasons) + ": call wb.circuit(model, rows) with clean and corrupted prompts of yours"
-    return None
-
-
-def _task_sets(model, prompts) -> dict[str, list[str]]:
-    """The prompts each suite's circuit was found on (as `task_circuits` reads them)."""
-    from workbench.tasks import supports
-
-    cut = DEMO_EXAMPLES if model.source == "demo" else None
-    return {task: [r["prompt"] for r in read_task(task, model)[:cut]] for task in TASKS if not supports(model, task)}
-
-
-register(Analyzer(
-    "circuits", task_circuits, "Circuits (ioi, colored objects) and their overlap", mode="exact",
-    applies=_applies, figures=circuit_figures, family="circuits", findings=findings.circuits, example="ioi",
-    prompts=_task_sets, summary=summaries.circuits,
-    params=keyword_defaults(circuit, method=list(METHODS), tasks=list(TASKS), examples=DEMO_EXAMPLES, threshold=THRESHOLD),
-    sources=("Wang et al. 2022, Interpretability in the Wild (IOI; logit difference, mean ablation)",
-             "Syed et al. 2023, Attribution Patching Outperforms Automated Circuit Discovery",
-             "Merullo et al. 2024, Circuit Component Reuse Across Tasks in Transformer Language Models"),
-))
+    ev = NodeEvaluator(model, task, ablation=ablation, reference=reference)
+    only = np.zeros((model.n_layers, model.n_heads), dtype=np.float32)
+    for layer, head in members:
+        only[layer, head] = 1.0
+    every = np.ones_like(only)
+    full, kept, without, empty = ev.metric([every, only, every - only, 0 * every])
+    corrupted = ev.corrupted_metric()
+    return {"faithfulness": float(kept / full), "normalized": float((kept - corrupted) / (full - corrupted)),
+            "metric_full": float(full), "metric_circuit": float(kept), "metric_without_circuit": float(without),
+            "metric_empty": float(empty), "metric_corrupted": corrupted, "n_heads": len(members), "n": ev.n,
+            "ablation": ev.ablation, "reference": ev.reference}

@@ -179,27 +179,38 @@ def niah_curve(frame: pd.DataFrame, run) -> list[Finding]:
 
 
 def circuits(frame: pd.DataFrame, run) -> list[Finding]:
+    from workbench.overlap import chance
+
     methods = list(dict.fromkeys(frame["method"]))
     method = "activation_patching" if "activation_patching" in methods else methods[0]
     part = frame[frame["method"] == method]
-    out, sets = [], {}
+    out, sets, n_total = [], {}, 0
     for task in dict.fromkeys(part["task"]):
         one = part[part["task"] == task]
+        n_total = len(one)
         members = one[one["in_circuit"].astype(bool)]
         sets[task] = set(zip(members["layer"], members["head"]))
         best = top_heads(one, "effect", direction="abs")
         negative = int((one["effect"] < -0.1).sum())
         neg = f"; {negative} heads work against it (effect < −0.1)" if negative else ""
-        out.append(Finding(f"{task}: a circuit of {len(members)} heads (|effect| ≥ 0.1, {method.replace('_', ' ')}); "
-                           f"largest effects {heads_text(best, signed=True)}{neg}.", best,
-                           ranking=f"effect:{task}", example=task))
+        size = (f"a circuit of {len(members)} heads (the smallest top-|effect| set keeping 0.8 of the logit "
+                f"difference on held-out prompts with every other head resample-ablated from the prompt's "
+                f"corrupted twin; {method.replace('_', ' ')})" if len(members) else
+                f"no faithful circuit: no set of at most half the heads keeps 0.8 of the logit difference on "
+                f"held-out prompts ({method.replace('_', ' ')}), so none is marked")
+        out.append(Finding(f"{task}: {size}; largest effects {heads_text(best, signed=True)}{neg}.", best,
+                           ranking=f"effect:{task}", example=task, caveat=not len(members)))
     names = list(sets)
     if len(names) >= 2 and sets[names[0]] and sets[names[1]]:
         a, b = sets[names[0]], sets[names[1]]
         shared = len(a & b)
+        c = chance(n_total, len(a), len(b), shared)
         out.append(Finding(f"{names[0]} and {names[1]} share {shared} heads: Jaccard {fmt(shared / len(a | b))}, overlap "
                            f"coefficient {fmt(shared / min(len(a), len(b)))}, {fmt(shared / len(a))} of {names[0]}'s "
-                           f"heads are in {names[1]}'s and {fmt(shared / len(b))} the other way (Merullo et al. 2024)."))
+                           f"heads are in {names[1]}'s and {fmt(shared / len(b))} the other way (Merullo et al. 2024). "
+                           f"Random sets of these sizes among the {n_total} heads would share {fmt(c['expected_shared'])} "
+                           f"(Jaccard {fmt(c['chance_jaccard'])}; hypergeometric p = {fmt(c['p_value'], 3)} for "
+                           f"sharing {shared} or more)."))
     return out
 
 
