@@ -11,6 +11,7 @@ import workbench as wb
 from workbench.analyzers import causal
 from workbench.analyzers import causal_checks as registered
 from workbench.analyzers import circuits as C
+from workbench.analyzers import circuits_tables
 from workbench.tasks import analysis_suite
 
 PROMPTS = ["The cat sat on the mat and looked at the door.", "When Mary and John went to the store, John gave a drink",
@@ -34,12 +35,12 @@ def _ld(model, rows, heads) -> float:
     return total / len(rows)
 
 
-def test_circuit_effect_rankings_are_checked_on_held_out_task_rows(english):  # noqa: F811
+def test_circuit_effect_rankings_are_checked_on_held_out_task_rows(english):
     table = registered.causal_checks(english, PROMPTS)
     names = table["ranking"].unique().tolist()
     for task in C.TASKS:
         assert f"circuits.effect:{task}" in names and f"circuits.effect:{task} (attribution_patching)" in names
-    circuits = C.task_circuits(english)  # the registered circuits table the rankings come from
+    circuits = circuits_tables.task_circuits(english)  # the registered circuits table the rankings come from
     ioi = circuits[(circuits["task"] == "ioi") & (circuits["method"] == "activation_patching")]
     order = causal.ranked_heads(ioi, "effect")
     held = analysis_suite("ioi", english, seed=1)

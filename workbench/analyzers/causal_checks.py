@@ -120,7 +120,7 @@ def _circuit_checks(model, seed: int) -> tuple[list[pd.DataFrame], str | None]:
     """Each (task, method) effect ranking of `circuit_effects`, ranked by signed effect
     (positive heads restore the clean logit difference), checked on the task's held-out rows
     (its suite of seed 1) by the task's mean logit difference with the heads zeroed."""
-    from workbench.analyzers import circuits as C
+    from workbench.analyzers import circuits_tables as C
     from workbench.tasks import analysis_suite
 
     why = C._applies(model)
