@@ -1,15 +1,7 @@
 """head_patterns against heads whose attention is known by construction, and the detector
 scores against TransformerLens's own detection patterns.
 
-`handmade_gpt2` (also used by test_sinks and test_importance) is a two-layer GPT-2 whose q/k
-weights are set by hand. Its residual stream holds three blocks, each mirrored by a negative
-copy so that every position has mean 0 and the same norm (LayerNorm is then one fixed scale):
-one-hot position (P), a random unit token vector × 8 (T), and the previous token's vector (S),
-written by L0H0. MLPs and every other head's output are zero.
-
-    layer 0: H0 previous token (q: position t → t−1, k: position)   H1 first-token sink
-             H2 self                                                H3 t−2
-    layer 1: H0 induction (q: token, k: previous token from S)      H1 self   H2 t−2   H3 t−3
+The heads are those of `tests.handmade.handmade_gpt2` (its docstring says which head does what).
 """
 
 from __future__ import annotations
