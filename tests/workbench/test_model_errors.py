@@ -39,19 +39,15 @@ def test_corrupted_config(llama_dir):
         wb.load_model(str(llama_dir))
 
 
-def test_unknown_model_type(llama_dir):
+@pytest.mark.parametrize("model_type, message", [
+    ("no-such-arch", r"model type 'no-such-arch' in .* is not known to transformers"),
+    ("t5", r"model type 't5' .* has no causal LM class"),
+])
+def test_model_type_that_cannot_be_loaded(llama_dir, model_type, message):
     config = json.loads((llama_dir / "config.json").read_text())
-    config["model_type"] = "no-such-arch"
+    config["model_type"] = model_type
     (llama_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(wb.WorkbenchError, match=r"model type 'no-such-arch' in .* is not known to transformers"):
-        wb.load_model(str(llama_dir))
-
-
-def test_model_type_without_a_causal_lm_class(llama_dir):
-    config = json.loads((llama_dir / "config.json").read_text())
-    config["model_type"] = "t5"
-    (llama_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(wb.WorkbenchError, match=r"model type 't5' .* has no causal LM class"):
+    with pytest.raises(wb.WorkbenchError, match=message):
         wb.load_model(str(llama_dir))
 
 
