@@ -311,10 +311,9 @@ def _stream_batch(model, ids: torch.Tensor, mask: torch.Tensor, rows: list[int],
             cap = stream_capture(model, ids[chosen, :n], prompt_ids=pids, sink_tokens=1, window=acc.window,
                                  column_mass=True, backend=backend)
         for layer, st in cap.stats.items():  # row tensors (batch, head, query)
-            nan = torch.full_like(st.entropy, float("nan"))
-            fields = torch.stack([f.double().sum(-1) for f in (st.entropy, st.max_prob, st.sink_mass,
-                                                               st.local_mass, nan)], dim=-1)
-            acc.add_rows(layer, pids, fields, st.col_mass)
+            sums = [f.double().sum(-1) for f in (st.entropy, st.max_prob, st.sink_mass, st.local_mass)]
+            nan = torch.full_like(sums[0], float("nan"))  # distance: add_rows fills it from col_mass
+            acc.add_rows(layer, pids, torch.stack(sums + [nan], dim=-1), st.col_mass)  # (batch, head, field)
 
 
 def _layer_outputs(model, fn: Callable[[int, torch.Tensor], None]):
