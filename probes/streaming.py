@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from kernels import HeadStats, attention_stats, head_stats
+from kernels.head_stats import ATTENTION_BACKENDS, BACKENDS
 
 if TYPE_CHECKING:  # pandas is imported only when a frame is asked for
     import pandas as pd
 
 IMPLEMENTATION = "workbench_stream"
-#: `head_stats` backend -> `attention_stats` backend for the combined route ("eager" has none).
-_ATTENTION_BACKEND = {"auto": "auto", "reference": "reference", "triton": "triton"}
+#: `head_stats` backends that `attention_stats` also takes, under the same name ("eager" it does not).
+_COMBINED = frozenset(BACKENDS) & frozenset(ATTENTION_BACKENDS)
 _RECORDER: ContextVar["_Recorder | None"] = ContextVar("workbench_stream_recorder", default=None)
 _SWITCH = threading.Lock()
 _USERS: dict[int, list] = {}  # id(hf model) -> [captures running on it, implementation to restore]
@@ -47,7 +48,7 @@ class _Recorder:
 
 def _plain_call(module, query, key, attention_mask, dropout, rec: _Recorder, kwargs) -> bool:
     """Whether this attention call is one `attention_stats` computes exactly as SDPA would."""
-    if attention_mask is not None or rec.key_padding_mask is not None or rec.options["backend"] not in _ATTENTION_BACKEND:
+    if attention_mask is not None or rec.key_padding_mask is not None or rec.options["backend"] not in _COMBINED:
         return False
     if query.device.type not in ("cpu", "cuda"):
         return False
@@ -68,11 +69,10 @@ def _stream_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     rec = _RECORDER.get()
     if rec is None:  # a forward outside any capture (another thread sharing the model)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    opts = {name: value for name, value in rec.options.items() if name != "backend"}
     with torch.no_grad():
         if _plain_call(module, query, key, attention_mask, dropout, rec, kwargs):
             out, stats = attention_stats(query.detach(), key.detach(), value.detach(), causal=rec.causal, scale=scaling,
-                                         backend=_ATTENTION_BACKEND[rec.options["backend"]], **opts)
+                                         **rec.options)
             rec.stats.append(stats.to("cpu"))
             if torch.is_grad_enabled() and (query.requires_grad or value.requires_grad):
                 out = None  # keep autograd intact: recompute the output below

@@ -144,7 +144,8 @@ def capture_columns(model, prompts, *, batch_size: int = 4, backend: str = "auto
     """
     import pandas as pd
 
-    frames = [cap.column_frame() for cap in _stream_batches(model, prompts, batch_size=batch_size, sink_tokens=1,
-                                                             window=1, backend=backend, column_mass=True)]
+    # sink_tokens = window = 0: only the column sums are read, so the sink and local bands are skipped
+    frames = [cap.column_frame() for cap in _stream_batches(model, prompts, batch_size=batch_size, sink_tokens=0,
+                                                             window=0, backend=backend, column_mass=True)]
     return pd.concat(frames, ignore_index=True).sort_values(["prompt_id", "layer", "head", "position"],
                                                             ignore_index=True)

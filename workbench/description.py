@@ -30,13 +30,13 @@ Two capture modes give the same numbers (DESIGN.md "Capture"):
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import pandas as pd
 import torch
 
+from probes.hooks import attach
 from workbench.capture import MAX_PATTERN_BYTES, check_pattern_bytes, padded_batches, pattern_bytes, run_bridge
 from workbench.checks import choice, integer, positive, positive_int
 from workbench.errors import WorkbenchError
@@ -311,16 +311,15 @@ def _stream_batch(model, ids: torch.Tensor, mask: torch.Tensor, rows: list[int],
             cap = stream_capture(model, ids[chosen, :n], prompt_ids=pids, sink_tokens=1, window=acc.window,
                                  column_mass=True, backend=backend)
         for layer, st in cap.stats.items():  # row tensors (batch, head, query)
-            nan = torch.full_like(st.entropy, float("nan"))
-            fields = torch.stack([f.double().sum(-1) for f in (st.entropy, st.max_prob, st.sink_mass,
-                                                               st.local_mass, nan)], dim=-1)
-            acc.add_rows(layer, pids, fields, st.col_mass)
+            sums = [f.double().sum(-1) for f in (st.entropy, st.max_prob, st.sink_mass, st.local_mass)]
+            nan = torch.full_like(sums[0], float("nan"))  # distance: add_rows fills it from col_mass
+            acc.add_rows(layer, pids, torch.stack(sums + [nan], dim=-1), st.col_mass)  # (batch, head, field)
 
 
-@contextmanager
-def _layer_outputs(model, fn: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+def _layer_outputs(model, fn: Callable[[int, torch.Tensor], None]):
     """Call ``fn(layer, hidden [batch, pos, d_model])`` on the output of each of the HF model's
-    layers (the bridge's ``hook_resid_post``) during forwards inside the block."""
+    layers (the bridge's ``hook_resid_post``) during forwards inside the returned block
+    (`probes.hooks.attach`, which removes the hooks on exit)."""
     layers = [m for m in model.hf_model.modules()
               if isinstance(m, torch.nn.ModuleList) and len(m) == model.n_layers]
     if not layers:
@@ -331,14 +330,7 @@ def _layer_outputs(model, fn: Callable[[int, torch.Tensor], None]) -> Iterator[N
             fn(layer, output[0] if isinstance(output, tuple) else output)
         return hook
 
-    handles = []
-    try:
-        for layer, module in enumerate(layers[0]):
-            handles.append(module.register_forward_hook(make(layer)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return attach(post_hooks=[(module, make(layer)) for layer, module in enumerate(layers[0])])
 
 
 def resolve(model, prompts, capture: Description | None, *, analysis: str, **settings) -> Description:

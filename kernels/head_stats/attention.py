@@ -102,10 +102,10 @@ def _argmax(q, k, *, causal: bool, scale: float) -> torch.Tensor:
 
 def attention_stats_flash(q, k, v, *, causal: bool, scale: float, sink_tokens: int, window: int,
                           column_mass: bool, argmax: bool) -> tuple[torch.Tensor, HeadStats]:
-    """The CPU route: out and every statistic from CPU flash-attention calls (module docstring)."""
+    """The CPU route: out and every statistic from CPU flash-attention calls (module docstring).
+    ``causal`` comes from `kernels.attention_stats`, already False for a single query."""
     dtype = v.dtype
     q, k, v = q.float(), k.float(), v.float()  # statistics in fp32, as every backend
-    causal = causal and q.shape[2] > 1  # one query sees every key
     B, Hq, N, d = q.shape
     dv = v.shape[-1]
 

@@ -24,7 +24,7 @@ import warnings
 
 import torch
 
-from .bands import exp_clamped, local_mass, sink_mass
+from .bands import exp_clamped, group_rows, local_mass, sink_mass
 from .stats import HeadStats
 
 # Logits materialized per chunk (32 MiB in fp32); the working set is a few times this.
@@ -192,29 +192,30 @@ def _reference_onepass(q, k, lse, *, causal, scale, sink_tokens, window, key_pad
     from their own few keys."""
     B, Hq, N, d = q.shape
     Hkv, M = k.shape[1], k.shape[2]
-    G = Hq // Hkv
     offset = M - N
     kf = k.float().transpose(-1, -2)  # (B, Hkv, d, M)
-    row, arg = _rows(B, Hq, N, q.device, argmax)
-    row["lse"] = lse
+    entropy, max_prob = torch.empty(B, Hq, N, device=q.device), torch.empty(B, Hq, N, device=q.device)
+    arg = torch.empty(B, Hq, N, dtype=torch.int64, device=q.device) if argmax else None
     col = torch.zeros(B, Hq, M, device=q.device) if column_mass else None
     chunk = max(1, ONEPASS_CHUNK_ELEMENTS // (B * Hq * M))
     for t0 in range(0, N, chunk):
         t1 = min(N, t0 + chunk)
         hi = min(M, t1 + offset) if causal else M  # keys any query of the chunk can see
-        qc = q[:, :, t0:t1].float().reshape(B, Hkv, G * (t1 - t0), d)  # (B, Hkv, G*c, d)
         kmask = None if key_padding_mask is None else key_padding_mask[:, :hi]
-        ent, maxp, a, part = _run_chunk(qc, kf[..., :hi], lse[:, :, t0:t1], kmask, t0, offset, causal, scale,
-                                        column_mass, argmax)
-        row["entropy"][:, :, t0:t1], row["max_prob"][:, :, t0:t1] = ent, maxp
+        ent, maxp, a, part = _run_chunk(group_rows(q, Hkv, t0, t1), kf[..., :hi], lse[:, :, t0:t1], kmask, t0,
+                                        offset, causal, scale, column_mass, argmax)  # rows (B, Hkv, G*c, d)
+        entropy[:, :, t0:t1], max_prob[:, :, t0:t1] = ent, maxp
         if arg is not None:
             arg[:, :, t0:t1] = a
         if col is not None:
             col[..., :hi] += part
-    row["sink"] = sink_mass(q, k, lse, causal=causal, scale=scale, sink_tokens=sink_tokens,
-                            key_padding_mask=key_padding_mask)
-    row["local"] = local_mass(q, k, lse, scale=scale, window=window, key_padding_mask=key_padding_mask)
-    return _result(row, arg, col)
+    return HeadStats(
+        lse=lse, entropy=entropy, max_prob=max_prob, argmax=arg,
+        sink_mass=sink_mass(q, k, lse, causal=causal, scale=scale, sink_tokens=sink_tokens,
+                            key_padding_mask=key_padding_mask),
+        local_mass=local_mass(q, k, lse, scale=scale, window=window, key_padding_mask=key_padding_mask),
+        col_mass=col,
+    )
 
 
 def _result(row, arg, col) -> HeadStats:

@@ -103,12 +103,14 @@ def detector_scores(patterns: dict[int, torch.Tensor], tokens: torch.Tensor) -> 
         DataFrame ``layer, head, prev_token, duplicate, induction``.
     """
     detections = [detection_patterns(row) for row in tokens.cpu()]
+    masks = {name: torch.stack([d[name] for d in detections]).double()  # (batch, query, key), built once
+             for name in DETECTOR_FEATURES}
     grids = {name: [] for name in DETECTOR_FEATURES}  # name -> per layer [head]
     for layer in sorted(patterns):
         a = patterns[layer].double()  # (batch, head, query, key)
         total = a.sum((-1, -2))  # (batch, head)
-        for name in DETECTOR_FEATURES:
-            hits = torch.stack([(a[b] * d[name].double()).sum((-1, -2)) for b, d in enumerate(detections)])
+        for name, d in masks.items():
+            hits = (a * d.to(a.device)[:, None]).sum((-1, -2))  # (batch, head)
             grids[name].append((hits / total).mean(0))  # (head,), mean over sequences
     frame = head_frame({name: torch.stack(rows) for name, rows in grids.items()})  # (layer, head) grids
     frame["layer"] = np.asarray(sorted(patterns))[frame["layer"]]

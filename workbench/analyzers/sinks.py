@@ -129,9 +129,10 @@ def hidden_sinks(model, prompts, *, threshold: float = 0.1, min_queries: int = 1
     """
     threshold = fraction("threshold", threshold, high_open=True)  # α lies in [0, 1]
     min_queries = positive_int("min_queries", min_queries)
-    frame = token_sinks(model, prompts, batch_size=batch_size, backend=backend, capture=capture)
-    lengths = frame.groupby("prompt_id")["position"].transform("max") + 1
-    seen_by = lengths - frame["position"] if model.is_causal else lengths
+    desc = resolve(model, prompts, capture, analysis="hidden_sinks", batch_size=batch_size, backend=backend)
+    frame = token_sinks(model, None, capture=desc)  # prompts already checked against desc
+    lengths = desc.lengths.numpy()[frame["prompt_id"].to_numpy()]
+    seen_by = lengths - frame["position"] if desc.is_causal else lengths
     keep = (frame["position"] >= 1) & (frame["alpha"] > threshold) & (seen_by >= min_queries)
     out = frame[keep].sort_values("alpha", ascending=False, kind="stable", ignore_index=True)
     out.attrs.update(frame.attrs)

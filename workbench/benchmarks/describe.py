@@ -147,8 +147,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     first = frame.iloc[0]
     print(f"{first.source}: {first.n_prompts} prompts, up to {first.max_len} tokens ({first.tokens} in all), "
           f"batch {first.batch_size}, capture mode {first.capture_mode}, {first.machine}, commit {first.commit}")
-    print(summarize(frame).round(3).to_string(index=False))
-    ratios = summarize(frame).set_index("path").loc["descriptive", ["ratio", "cpu_ratio"]]
+    table = summarize(frame)
+    print(table.round(3).to_string(index=False))
+    ratios = table.set_index("path").loc["descriptive", ["ratio", "cpu_ratio"]]
     print(f"shared descriptive capture, all of it together: {ratios['ratio']:.2f}x (wall), {ratios['cpu_ratio']:.2f}x "
           f"(CPU) one eager forward with all attentions (target <= 3x: "
           f"{'met' if max(ratios) <= 3 else 'NOT met'})")

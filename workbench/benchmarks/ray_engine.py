@@ -94,9 +94,9 @@ def run(*, source: str = "demo", n_prompts: int = 192, batch_size: int = 16, rou
 def summary(frame: pd.DataFrame, n_prompts: int, batch_size: int) -> pd.DataFrame:
     """Per case: median end-to-end and marginal prompts/s, and the per-round ratio to local."""
     out = []
+    local = frame[frame.engine == "local"].set_index("round").seconds
     for (engine, actors), case in frame.groupby(["engine", "actors"], sort=False):
         full = case[case.prompts == n_prompts].set_index("round").seconds
-        local = frame[(frame.engine == "local")].set_index("round").seconds
         row = {"engine": engine, "actors": actors, "prompts_per_s": statistics.median(n_prompts / full),
                "ratio_to_local": statistics.median(local[full.index] / full)}
         probe = case[case.prompts == batch_size].set_index("round").seconds
