@@ -283,8 +283,14 @@ def passkey_retrieval(model, prompts=None, *, threshold: float = THRESHOLD) -> p
     return memo(model, key, lambda: _passkey_retrieval(model, threshold))
 
 
+def _scoring_rows(model) -> list[dict]:
+    """The passkey trials that score the heads: the demo's bundled ones up to `DEMO_MAX_CONTEXT`
+    tokens, or the suite generated for any other causal LM."""
+    return _passkey_rows(DEMO_MAX_CONTEXT) if model.source == "demo" else read_trials(None, model=model)
+
+
 def _passkey_retrieval(model, threshold: float) -> pd.DataFrame:
-    rows = _passkey_rows(DEMO_MAX_CONTEXT) if model.source == "demo" else read_trials(None, model=model)
+    rows = _scoring_rows(model)
     if model.source != "demo" and not any(r["model_correct"] for r in rows):
         layer, head = np.meshgrid(np.arange(model.n_layers), np.arange(model.n_heads), indexing="ij")
         frame = pd.DataFrame({"layer": layer.ravel(), "head": head.ravel(), "retrieval_score": np.nan,
@@ -311,9 +317,6 @@ def _overall(grid: pd.DataFrame) -> float:
     return float((grid["accuracy"] * grid["n_trials"]).sum() / grid["n_trials"].sum())
 
 
-demo_niah = passkey_niah
-
-
 def _applies(model) -> str | None:
     from workbench.tasks import supports
 
@@ -326,7 +329,7 @@ def _applies(model) -> str | None:
 
 
 def _passkey_sets(model, prompts) -> dict[str, list[str]]:
-    rows = _passkey_rows(DEMO_MAX_CONTEXT) if model.source == "demo" else read_trials(None, model=model)
+    rows = _scoring_rows(model)
     return {"passkey": [r["prompt"] for r in rows]}
 
 
