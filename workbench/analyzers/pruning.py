@@ -96,12 +96,12 @@ def pruning_curve(model, prompts, *, answers=None, step: float = 0.1, importance
         scores = _scores(model, importance)
         masks, pruned = _prune_masks(model, _order(scores, torch.ones(model.n_layers, model.n_heads), False), per_step)
         return _curve_frame(model, batches, masks, pruned)
-    scores = _gradient(model, batches, torch.ones(1, model.n_layers, model.n_heads))[0]
+    scores = _gradient(model, batches, torch.ones(1, model.n_layers, model.n_heads))
     masks, pruned = [torch.ones(model.n_layers, model.n_heads)], [[]]
     while masks[-1].any():
         mask = masks[-1].clone()
         if recompute:
-            scores = _gradient(model, batches, mask[None])[0]
+            scores = _gradient(model, batches, mask[None])
         chosen = _order(scores, mask, normalize_layers)[:per_step]
         for layer, head in chosen:
             mask[layer, head] = 0.0
