@@ -94,8 +94,9 @@ def registered_gates(model, prompts=None) -> pd.DataFrame:
     from workbench.analyzers.retrieval import passkey_retrieval
 
     settings = _settings(model)
-    wu = passkey_retrieval(model)  # the run's one retrieval set (the retrieval_heads table)
-    return memo(model, ("duo_attention",), lambda: duo_attention(model, retrieval=wu, **settings))
+    # the run's one retrieval set (the retrieval_heads table), read only when the gates are trained
+    return memo(model, ("duo_attention",),
+                lambda: duo_attention(model, retrieval=passkey_retrieval(model), **settings))
 
 
 def registered_effect(model, prompts=None) -> pd.DataFrame:
