@@ -234,7 +234,7 @@ def task_evaluator(model, task, *, metric: str = "logit_diff") -> Evaluate:
     """``evaluate(head_sets)``: a circuit task's metric on its clean prompts with each set
     zero-ablated: the mean logit difference (answer − corrupted answer, first tokens, final
     position; Wang et al. 2022) or ``"accuracy"`` (top next token = the answer's first token)."""
-    from workbench.analyzers.circuits import encode_task
+    from workbench.analyzers.circuits import encode_task, logit_diff
     from workbench.masked import masked_forward
 
     checks.choice("task metric", metric, ("logit_diff", "accuracy"))
@@ -248,13 +248,10 @@ def task_evaluator(model, task, *, metric: str = "logit_diff") -> Evaluate:
             pos = g.clean.shape[1]
 
             def reduce(logits, g=g):  # (copies * batch, 1, vocab) -> (copies * batch,)
-                copies = logits.shape[0] // len(g.answer)
                 last = logits[:, -1].double()
-                rows = torch.arange(last.shape[0], device=last.device)
-                answer, wrong = g.answer.repeat(copies), g.wrong.repeat(copies)
                 if metric == "accuracy":
-                    return (last.argmax(-1) == answer).double()
-                return last[rows, answer] - last[rows, wrong]
+                    return (last.argmax(-1) == g.answer.repeat(len(last) // len(g.answer))).double()
+                return logit_diff(last, g)
 
             with torch.no_grad():
                 out = masked_forward(model, g.clean, None, masks, reduce, window=(pos - 1, pos))  # (sets, batch)
