@@ -35,15 +35,17 @@ DEFAULT_KS = (1, 3, 5, 0.1)
 N_RANDOM = 5
 
 
+def _count(k, n_heads: int):
+    """A k as a count: a float in (0, 1) is a fraction of ``n_heads`` (rounded, at least 1)."""
+    return max(1, round(k * n_heads)) if isinstance(k, float) and 0 < k < 1 else k
+
+
 def resolve_ks(ks: Sequence[float], n_heads: int) -> list[int]:
     """Counts from ``ks`` (ints are counts, floats in (0, 1) fractions of ``n_heads``, rounded,
     at least 1), deduplicated and sorted, each at most half of the heads."""
     out = []
     for k in ks:
-        if isinstance(k, float) and 0 < k < 1:
-            count = max(1, round(k * n_heads))
-        else:
-            count = checks.integer("k", k, low=1)
+        count = checks.integer("k", _count(k, n_heads), low=1)
         if count > n_heads // 2:
             raise WorkbenchError(f"k = {k!r} is {count} heads: a causal check needs k <= half of the {n_heads} heads "
                                  "(top-k and bottom-k must not overlap)")
@@ -56,12 +58,7 @@ def resolve_ks(ks: Sequence[float], n_heads: int) -> list[int]:
 def fitting_ks(ks: Sequence[float], n_heads: int) -> list[float]:
     """The ``ks`` that are at most half of ``n_heads`` (a small model cannot have 5 heads in
     both its top and its bottom of 8)."""
-    out = []
-    for k in ks:
-        count = max(1, round(k * n_heads)) if isinstance(k, float) and 0 < k < 1 else k
-        if count <= n_heads // 2:
-            out.append(k)
-    return out
+    return [k for k in ks if _count(k, n_heads) <= n_heads // 2]
 
 
 def ranked_heads(frame: pd.DataFrame, score: str, *, by_magnitude: bool = False) -> list[Head]:
