@@ -190,26 +190,22 @@ def niah_hits(model, trials, head_sets: list[list[Head]], *, batch_size: int = 4
     """Greedy exact match of every trial's answer (teacher forced) with each set zero-ablated:
     ``[sets, trials]`` bool. All sets of a batch of equal-length trials share forwards (SDPA
     attention, so long haystacks form no N×N weights)."""
-    from workbench.analyzers.retrieval import encode_trials, read_trials
+    from workbench.analyzers.retrieval import encode_trials, read_trials, trial_batches
     from workbench.masked import masked_forward, sdpa
 
     encoded = encode_trials(model, read_trials(trials))
-    by: dict[tuple[int, int], list[int]] = {}
-    for i, t in enumerate(encoded):
-        by.setdefault((len(t.prompt), len(t.answer)), []).append(i)
     masks = _masks(model, head_sets)
     hits = torch.zeros(len(head_sets), len(encoded), dtype=torch.bool)
     with torch.no_grad(), sdpa(model):
-        for (p, a), members in by.items():
-            for start in range(0, len(members), batch_size):
-                chosen = members[start:start + batch_size]
-                ids = torch.tensor([encoded[i].prompt + encoded[i].answer for i in chosen], device=model.device)
-                answer = ids[:, p:]  # (batch, a)
+        for batch in trial_batches(model, encoded, batch_size):
+            p, a = batch.prompt_len, batch.answer_len
+            answer = batch.ids[:, p:]  # (batch, a)
 
-                def reduce(logits, answer=answer):  # (copies * batch, a, vocab) -> (copies * batch,)
-                    return (logits.argmax(-1) == answer.repeat(logits.shape[0] // answer.shape[0], 1)).all(-1)
+            def reduce(logits, answer=answer):  # (copies * batch, a, vocab) -> (copies * batch,)
+                return (logits.argmax(-1) == answer.repeat(logits.shape[0] // answer.shape[0], 1)).all(-1)
 
-                hits[:, chosen] = masked_forward(model, ids, None, masks, reduce, window=(p - 1, p + a - 1)).cpu()
+            hits[:, batch.rows] = masked_forward(model, batch.ids, None, masks, reduce,
+                                                 window=(p - 1, p + a - 1)).cpu()
     return hits
 
 
