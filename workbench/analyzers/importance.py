@@ -170,11 +170,17 @@ def _losses(model, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return out[:, 0], out[:, 1].long(), out[:, 2].long()
 
 
+def layer_normalized(score: torch.Tensor) -> torch.Tensor:
+    """``[layer, head]`` scores divided by each layer's L2 norm (Michel et al. 2019; a layer of
+    zeros stays zero)."""
+    norms = score.norm(dim=-1, keepdim=True)
+    return torch.where(norms > 0, score / norms, score)
+
+
 def _frame(model, raw: torch.Tensor, normalize_layers: bool, min_max: bool, attrs: dict) -> pd.DataFrame:
     score = raw.double().clone()  # (layer, head)
     if normalize_layers:
-        norms = score.norm(dim=-1, keepdim=True)
-        score = torch.where(norms > 0, score / norms, score)
+        score = layer_normalized(score)
     if min_max:
         low, high = score.min(), score.max()
         score = (score - low) / (high - low) if high > low else torch.zeros_like(score)

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from workbench import checks
-from workbench.analyzers.importance import _batches, _gradient, _masked_totals
+from workbench.analyzers.importance import _batches, _gradient, _masked_totals, layer_normalized
 from workbench.errors import WorkbenchError
 
 
@@ -33,8 +33,7 @@ def _scores(model, importance: pd.DataFrame, column: str = "importance") -> torc
 def _order(scores: torch.Tensor, mask: torch.Tensor, normalize_layers: bool) -> list[tuple[int, int]]:
     """Alive heads of ``mask``, least important first (ties by layer, head)."""
     if normalize_layers:
-        norms = scores.norm(dim=-1, keepdim=True)
-        scores = torch.where(norms > 0, scores / norms, scores)
+        scores = layer_normalized(scores)
     alive = (mask > 0).nonzero().tolist()
     return [tuple(lh) for lh in sorted(alive, key=lambda lh: (float(scores[lh[0], lh[1]]), lh[0], lh[1]))]
 
