@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
     scores = timed("retrieval scores (retrieval_heads table)", lambda: niah.registered_scores(model))
     table_niah = timed("niah table", lambda: niah.registered_niah(model))
     timed("niah_curve table", lambda: niah.registered_curve(model))
-    timed("circuit effects", lambda: None if circuits._applies(model) else CC.circuit_effects(model))
+    timed("circuit effects", lambda: None if circuits._applies(model) else circuits.task_circuits(model))
     table = timed("causal_checks (the rest)", lambda: CC.causal_checks(model, prompts))
     print(f"causal_checks section on its own (circuit effects + the rest): "
           f"{times['circuit effects'] + times['causal_checks (the rest)']:.1f} s; all parts {sum(times.values()):.1f} s")

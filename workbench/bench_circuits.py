@@ -26,12 +26,9 @@ def _task(model, prompts: int, task: str | None, seed: int):
         from workbench.analyzers.circuits import read_task
 
         return read_task(task)[:prompts]
-    import workbench as wb
+    from workbench.tasks import task_suite
 
-    if not hasattr(wb, "task_suite"):
-        raise SystemExit("this checkout has no wb.task_suite: pass --task PATH.jsonl (prompt, answer, "
-                         "corrupted_prompt, corrupted_answer)")
-    return wb.task_suite("ioi", model, n=prompts, seed=seed)
+    return task_suite("ioi", model, n=prompts, seed=seed)
 
 
 def _median_time(fn, repeats: int) -> float:

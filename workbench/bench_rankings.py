@@ -154,12 +154,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = wb.load_model(args.model)
+    lo, hi = (int(x) for x in args.duo_context.split(","))
+    commit = git_commit(".")
     rows = []
     for case in args.cases.split(","):
-        lo, hi = (int(x) for x in args.duo_context.split(","))
         row = run_case(model, case, n_steps=args.steps, saliency_steps=args.saliency_steps, duo_steps=args.duo_steps,
                        duo_context=(lo or None, hi))
-        rows.append({**row, "model": args.model, "threads": torch.get_num_threads(), "commit": git_commit(".")})
+        rows.append({**row, "model": args.model, "threads": torch.get_num_threads(), "commit": commit})
         print(_line(rows[-1]), flush=True)
     frame = pd.DataFrame(rows)
     out = Path(args.out)

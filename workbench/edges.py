@@ -95,9 +95,9 @@ class Graph:
     def prefix(self, site: str, layer: int | None = None) -> int:
         """How many upstream nodes feed the site (``"attn"``, ``"mlp"`` of ``layer``, ``"logits"``)."""
         if site == "attn":
-            return 1 + layer * (self.n_heads + 1)
+            return self.up_head(layer, 0)  # input and every node of the layers below
         if site == "mlp":
-            return 1 + layer * (self.n_heads + 1) + self.n_heads
+            return self.up_mlp(layer)  # ... and the layer's own heads
         return self.n_upstream
 
     def upstream(self) -> list[str]:
@@ -250,7 +250,7 @@ def run(model, ids: torch.Tensor, *, delta: Delta | None = None, input_value: to
     blocks, final = _blocks(model)
     H, dh = model.n_heads, model.d_head
     gqa = model.n_kv_heads != model.n_heads
-    ups = Ups(1 + model.n_layers * (H + 1)) if record else None
+    ups = Ups(graph(model).n_upstream) if record else None
     x, split, groups = {}, {}, {}
 
     def block0(module, args):

@@ -22,8 +22,6 @@ from scipy.stats import hypergeom
 
 from workbench.errors import WorkbenchError
 
-MEASURES = ("jaccard", "overlap_coefficient", "share_a_in_b", "share_b_in_a")
-
 
 def measures(n_a: int, n_b: int, n_shared: int) -> dict:
     """The four overlap measures of sets of sizes ``n_a, n_b`` sharing ``n_shared`` items."""

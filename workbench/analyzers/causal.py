@@ -35,15 +35,17 @@ DEFAULT_KS = (1, 3, 5, 0.1)
 N_RANDOM = 5
 
 
+def _count(k, n_heads: int):
+    """A k as a count: a float in (0, 1) is a fraction of ``n_heads`` (rounded, at least 1)."""
+    return max(1, round(k * n_heads)) if isinstance(k, float) and 0 < k < 1 else k
+
+
 def resolve_ks(ks: Sequence[float], n_heads: int) -> list[int]:
     """Counts from ``ks`` (ints are counts, floats in (0, 1) fractions of ``n_heads``, rounded,
     at least 1), deduplicated and sorted, each at most half of the heads."""
     out = []
     for k in ks:
-        if isinstance(k, float) and 0 < k < 1:
-            count = max(1, round(k * n_heads))
-        else:
-            count = checks.integer("k", k, low=1)
+        count = checks.integer("k", _count(k, n_heads), low=1)
         if count > n_heads // 2:
             raise WorkbenchError(f"k = {k!r} is {count} heads: a causal check needs k <= half of the {n_heads} heads "
                                  "(top-k and bottom-k must not overlap)")
@@ -56,12 +58,7 @@ def resolve_ks(ks: Sequence[float], n_heads: int) -> list[int]:
 def fitting_ks(ks: Sequence[float], n_heads: int) -> list[float]:
     """The ``ks`` that are at most half of ``n_heads`` (a small model cannot have 5 heads in
     both its top and its bottom of 8)."""
-    out = []
-    for k in ks:
-        count = max(1, round(k * n_heads)) if isinstance(k, float) and 0 < k < 1 else k
-        if count <= n_heads // 2:
-            out.append(k)
-    return out
+    return [k for k in ks if _count(k, n_heads) <= n_heads // 2]
 
 
 def ranked_heads(frame: pd.DataFrame, score: str, *, by_magnitude: bool = False) -> list[Head]:
@@ -193,26 +190,22 @@ def niah_hits(model, trials, head_sets: list[list[Head]], *, batch_size: int = 4
     """Greedy exact match of every trial's answer (teacher forced) with each set zero-ablated:
     ``[sets, trials]`` bool. All sets of a batch of equal-length trials share forwards (SDPA
     attention, so long haystacks form no N×N weights)."""
-    from workbench.analyzers.retrieval import encode_trials, read_trials
+    from workbench.analyzers.retrieval import encode_trials, read_trials, trial_batches
     from workbench.masked import masked_forward, sdpa
 
     encoded = encode_trials(model, read_trials(trials))
-    by: dict[tuple[int, int], list[int]] = {}
-    for i, t in enumerate(encoded):
-        by.setdefault((len(t.prompt), len(t.answer)), []).append(i)
     masks = _masks(model, head_sets)
     hits = torch.zeros(len(head_sets), len(encoded), dtype=torch.bool)
     with torch.no_grad(), sdpa(model):
-        for (p, a), members in by.items():
-            for start in range(0, len(members), batch_size):
-                chosen = members[start:start + batch_size]
-                ids = torch.tensor([encoded[i].prompt + encoded[i].answer for i in chosen], device=model.device)
-                answer = ids[:, p:]  # (batch, a)
+        for batch in trial_batches(model, encoded, batch_size):
+            p, a = batch.prompt_len, batch.answer_len
+            answer = batch.ids[:, p:]  # (batch, a)
 
-                def reduce(logits, answer=answer):  # (copies * batch, a, vocab) -> (copies * batch,)
-                    return (logits.argmax(-1) == answer.repeat(logits.shape[0] // answer.shape[0], 1)).all(-1)
+            def reduce(logits, answer=answer):  # (copies * batch, a, vocab) -> (copies * batch,)
+                return (logits.argmax(-1) == answer.repeat(logits.shape[0] // answer.shape[0], 1)).all(-1)
 
-                hits[:, chosen] = masked_forward(model, ids, None, masks, reduce, window=(p - 1, p + a - 1)).cpu()
+            hits[:, batch.rows] = masked_forward(model, batch.ids, None, masks, reduce,
+                                                 window=(p - 1, p + a - 1)).cpu()
     return hits
 
 
@@ -234,7 +227,7 @@ def task_evaluator(model, task, *, metric: str = "logit_diff") -> Evaluate:
     """``evaluate(head_sets)``: a circuit task's metric on its clean prompts with each set
     zero-ablated: the mean logit difference (answer − corrupted answer, first tokens, final
     position; Wang et al. 2022) or ``"accuracy"`` (top next token = the answer's first token)."""
-    from workbench.analyzers.circuits import encode_task
+    from workbench.analyzers.circuits import encode_task, logit_diff
     from workbench.masked import masked_forward
 
     checks.choice("task metric", metric, ("logit_diff", "accuracy"))
@@ -248,13 +241,10 @@ def task_evaluator(model, task, *, metric: str = "logit_diff") -> Evaluate:
             pos = g.clean.shape[1]
 
             def reduce(logits, g=g):  # (copies * batch, 1, vocab) -> (copies * batch,)
-                copies = logits.shape[0] // len(g.answer)
                 last = logits[:, -1].double()
-                rows = torch.arange(last.shape[0], device=last.device)
-                answer, wrong = g.answer.repeat(copies), g.wrong.repeat(copies)
                 if metric == "accuracy":
-                    return (last.argmax(-1) == answer).double()
-                return last[rows, answer] - last[rows, wrong]
+                    return (last.argmax(-1) == g.answer.repeat(len(last) // len(g.answer))).double()
+                return logit_diff(last, g)
 
             with torch.no_grad():
                 out = masked_forward(model, g.clean, None, masks, reduce, window=(pos - 1, pos))  # (sets, batch)

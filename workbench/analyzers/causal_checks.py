@@ -89,15 +89,17 @@ def _retrieval_check(model, seed: int) -> tuple[pd.DataFrame | None, str | None]
         curve = niah.registered_curve(model)
         if curve.empty:
             return None, curve.attrs.get("note", "no retrieval scores")
+        what = curve.attrs["trials"]
     else:
         scores = niah.registered_scores(model)
         why = niah.no_set_reason(scores)
         if why:
             return None, why
-        curve = niah.niah_curve(model, niah.curve_trials(model)[0], scores, ks=_ks(model), seed=seed)
+        trials, what = niah.curve_trials(model)
+        curve = niah.niah_curve(model, trials, scores, ks=_ks(model), seed=seed)
     ks = causal.resolve_ks(_ks(model), model.n_layers * model.n_heads)
     rows = curve[curve["k"].isin(ks)].drop(columns="is_set_size").reset_index(drop=True)
-    return rows.assign(metric=f"NIAH accuracy on {niah.curve_trials(model)[1]}"), None
+    return rows.assign(metric=f"NIAH accuracy on {what}"), None
 
 
 def circuit_ranking_name(task: str, method: str, main: str) -> str:
@@ -106,27 +108,19 @@ def circuit_ranking_name(task: str, method: str, main: str) -> str:
     return f"circuits.effect:{task}" if method == main else f"circuits.effect:{task} ({method})"
 
 
-def circuit_effects(model) -> pd.DataFrame:
-    """The circuit effects the checks rank: the registered ``circuits`` table
-    (`circuits_tables.task_circuits`, both methods). Its per-(task, method) circuits are memoized
-    per model weights (`workbench.tasks.memo`), so in a run that has made the circuits table this
-    costs nothing more."""
-    from workbench.analyzers.circuits_tables import task_circuits
-
-    return task_circuits(model)
-
-
 def _circuit_checks(model, seed: int) -> tuple[list[pd.DataFrame], str | None]:
-    """Each (task, method) effect ranking of `circuit_effects`, ranked by signed effect
-    (positive heads restore the clean logit difference), checked on the task's held-out rows
-    (its suite of seed 1) by the task's mean logit difference with the heads zeroed."""
+    """Each (task, method) effect ranking of the registered ``circuits`` table
+    (`circuits_tables.task_circuits`, memoized per model weights, so in a run that has made that
+    table this costs nothing more), ranked by signed effect (positive heads restore the clean
+    logit difference), checked on the task's held-out rows (its suite of seed 1) by the task's
+    mean logit difference with the heads zeroed."""
     from workbench.analyzers import circuits_tables as C
     from workbench.tasks import analysis_suite
 
     why = C._applies(model)
     if why:
         return [], why
-    table = circuit_effects(model)
+    table = C.task_circuits(model)
     methods = list(dict.fromkeys(table["method"]))
     main = "activation_patching" if "activation_patching" in methods else methods[0]
     out = []
@@ -175,12 +169,8 @@ def _figures(frame):
     return [causal_checks_figure(frame)]
 
 
-def _applies(model) -> str | None:
-    return imp._skip_untrained_mlm(model)
-
-
 register(Analyzer("causal_checks", causal_checks, "Causal checks of every head ranking (held-out prompts)",
-                  mode="exact", applies=_applies, figures=_figures, family="causal checks", page="causal-checks",
+                  mode="exact", applies=imp._skip_untrained_mlm, figures=_figures, family="causal checks", page="causal-checks",
                   findings=checks_findings.causal_checks, summary=checks_findings.checks_summary,
                   glossary=checks_findings.CHECK_TERMS,
                   params={"ks": [str(k) for k in KS], "n_random": N_RANDOM, "ablation": "zero"},

@@ -108,11 +108,18 @@ def encode_task(model, task) -> list[_Group]:
 
 
 # -- metric -------------------------------------------------------------------------------
+def logit_diff(logits: torch.Tensor, group) -> torch.Tensor:
+    """Per-sequence LD ``(batch,)`` from final-position logits ``[batch, vocab]``; a batch of
+    stacked copies of the group (copy-major) repeats its answers."""
+    reps = len(logits) // len(group.answer)
+    rows = torch.arange(len(logits), device=logits.device)
+    return logits[rows, group.answer.repeat(reps)] - logits[rows, group.wrong.repeat(reps)]
+
+
 def _logit_diff(model, ids: torch.Tensor, group: _Group) -> torch.Tensor:
-    """Per-example LD at the final position: ``(batch,)``."""
-    last = model.hf_model(input_ids=ids).logits[:, -1]  # (batch, vocab)
-    rows = torch.arange(len(ids), device=ids.device)
-    return last[rows, group.answer] - last[rows, group.wrong]
+    """Per-example LD at the final position of a forward on ``ids`` (copies of the group's
+    prompts allowed): ``(batch,)``."""
+    return logit_diff(model.hf_model(input_ids=ids).logits[:, -1], group)  # logits (batch, vocab)
 
 
 def _mean_ld(model, groups, which: str = "clean", edit_for=None) -> float:
@@ -131,8 +138,6 @@ def _mean_ld(model, groups, which: str = "clean", edit_for=None) -> float:
     return total / count
 
 
-
-
 def task_metric(model, task, *, ablate=None) -> dict:
     """The task's mean logit difference and greedy accuracy, optionally with heads zeroed.
 
@@ -146,8 +151,7 @@ def task_metric(model, task, *, ablate=None) -> dict:
     with torch.no_grad(), ablate_heads(model, heads):
         for group in groups:
             last = model.hf_model(input_ids=group.clean).logits[:, -1]  # (batch, vocab)
-            rows = torch.arange(len(last))
-            total += float((last[rows, group.answer] - last[rows, group.wrong]).sum())
+            total += float(logit_diff(last, group).sum())
             hits += int((last.argmax(-1) == group.answer).sum())
             count += len(last)
     return {"logit_diff": total / count, "accuracy": hits / count, "n": count}
@@ -178,9 +182,8 @@ def _activation_effects(model, groups, clean_z) -> np.ndarray:
                 return z
 
             ids = group.corrupt.repeat(len(chunk), 1)  # (copies * b, pos)
-            stacked = _Group(ids, ids, group.answer.repeat(len(chunk)), group.wrong.repeat(len(chunk)))
             with torch.no_grad(), edit_heads(model, edit):
-                ld = _logit_diff(model, ids, stacked).view(len(chunk), b)  # (copies, b)
+                ld = _logit_diff(model, ids, group).view(len(chunk), b)  # (copies, b)
             sums[start:start + len(chunk)] += ld.sum(1).double().cpu().numpy()
     count = sum(len(g.corrupt) for g in groups)
     return (sums / count).reshape(model.n_layers, model.n_heads)  # patched LD, not yet relative

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from workbench import checks, edges
-from workbench.analyzers.circuits import encode_task, read_task
+from workbench.analyzers.circuits import encode_task, logit_diff, read_task
 from workbench.errors import WorkbenchError
 
 #: What an edge outside the circuit carries. ``resample`` (default): the upstream node's output
@@ -154,13 +154,6 @@ def site_cols(g: edges.Graph, site: str, layer: int | None) -> list[int]:
 def split_attn(d: torch.Tensor, n_heads: int):
     """``[batch, pos, 3 * heads, d]`` (q, k, v blocks) -> three ``[batch, pos, heads, d]``."""
     return tuple(d[:, :, i * n_heads:(i + 1) * n_heads] for i in range(3))
-
-
-def logit_diff(logits: torch.Tensor, group) -> torch.Tensor:
-    """Per-sequence LD ``(batch,)``; a batch of stacked copies of the group repeats its answers."""
-    reps = len(logits) // len(group.answer)
-    rows = torch.arange(len(logits), device=logits.device)
-    return logits[rows, group.answer.repeat(reps)] - logits[rows, group.wrong.repeat(reps)]
 
 
 def edge_faithfulness(model, task, circuit, *, ablation: str = "resample", reference=None,

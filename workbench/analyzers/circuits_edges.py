@@ -31,11 +31,10 @@ import pandas as pd
 import torch
 
 from workbench import checks, edges, overlap
-from workbench.analyzers.circuits import encode_task
+from workbench.analyzers.circuits import encode_task, logit_diff
 from workbench.analyzers.circuits_edge_eval import (
     Evaluator,
     batches,
-    logit_diff,
     site_cols,
     split_attn,
 )

@@ -72,9 +72,6 @@ def task_circuits(model, prompts=None) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[cols]
 
 
-demo_circuits = task_circuits  # the name before circuits ran on every causal LM
-
-
 def _coarse_sizes(model, frame: pd.DataFrame) -> list[int]:
     """k = 1, 2, 4, ... up to every head, and the circuit's size (models beyond 64 heads)."""
     n_total = model.n_layers * model.n_heads

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,9 @@ import torch
 
 from workbench import checks
 from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from workbench.analyzers.retrieval import TrialBatch
 
 IMPLEMENTATION = "workbench_duo"
 #: DuoAttention's defaults (mit-han-lab/duo-attention, duo_attn/utils.py and the released patterns).
@@ -129,35 +132,13 @@ def duo_gates(model, gates: torch.Tensor, *, sink: int, recent: int) -> Iterator
 
 
 # -- trials -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Group:
-    ids: torch.Tensor      # (batch, prompt + answer)
-    prompt_len: int
-    answer_len: int
-    rows: list[int]        # indices of the trials
-
-
-def _groups(model, encoded, batch_size: int) -> list[_Group]:
-    """Trials of equal prompt and answer length batched together (no padding anywhere)."""
-    by: dict[tuple[int, int], list[int]] = {}
-    for i, t in enumerate(encoded):
-        by.setdefault((len(t.prompt), len(t.answer)), []).append(i)
-    out = []
-    for (p, a), members in sorted(by.items()):
-        for start in range(0, len(members), batch_size):
-            chosen = members[start:start + batch_size]
-            ids = torch.tensor([encoded[i].prompt + encoded[i].answer for i in chosen], device=model.device)
-            out.append(_Group(ids, p, a, chosen))
-    return out
-
-
-def _answer_hidden(model, group: _Group) -> torch.Tensor:
+def _answer_hidden(model, group: TrialBatch) -> torch.Tensor:
     """Final hidden states at the positions that predict the answer tokens: ``[batch, answer, d_model]``."""
     hidden = model.hf_model.base_model(input_ids=group.ids, use_cache=False).last_hidden_state
     return hidden[:, group.prompt_len - 1:group.prompt_len + group.answer_len - 1]
 
 
-def _answered(model, group: _Group) -> torch.Tensor:
+def _answered(model, group: TrialBatch) -> torch.Tensor:
     """Greedy exact match of each trial's answer, teacher forced: ``[batch]`` bool."""
     p, a = group.prompt_len, group.answer_len
     logits = model.hf_model(input_ids=group.ids, use_cache=False).logits[:, p - 1:p + a - 1]  # (batch, a, vocab)
@@ -209,7 +190,7 @@ def train_gates(model, trials=None, *, steps: int = 100, min_context: int | None
     See `duo_attention` for the arguments. ``facts``: sink, recent, scale, n_train, steps,
     distill_loss and reg_loss of the last step, the training trials' indices.
     """
-    from workbench.analyzers.retrieval import encode_trials
+    from workbench.analyzers.retrieval import encode_trials, trial_batches
 
     if not model.is_causal:
         raise WorkbenchError(f"DuoAttention gates are defined for causal LMs with a KV cache; {model.name} is an encoder")
@@ -224,7 +205,7 @@ def train_gates(model, trials=None, *, steps: int = 100, min_context: int | None
     chosen = training_trials(lengths, min_context, max_context, holdout)
     train = [encoded[i] for i in chosen]
     sink, recent, scale = window_sizes(min(len(t.prompt) for t in train), sink, recent)
-    groups = _groups(model, train, batch_size)
+    groups = trial_batches(model, train, batch_size)
     with torch.no_grad(), duo_gates(model, torch.ones(model.n_layers, model.n_kv_heads), sink=sink, recent=recent):
         targets = [_answer_hidden(model, g).float() for g in groups]  # full attention: the teacher
     gates = torch.full((model.n_layers, model.n_kv_heads), INITIAL, requires_grad=True)

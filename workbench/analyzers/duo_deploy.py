@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from workbench.analyzers import Analyzer, register
-from workbench.analyzers.duo import (INITIAL, LR, REG, THRESHOLD, _answered, _groups, _passkey_trials, duo_attention,
+from workbench.analyzers.duo import (INITIAL, LR, REG, THRESHOLD, _answered, _passkey_trials, duo_attention,
                                      duo_gates)
 from workbench.errors import WorkbenchError
 from workbench.findings import checks as checks_findings
@@ -43,7 +43,7 @@ def duo_effect(model, gates: pd.DataFrame, trials=None, *, exclude=None, batch_s
         kv_full_bytes, kv_duo_bytes, kv_saved_fraction`` (one row per context length of the
         trials, in tokens; accuracy = greedy exact match, teacher forced).
     """
-    from workbench.analyzers.retrieval import encode_trials
+    from workbench.analyzers.retrieval import encode_trials, trial_batches
 
     sink, recent = int(gates.attrs["sink"]), int(gates.attrs["recent"])
     rows = _passkey_trials(model, trials)
@@ -57,7 +57,7 @@ def duo_effect(model, gates: pd.DataFrame, trials=None, *, exclude=None, batch_s
         binary[int(r.layer), int(r.kv_head)] = float(bool(r.is_retrieval))
     settings = {"full": torch.ones_like(binary), "duo": binary, "streaming": torch.zeros_like(binary)}
     hits = {name: np.zeros(len(encoded), dtype=bool) for name in settings}
-    groups = _groups(model, encoded, batch_size)
+    groups = trial_batches(model, encoded, batch_size)
     with torch.no_grad():
         for name, values in settings.items():
             with duo_gates(model, values, sink=sink, recent=recent):
@@ -94,8 +94,9 @@ def registered_gates(model, prompts=None) -> pd.DataFrame:
     from workbench.analyzers.retrieval import passkey_retrieval
 
     settings = _settings(model)
-    wu = passkey_retrieval(model)  # the run's one retrieval set (the retrieval_heads table)
-    return memo(model, ("duo_attention",), lambda: duo_attention(model, retrieval=wu, **settings))
+    # the run's one retrieval set (the retrieval_heads table), read only when the gates are trained
+    return memo(model, ("duo_attention",),
+                lambda: duo_attention(model, retrieval=passkey_retrieval(model), **settings))
 
 
 def registered_effect(model, prompts=None) -> pd.DataFrame:

@@ -170,15 +170,17 @@ def _losses(model, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return out[:, 0], out[:, 1].long(), out[:, 2].long()
 
 
-def _check_method(method) -> str:
-    return checks.choice("importance method", method, METHODS)
+def layer_normalized(score: torch.Tensor) -> torch.Tensor:
+    """``[layer, head]`` scores divided by each layer's L2 norm (Michel et al. 2019; a layer of
+    zeros stays zero)."""
+    norms = score.norm(dim=-1, keepdim=True)
+    return torch.where(norms > 0, score / norms, score)
 
 
 def _frame(model, raw: torch.Tensor, normalize_layers: bool, min_max: bool, attrs: dict) -> pd.DataFrame:
     score = raw.double().clone()  # (layer, head)
     if normalize_layers:
-        norms = score.norm(dim=-1, keepdim=True)
-        score = torch.where(norms > 0, score / norms, score)
+        score = layer_normalized(score)
     if min_max:
         low, high = score.min(), score.max()
         score = (score - low) / (high - low) if high > low else torch.zeros_like(score)
@@ -190,21 +192,19 @@ def _frame(model, raw: torch.Tensor, normalize_layers: bool, min_max: bool, attr
 
 
 # -- the three methods ------------------------------------------------------------------------------
-def _gradient(model, batches, base: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    """E_x |∂L(x)/∂ξ| at mask ``base`` (one mask row per prompt, so the expectation is over prompts);
-    also the loss and accuracy at ``base`` (the same forwards)."""
+def _gradient(model, batches, base: torch.Tensor) -> torch.Tensor:
+    """E_x |∂L(x)/∂ξ| at mask ``base`` ``[layer, head]`` (one mask row per prompt, so the
+    expectation is over prompts)."""
     total = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
-    loss_sum, n_prompts, correct, targets = 0.0, 0, 0, 0
+    n_prompts = 0
     for batch in batches:
         xi = base.expand(batch.ids.shape[0], -1, -1).clone().requires_grad_(True)  # (batch, layer, head)
         with sdpa(model), head_mask(model, xi, site="hf"):
-            losses, right, count = _losses(model, batch)
+            losses = _losses(model, batch)[0]
         (grad,) = torch.autograd.grad(losses.sum(), xi)
         total += grad.abs().double().sum(0).cpu()
-        loss_sum += float(losses.detach().sum())
         n_prompts += losses.shape[0]
-        correct, targets = correct + int(right.sum()), targets + int(count.sum())
-    return total / n_prompts, loss_sum / n_prompts, correct / max(targets, 1)
+    return total / n_prompts
 
 
 @torch.no_grad()
@@ -309,13 +309,13 @@ def head_importance(model, prompts, method: str = "gradient", *, answers=None, n
         WorkbenchError: unknown method or ablation mode, empty prompts, bad n_steps, a mean
             ablation without reference prompts or with reference prompts among the scored ones.
     """
-    method = _check_method(method)
+    method = checks.choice("importance method", method, METHODS)
     n_steps = checks.integer("n_steps", n_steps, low=2)
     ablation = checks.choice("ablation mode", ablation, ABLATION_MODES)
     batches = _batches(model, prompts, batch_size, seed, answers)
     attrs = {"method": method, "n_prompts": sum(b.ids.shape[0] for b in batches), "loss": _loss_name(model, answers)}
     if method == "gradient":
-        raw = _gradient(model, batches, torch.ones(1, model.n_layers, model.n_heads))[0]
+        raw = _gradient(model, batches, torch.ones(1, model.n_layers, model.n_heads))
     elif method == "ablation":
         means = reference_means(model, prompts, reference, batch_size) if ablation == "mean" else None
         attrs.update(ablation=ablation, n_reference=0 if reference is None else len(list(reference)))

@@ -16,15 +16,15 @@ import pandas as pd
 
 from workbench import checks
 from workbench.analyzers.causal import (
+    N_RANDOM,
     causal_check,
     niah_hits,
     random_sets,
     ranked_heads,
 )
-from workbench.analyzers.retrieval import THRESHOLD, read_trials
+from workbench.analyzers.retrieval import THRESHOLD, _overall, read_trials
 from workbench.errors import WorkbenchError
 
-N_RANDOM = 5
 SET_NAME = f"retrieval heads (Wu et al. score > {THRESHOLD})"
 
 
@@ -156,8 +156,7 @@ def niah_summary(controls: pd.DataFrame, *, held_out_only: bool = True) -> dict:
         controls = controls[controls["held_out"].astype(bool)]
 
     def overall(cond):
-        part = controls[controls["condition"] == cond]
-        return float((part["accuracy"] * part["n_trials"]).sum() / part["n_trials"].sum())
+        return _overall(controls[controls["condition"] == cond])
 
     conditions = list(dict.fromkeys(controls["condition"]))
     kinds = {c: _kind(c) for c in conditions}

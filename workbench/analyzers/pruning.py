@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from workbench import checks
-from workbench.analyzers.importance import _batches, _gradient, _masked_totals
+from workbench.analyzers.importance import _batches, _gradient, _masked_totals, layer_normalized
 from workbench.errors import WorkbenchError
 
 
@@ -33,8 +33,7 @@ def _scores(model, importance: pd.DataFrame, column: str = "importance") -> torc
 def _order(scores: torch.Tensor, mask: torch.Tensor, normalize_layers: bool) -> list[tuple[int, int]]:
     """Alive heads of ``mask``, least important first (ties by layer, head)."""
     if normalize_layers:
-        norms = scores.norm(dim=-1, keepdim=True)
-        scores = torch.where(norms > 0, scores / norms, scores)
+        scores = layer_normalized(scores)
     alive = (mask > 0).nonzero().tolist()
     return [tuple(lh) for lh in sorted(alive, key=lambda lh: (float(scores[lh[0], lh[1]]), lh[0], lh[1]))]
 
@@ -96,12 +95,12 @@ def pruning_curve(model, prompts, *, answers=None, step: float = 0.1, importance
         scores = _scores(model, importance)
         masks, pruned = _prune_masks(model, _order(scores, torch.ones(model.n_layers, model.n_heads), False), per_step)
         return _curve_frame(model, batches, masks, pruned)
-    scores = _gradient(model, batches, torch.ones(1, model.n_layers, model.n_heads))[0]
+    scores = _gradient(model, batches, torch.ones(1, model.n_layers, model.n_heads))
     masks, pruned = [torch.ones(model.n_layers, model.n_heads)], [[]]
     while masks[-1].any():
         mask = masks[-1].clone()
         if recompute:
-            scores = _gradient(model, batches, mask[None])[0]
+            scores = _gradient(model, batches, mask[None])
         chosen = _order(scores, mask, normalize_layers)[:per_step]
         for layer, head in chosen:
             mask[layer, head] = 0.0

@@ -179,10 +179,6 @@ def registered_pruning(model, prompts) -> pd.DataFrame:
     return curves
 
 
-def _registered_methods(model, prompts) -> pd.DataFrame:
-    return importance_rankings(model, prompts)
-
-
 def _methods_figures(frame):
     from workbench.figures import importance_ranking
 
@@ -197,7 +193,7 @@ def _pruning_figures(frame):
     return [pruning_curves_figure(frame)]
 
 
-register(Analyzer("importance_methods", _registered_methods, "Head importance by every method (global rankings)",
+register(Analyzer("importance_methods", importance_rankings, "Head importance by every method (global rankings)",
                   mode="exact", applies=imp._skip_untrained_mlm, figures=_methods_figures, family="importance",
                   findings=checks_findings.methods, glossary=checks_findings.METHOD_TERMS,
                   params={"methods": list(METHOD_NAMES), "ig_steps": IG_STEPS, "budget_tokens": BUDGET_TOKENS,

@@ -106,6 +106,31 @@ def encode_trials(model, rows: list[dict]) -> list[Trial]:
     return out
 
 
+@dataclass(frozen=True)
+class TrialBatch:
+    """Trials of one prompt and answer length, batched with no padding."""
+
+    ids: torch.Tensor      # (batch, prompt + answer) on the model's device
+    prompt_len: int
+    answer_len: int
+    rows: list[int]        # indices of the trials
+
+
+def trial_batches(model, trials: list[Trial], batch_size: int) -> list[TrialBatch]:
+    """Trials of equal prompt and answer length batched together, at most ``batch_size`` a batch,
+    in order of (prompt length, answer length), each length's trials in their given order."""
+    by: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, t in enumerate(trials):
+        by[(len(t.prompt), len(t.answer))].append(i)
+    out = []
+    for (p, a), members in sorted(by.items()):
+        for start in range(0, len(members), batch_size):
+            chosen = members[start:start + batch_size]
+            ids = torch.tensor([trials[i].prompt + trials[i].answer for i in chosen], device=model.device)
+            out.append(TrialBatch(ids, p, a, chosen))
+    return out
+
+
 # -- copies per trial ---------------------------------------------------------------------
 def _copies(top: torch.Tensor, seq: torch.Tensor, produced: torch.Tensor, needle: list[int]) -> torch.Tensor:
     """Copy events per head: top ``[layer, head, step]`` key indices, seq the token ids,
@@ -118,24 +143,20 @@ def _copies(top: torch.Tensor, seq: torch.Tensor, produced: torch.Tensor, needle
 def _teacher_forced(model, trials: list[Trial], batch_size: int, backend: str):
     from probes.streaming import streaming
 
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, t in enumerate(trials):
-        groups[(len(t.prompt), len(t.answer))].append(i)
     results: dict[int, tuple[bool, torch.Tensor]] = {}
-    for (p, a), members in groups.items():
-        for start in range(0, len(members), batch_size):
-            chosen = members[start:start + batch_size]
-            ids = torch.tensor([trials[i].prompt + trials[i].answer for i in chosen])  # (b, p + a)
-            with torch.no_grad(), streaming(model, column_mass=False, backend=backend) as stats:
-                # logits of the last a + 1 positions only: queries p - 1 .. p + a - 1
-                logits = model.hf_model(input_ids=ids.to(model.device), logits_to_keep=a + 1).logits
-            top_all = torch.stack([s.argmax for s in stats])  # (layer, b, head, query)
-            steps = torch.arange(p - 1, p + a - 1)  # the query that produces answer token k
-            for r, i in enumerate(chosen):
-                answer = ids[r, p:]
-                correct = bool((logits[r, :a].argmax(-1).cpu() == answer).all())
-                top = top_all[:, r][:, :, steps].long()  # (layer, head, step)
-                results[i] = (correct, _copies(top, ids[r], answer, trials[i].needle))
+    for batch in trial_batches(model, trials, batch_size):
+        p, a = batch.prompt_len, batch.answer_len
+        with torch.no_grad(), streaming(model, column_mass=False, backend=backend) as stats:
+            # logits of the last a + 1 positions only: queries p - 1 .. p + a - 1
+            logits = model.hf_model(input_ids=batch.ids, logits_to_keep=a + 1).logits
+        ids = batch.ids.cpu()  # (b, p + a)
+        top_all = torch.stack([s.argmax for s in stats])  # (layer, b, head, query)
+        steps = torch.arange(p - 1, p + a - 1)  # the query that produces answer token k
+        for r, i in enumerate(batch.rows):
+            answer = ids[r, p:]
+            correct = bool((logits[r, :a].argmax(-1).cpu() == answer).all())
+            top = top_all[:, r][:, :, steps].long()  # (layer, head, step)
+            results[i] = (correct, _copies(top, ids[r], answer, trials[i].needle))
     return [results[i] for i in range(len(trials))]
 
 
@@ -283,8 +304,14 @@ def passkey_retrieval(model, prompts=None, *, threshold: float = THRESHOLD) -> p
     return memo(model, key, lambda: _passkey_retrieval(model, threshold))
 
 
+def _scoring_rows(model) -> list[dict]:
+    """The passkey trials that score the heads: the demo's bundled ones up to `DEMO_MAX_CONTEXT`
+    tokens, or the suite generated for any other causal LM."""
+    return _passkey_rows(DEMO_MAX_CONTEXT) if model.source == "demo" else read_trials(None, model=model)
+
+
 def _passkey_retrieval(model, threshold: float) -> pd.DataFrame:
-    rows = _passkey_rows(DEMO_MAX_CONTEXT) if model.source == "demo" else read_trials(None, model=model)
+    rows = _scoring_rows(model)
     if model.source != "demo" and not any(r["model_correct"] for r in rows):
         layer, head = np.meshgrid(np.arange(model.n_layers), np.arange(model.n_heads), indexing="ij")
         frame = pd.DataFrame({"layer": layer.ravel(), "head": head.ravel(), "retrieval_score": np.nan,
@@ -311,9 +338,6 @@ def _overall(grid: pd.DataFrame) -> float:
     return float((grid["accuracy"] * grid["n_trials"]).sum() / grid["n_trials"].sum())
 
 
-demo_niah = passkey_niah
-
-
 def _applies(model) -> str | None:
     from workbench.tasks import supports
 
@@ -326,7 +350,7 @@ def _applies(model) -> str | None:
 
 
 def _passkey_sets(model, prompts) -> dict[str, list[str]]:
-    rows = _passkey_rows(DEMO_MAX_CONTEXT) if model.source == "demo" else read_trials(None, model=model)
+    rows = _scoring_rows(model)
     return {"passkey": [r["prompt"] for r in rows]}
 
 
