@@ -161,10 +161,11 @@ def _lr_factor(step: int, steps: int) -> float:
 
 
 def _passkey_trials(model, trials):
-    """Passkey trials: given, or the model's default suite (the demo's bundled one)."""
+    """Passkey trials: given, or the model's default suite (the demo's bundled one; for any other
+    causal LM the passkey suite generated for its tokenizer)."""
     from workbench.analyzers.retrieval import read_trials
 
-    return read_trials(trials)
+    return read_trials(trials, model=model)
 
 
 # -- training -----------------------------------------------------------------------------
