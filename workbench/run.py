@@ -247,8 +247,7 @@ class Run:
             seconds: how long it took; params: the parameters it was made with (JSON).
             extra: further JSON fields for the table's manifest entry (e.g. ``device``).
         """
-        if not isinstance(name, str) or not TABLE_NAME.match(name):
-            raise WorkbenchError(f"table name {name!r} is invalid: expected lower-case letters, digits and _")
+        _check_name("table", name)
         if not isinstance(frame, pd.DataFrame):
             raise WorkbenchError(f"table {name!r} must be a pandas DataFrame; got {type(frame).__name__}")
         file = self.path / f"{name}.parquet"
@@ -269,14 +268,8 @@ class Run:
             "params": jsonable(params or {}),
             **jsonable(extra),
             **digest,
-            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-
-        def change(manifest: dict) -> None:
-            manifest["tables"][name] = entry
-            (manifest.get("skipped") or {}).pop(name, None)
-
-        self._update(change)
+        self._record(name, entry)
 
     def add_sharded_table(self, name: str, *, shards: dict[str, dict], columns: list[str], mode: str, engine: dict,
                           backend: str | None = None, seconds: float | None = None, params: dict | None = None,
@@ -293,8 +286,7 @@ class Run:
             mode, backend, seconds, params, extra: as for `add_table`.
             engine: which engine and cluster wrote the shards (``name``, ``cluster``, ``address``, ...).
         """
-        if not isinstance(name, str) or not TABLE_NAME.match(name):
-            raise WorkbenchError(f"table name {name!r} is invalid: expected lower-case letters, digits and _")
+        _check_name("table", name)
         entry = {
             "file": name,
             "shards": jsonable(shards),
@@ -307,20 +299,13 @@ class Run:
             "params": jsonable(params or {}),
             **jsonable(extra),
             "bytes": int(sum(s["bytes"] for s in shards.values())),
-            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-
-        def change(manifest: dict) -> None:
-            manifest["tables"][name] = entry
-            (manifest.get("skipped") or {}).pop(name, None)
-
-        self._update(change)
+        self._record(name, entry)
 
     def mark_skipped(self, name: str, reason: str) -> None:
         """Record that analysis ``name`` does not apply to the run's model, and why."""
-        if not isinstance(name, str) or not TABLE_NAME.match(name):
-            raise WorkbenchError(f"analysis name {name!r} is invalid: expected lower-case letters, digits and _")
-        self._update(lambda manifest: manifest.setdefault("skipped", {}).__setitem__(name, str(reason)))
+        _check_name("analysis", name)
+        self._update(lambda manifest: manifest["skipped"].__setitem__(name, str(reason)))  # _update makes "skipped"
 
     def problem(self, name: str) -> str | None:
         """Why table ``name`` cannot be trusted (its file missing, truncated or changed since it
@@ -396,6 +381,17 @@ class Run:
         return " ".join(parts)
 
     # -- manifest writes ------------------------------------------------------------------
+    def _record(self, name: str, entry: dict) -> None:
+        """Store table ``name``'s manifest entry (stamped with the time written); a table stored
+        is no longer skipped."""
+        entry = {**entry, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+        def change(manifest: dict) -> None:
+            manifest["tables"][name] = entry
+            manifest["skipped"].pop(name, None)
+
+        self._update(change)
+
     def _update(self, change: Callable[[dict], None]) -> None:
         """Apply ``change`` to the manifest on disk under the run's lock and write it back, so
         changes of other writers since we last read it are kept."""
@@ -442,6 +438,11 @@ class Run:
             f"{self.manifest.get('n_prompts')} prompts (sha256 {html.escape(str(self.manifest.get('prompts_hash'))[:12])})"
             f"<table><tr><th>table</th><th>rows</th><th>capture</th><th>seconds</th></tr>{rows}</table>"
         )
+
+
+def _check_name(what: str, name: Any) -> None:
+    if not isinstance(name, str) or not TABLE_NAME.match(name):
+        raise WorkbenchError(f"{what} name {name!r} is invalid: expected lower-case letters, digits and _")
 
 
 def _model_info(model: Any) -> dict | None:
