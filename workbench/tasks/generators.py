@@ -294,11 +294,10 @@ def passkey(tok, n: int, rng: np.random.Generator, *, lengths, depths) -> list[d
         at = round(depth * len(filler))
         prompt = " ".join([*filler[:at], needle, *filler[at:], QUESTION])
         answer = f" {key}"
-        n_tokens = len(_ids(tok, prompt))
+        p, a = _ids(tok, prompt), _ids(tok, answer, False)  # a prompt of up to context_length tokens: once
+        n_tokens = len(p)
         if n_tokens > target or not round_trips(tok, prompt, answer):
             return None
-        a = _ids(tok, answer, False)
-        p = _ids(tok, prompt)
         if sum(p[s:s + len(a)] == a for s in range(len(p) - len(a) + 1)) != 1:
             return None  # the answer's tokens must occur once in the prompt: in the needle
         return {"prompt": prompt, "answer": answer, "context_length": target, "depth": depth,
