@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from workbench import shards as shard_store  # (add_sharded_table takes a `shards` record)
 from workbench.errors import WorkbenchError
 from workbench.runfiles import (FORMAT, FORMAT_VERSION, TABLE_NAME, atomic_write, file_sha256, foreign_entries,
                                 jsonable, locked, read_manifest, remove_stale_temp_files)
@@ -315,9 +316,7 @@ class Run:
         if entry is None:
             return f"the run has no table {name!r}"
         if entry.get("shards") is not None:
-            from workbench import shards
-
-            return shards.problem(self.path / entry["file"], entry["shards"])
+            return shard_store.problem(self.path / entry["file"], entry["shards"])
         file = self.path / entry["file"]
         try:
             size = file.stat().st_size
@@ -356,9 +355,7 @@ class Run:
         if why is None:
             try:
                 if entry.get("shards") is not None:  # a folder of Parquet shards, one per prompt batch
-                    from workbench import shards
-
-                    return shards.read(file, entry["shards"], entry["columns"], order=entry.get("order") or ())
+                    return shard_store.read(file, entry["shards"], entry["columns"], order=entry.get("order") or ())
                 return pd.read_parquet(file)
             except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for broken files
                 why = f"its file {file.name} cannot be read ({type(exc).__name__})"
