@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, find_cause
 
 app = typer.Typer(
     name="workbench",
@@ -201,19 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit as exc:
         if exc.code == 130:  # typer turns Ctrl-C into a silent exit 130; say why, once
-            typer.echo(str(_interrupt(exc) or "") or "interrupted", err=True)
+            typer.echo(str(find_cause(exc, KeyboardInterrupt) or "") or "interrupted", err=True)
         raise
-
-
-def _interrupt(exc: BaseException | None) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt behind an exception, following its cause and context."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import pandas as pd
 
 from workbench import shards as shard_store
 from workbench.checks import positive_int
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, find_cause
 
 EXTRA = 'pip install "attention-workbench[ray]"'
 
@@ -349,18 +349,7 @@ def _execute(model, source, prompts, todo, names, root: Path, per_actor: dict, a
     try:
         dataset.write_parquet(str(root), partition_cols=["table", "shard"], partitioning_flavor=None)
     except Exception as exc:  # noqa: BLE001 - Ray wraps the actor's error in its own types
-        cause = _workbench_cause(exc)
+        cause = find_cause(exc, WorkbenchError)
         if cause is not None:
             raise WorkbenchError(str(cause)) from None
         raise
-
-
-def _workbench_cause(exc: BaseException) -> WorkbenchError | None:
-    """The `WorkbenchError` an actor raised, from inside Ray's wrappers (``cause`` / ``__cause__``)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, WorkbenchError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return None

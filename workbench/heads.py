@@ -43,6 +43,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 import torch
 
 from probes.hooks import attach
+from workbench.checks import choice, positive_int
 from workbench.errors import WorkbenchError
 
 Head = tuple[int, int]
@@ -207,8 +208,7 @@ def edit_heads(model, edit: HeadEdit | Edit, *, site: str = "both") -> Iterator[
         site: ``"both"`` (default), ``"bridge"`` (``hook_z``) or ``"hf"`` (the HF model's output
             projection input).
     """
-    if site not in SITES:
-        raise WorkbenchError(f"unknown site {site!r}: expected one of {list(SITES)}")
+    choice("site", site, SITES)
     bridge = getattr(model, "bridge", None)
     if site in ("both", "bridge") and bridge is None:
         if site == "bridge":
@@ -275,8 +275,7 @@ def ablate_heads(model, heads, mode: str = "zero", means: torch.Tensor | None = 
     Raises:
         WorkbenchError: unknown mode, ``mode="mean"`` without means, a head out of range.
     """
-    if mode not in ABLATION_MODES:
-        raise WorkbenchError(f"unknown ablation mode {mode!r}: expected one of {list(ABLATION_MODES)}")
+    choice("ablation mode", mode, ABLATION_MODES)
     if mode == "mean" and means is None:
         raise WorkbenchError('mode="mean" needs means= (per-head mean outputs from workbench.heads.head_means)')
     with head_mask(model, mask_without(model, heads), baseline=means if mode == "mean" else None, site=site):
@@ -337,9 +336,7 @@ def head_means(model, prompts, *, batch_size: int = 8, by_position: bool = False
         ``[n_layers, n_heads, d_head]`` float32, or ``[n_layers, pos, n_heads, d_head]`` with
         ``by_position`` (pos = the longest prompt).
     """
-    from workbench import checks
-
-    batch_size = checks.positive_int("batch_size", batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     ids, mask = model.to_tokens(prompts)
     n_layers, n_heads, d_head = _shape(model)
     width = ids.shape[1]

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from workbench import shards as shard_store  # (add_sharded_table takes a `shards` record)
 from workbench.errors import WorkbenchError
 from workbench.runfiles import (FORMAT, FORMAT_VERSION, TABLE_NAME, atomic_write, file_sha256, foreign_entries,
                                 jsonable, locked, read_manifest, remove_stale_temp_files)
@@ -247,8 +248,7 @@ class Run:
             seconds: how long it took; params: the parameters it was made with (JSON).
             extra: further JSON fields for the table's manifest entry (e.g. ``device``).
         """
-        if not isinstance(name, str) or not TABLE_NAME.match(name):
-            raise WorkbenchError(f"table name {name!r} is invalid: expected lower-case letters, digits and _")
+        _check_name("table", name)
         if not isinstance(frame, pd.DataFrame):
             raise WorkbenchError(f"table {name!r} must be a pandas DataFrame; got {type(frame).__name__}")
         file = self.path / f"{name}.parquet"
@@ -269,14 +269,8 @@ class Run:
             "params": jsonable(params or {}),
             **jsonable(extra),
             **digest,
-            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-
-        def change(manifest: dict) -> None:
-            manifest["tables"][name] = entry
-            (manifest.get("skipped") or {}).pop(name, None)
-
-        self._update(change)
+        self._record(name, entry)
 
     def add_sharded_table(self, name: str, *, shards: dict[str, dict], columns: list[str], mode: str, engine: dict,
                           backend: str | None = None, seconds: float | None = None, params: dict | None = None,
@@ -293,8 +287,7 @@ class Run:
             mode, backend, seconds, params, extra: as for `add_table`.
             engine: which engine and cluster wrote the shards (``name``, ``cluster``, ``address``, ...).
         """
-        if not isinstance(name, str) or not TABLE_NAME.match(name):
-            raise WorkbenchError(f"table name {name!r} is invalid: expected lower-case letters, digits and _")
+        _check_name("table", name)
         entry = {
             "file": name,
             "shards": jsonable(shards),
@@ -307,20 +300,13 @@ class Run:
             "params": jsonable(params or {}),
             **jsonable(extra),
             "bytes": int(sum(s["bytes"] for s in shards.values())),
-            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-
-        def change(manifest: dict) -> None:
-            manifest["tables"][name] = entry
-            (manifest.get("skipped") or {}).pop(name, None)
-
-        self._update(change)
+        self._record(name, entry)
 
     def mark_skipped(self, name: str, reason: str) -> None:
         """Record that analysis ``name`` does not apply to the run's model, and why."""
-        if not isinstance(name, str) or not TABLE_NAME.match(name):
-            raise WorkbenchError(f"analysis name {name!r} is invalid: expected lower-case letters, digits and _")
-        self._update(lambda manifest: manifest.setdefault("skipped", {}).__setitem__(name, str(reason)))
+        _check_name("analysis", name)
+        self._update(lambda manifest: manifest["skipped"].__setitem__(name, str(reason)))  # _update makes "skipped"
 
     def problem(self, name: str) -> str | None:
         """Why table ``name`` cannot be trusted (its file missing, truncated or changed since it
@@ -330,9 +316,7 @@ class Run:
         if entry is None:
             return f"the run has no table {name!r}"
         if entry.get("shards") is not None:
-            from workbench import shards
-
-            return shards.problem(self.path / entry["file"], entry["shards"])
+            return shard_store.problem(self.path / entry["file"], entry["shards"])
         file = self.path / entry["file"]
         try:
             size = file.stat().st_size
@@ -371,9 +355,7 @@ class Run:
         if why is None:
             try:
                 if entry.get("shards") is not None:  # a folder of Parquet shards, one per prompt batch
-                    from workbench import shards
-
-                    return shards.read(file, entry["shards"], entry["columns"], order=entry.get("order") or ())
+                    return shard_store.read(file, entry["shards"], entry["columns"], order=entry.get("order") or ())
                 return pd.read_parquet(file)
             except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for broken files
                 why = f"its file {file.name} cannot be read ({type(exc).__name__})"
@@ -396,6 +378,17 @@ class Run:
         return " ".join(parts)
 
     # -- manifest writes ------------------------------------------------------------------
+    def _record(self, name: str, entry: dict) -> None:
+        """Store table ``name``'s manifest entry (stamped with the time written); a table stored
+        is no longer skipped."""
+        entry = {**entry, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+        def change(manifest: dict) -> None:
+            manifest["tables"][name] = entry
+            manifest["skipped"].pop(name, None)
+
+        self._update(change)
+
     def _update(self, change: Callable[[dict], None]) -> None:
         """Apply ``change`` to the manifest on disk under the run's lock and write it back, so
         changes of other writers since we last read it are kept."""
@@ -442,6 +435,11 @@ class Run:
             f"{self.manifest.get('n_prompts')} prompts (sha256 {html.escape(str(self.manifest.get('prompts_hash'))[:12])})"
             f"<table><tr><th>table</th><th>rows</th><th>capture</th><th>seconds</th></tr>{rows}</table>"
         )
+
+
+def _check_name(what: str, name: Any) -> None:
+    if not isinstance(name, str) or not TABLE_NAME.match(name):
+        raise WorkbenchError(f"{what} name {name!r} is invalid: expected lower-case letters, digits and _")
 
 
 def _model_info(model: Any) -> dict | None:

@@ -26,6 +26,7 @@ from typing import Sequence
 import pandas as pd
 
 from workbench.errors import WorkbenchError
+from workbench.runfiles import file_sha256
 
 _NAME = re.compile(r"^b(\d+)-(\d+)$")
 
@@ -115,8 +116,6 @@ def describe(table_dir: Path, shards: Sequence[Shard]) -> dict[str, dict]:
     that hold no rows are left out)."""
     import pyarrow.parquet as pq
 
-    from workbench.runfiles import file_sha256
-
     out = {}
     for shard in shards:
         files = shard_files(table_dir / shard.name)
@@ -129,8 +128,6 @@ def describe(table_dir: Path, shards: Sequence[Shard]) -> dict[str, dict]:
 def problem(table_dir: Path, entries: dict[str, dict]) -> str | None:
     """Why a sharded table cannot be trusted (a shard file missing, cut or changed since it was
     written), or None when every shard is intact."""
-    from workbench.runfiles import file_sha256
-
     for entry in entries.values():
         file = table_dir / entry["file"]
         try:

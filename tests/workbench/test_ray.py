@@ -332,3 +332,23 @@ def test_missing_ray_names_the_extra(demo, tmp_path, monkeypatch):
     assert not (tmp_path / "r").exists()
     local = wb.analyze(demo, ["Alice met Bob"], out=tmp_path / "local", analyses=["capture_stats"], progress=False)
     assert local.tables == ["capture_stats"]  # everything else works without Ray
+
+
+def test_an_actors_workbench_error_is_found_inside_rays_wrappers():
+    from workbench.errors import find_cause
+
+    class RayTaskError(Exception):  # Ray's wrappers carry the actor's exception as `cause`
+        def __init__(self, cause):
+            super().__init__("wrapped")
+            self.cause = cause
+
+    inner = wb.WorkbenchError("every node must hold the same model files")
+    try:
+        raise RuntimeError("write failed") from RayTaskError(inner)
+    except RuntimeError as exc:
+        assert find_cause(exc, wb.WorkbenchError) is inner
+    looped = ValueError("a")
+    looped.__context__ = ValueError("b")
+    looped.__context__.__context__ = looped  # a cycle ends the search
+    assert find_cause(looped, KeyboardInterrupt) is None
+    assert find_cause(RayTaskError("not an exception"), wb.WorkbenchError) is None

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 import workbench as wb
 from workbench.cli import app
 from workbench.models import smollm2 as source
+from workbench.runfiles import file_sha256
 
 PROMPTS = ["The capital of France is", "When Mary and John went to the store, John gave a drink to"]
 
@@ -29,7 +30,7 @@ def test_smollm2_is_the_real_pretrained_model(smollm2):
 
 def test_smollm2_loads_through_the_cache(smollm2):
     path = smollm2.meta["path"]
-    digest = source.sha256(source.gguf_path())
+    digest = file_sha256(source.gguf_path())
     assert path == str(source.cache_root() / "smollm2" / digest)
     record = json.loads((source.cache_root() / "smollm2" / digest / source.SIDECAR).read_text())
     assert record["gguf_sha256"] == digest and record["files"]["model.safetensors"]["size"] > 500e6
@@ -56,7 +57,7 @@ def test_capture_equals_smollm2s_eager_attention(smollm2):
 
 
 def test_damaged_cache_is_rebuilt(smollm2, tmp_path, monkeypatch, capsys):
-    digest = source.sha256(source.gguf_path())
+    digest = file_sha256(source.gguf_path())
     cache = tmp_path / "cache"
     entry = cache / "smollm2" / digest
     shutil.copytree(smollm2.meta["path"], entry)
@@ -78,7 +79,7 @@ def test_damaged_cache_is_rebuilt(smollm2, tmp_path, monkeypatch, capsys):
 
 
 def test_damage_is_detected(smollm2, tmp_path):
-    digest = source.sha256(source.gguf_path())
+    digest = file_sha256(source.gguf_path())
     fresh = tmp_path / "entry"
     small = [n for n in json.loads((source.cache_root() / "smollm2" / digest / source.SIDECAR).read_text())["files"]
              if n != "model.safetensors"]

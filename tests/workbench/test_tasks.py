@@ -297,3 +297,15 @@ def test_smollm2_suites_and_retrieval_sections(smollm2, tmp_path, monkeypatch):
     assert len(scores) == 270 and scores["retrieval_score"].max() > 0.5  # real copy heads exist
     frame = wb.circuit(smollm2, "ioi")  # attribution patching on the generated ABC suite
     assert frame.attrs["ld_clean"] > frame.attrs["ld_corrupted"] and frame.attrs["n"] == 4
+
+
+def test_the_word_pool_follows_tokens_added_to_the_tokenizer():
+    from transformers import AutoTokenizer
+
+    from workbench.models import data_dir
+
+    tok = AutoTokenizer.from_pretrained(data_dir() / "demo")  # its own copy: the fixture's stays as it is
+    before = word_tokens(tok)
+    assert before and word_tokens(tok) == before  # asked again (a cached scan): the same pool
+    tok.add_tokens(["zebrafish"])
+    assert word_tokens(tok) == before + [tok.convert_tokens_to_ids("zebrafish")]  # a new word is in the pool

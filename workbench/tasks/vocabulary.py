@@ -10,6 +10,7 @@ objects, one-token colours and nouns).
 from __future__ import annotations
 
 import re
+import weakref
 
 # Wang et al. 2022: the 100 first names of their IOI dataset.
 NAMES = (
@@ -36,6 +37,9 @@ THINGS = ("pen", "cup", "book", "ball", "hat", "bag", "phone", "lamp", "box", "m
 SURFACES = ("table", "desk", "floor", "shelf", "bed", "counter")
 
 _SPECIAL = re.compile(r"^<.*>$|^\[.*\]$")
+#: `word_tokens` per tokenizer, with the vocabulary size it was scanned at: decoding a 49k
+#: vocabulary takes about a second, and every induction suite (`supports`, `task_suite`) asks.
+_WORD_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -73,6 +77,17 @@ def word_tokens(tokenizer) -> list[int]:
     (no such tokens): tokens that decode to a letter followed by letters or digits.
     Special tokens are never chosen.
     """
+    try:
+        cached = _WORD_TOKENS.get(tokenizer)
+    except TypeError:  # a tokenizer that cannot be weakly referenced or hashed: scan every time
+        return _scan_words(tokenizer)
+    size = len(tokenizer)  # added tokens change it, and so the scan
+    if cached is None or cached[0] != size:
+        cached = _WORD_TOKENS[tokenizer] = (size, tuple(_scan_words(tokenizer)))
+    return list(cached[1])
+
+
+def _scan_words(tokenizer) -> list[int]:
     vocab = tokenizer.get_vocab()
     special = set(tokenizer.all_special_ids)
     spaced, plain = [], []
