@@ -67,8 +67,3 @@ def saliency(frame: pd.DataFrame) -> dict[str, float]:
         if len(rows):
             out[f"attention–saliency Spearman ({label})"] = float(rows["spearman"].iloc[0])
     return out
-
-
-def pruning(frame: pd.DataFrame) -> dict[str, float]:
-    row = frame.iloc[(frame["fraction_pruned"] - 0.5).abs().argmin()]
-    return {"loss with 50% of heads pruned": float(row["loss"]), "loss with no head pruned": float(frame["loss"].iloc[0])}
