@@ -46,9 +46,11 @@ def niah(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def niah_curve(frame: pd.DataFrame) -> dict[str, float]:
+    from workbench.analyzers.causal import summarize_k
+
     if frame.empty:
         return {}
-    row = frame.iloc[(frame["k"] - 5).abs().argmin()]
+    row = summarize_k(frame).iloc[0]  # the k closest to 5, as every causal check's summary
     return {f"NIAH accuracy, top-{int(row.k)} retrieval heads ablated": float(row["top"]),
             f"NIAH accuracy, {int(row.k)} random heads ablated (median)": float(row["random_median"])}
 
