@@ -13,6 +13,7 @@ import pandas as pd
 from workbench import findings as F
 from workbench.analyzers import ANALYZERS, families
 from workbench.analyzers.examples import example_of
+from workbench.errors import WorkbenchError
 from workbench.figures import example_pattern, position_labels, score_columns
 from workbench.glossary import entries, lookup
 from workbench.report.page import Page, fmt, table
@@ -32,11 +33,19 @@ class Tables:
         self.run, self._cache = run, {}
 
     def get(self, name: str) -> pd.DataFrame | None:
-        if name not in self.run or self.run.problem(name):
-            return None
-        if name not in self._cache:
-            self._cache[name] = self.run.table(name)
+        if name not in self._cache:  # read (and so hash-checked, `Run.table`) once per report
+            try:
+                self._cache[name] = self.run.table(name) if name in self.run else None
+            except WorkbenchError:
+                self._cache[name] = None
         return self._cache[name]
+
+    def problem(self, name: str) -> str | None:
+        """Why the run's table ``name`` cannot be read (`Run.problem`); None when it reads or the
+        run lacks it."""
+        if name not in self.run or self.get(name) is not None:
+            return None
+        return self.run.problem(name) or "its file cannot be read"
 
 
 def esc(text) -> str:
