@@ -72,16 +72,20 @@ def prompts_used(tables: Tables, name: str) -> str:
     if stored is None or "used_by" not in stored.columns:
         return (f'<p class="note">Prompts: the run\'s {esc(n_run)} prompts, unless its docstring says otherwise '
                 "(this run stores no prompt texts).</p>")
-    sets = [s for s, users in stored.groupby("set", sort=False)["used_by"].first().items()
-            if name in str(users).split(",")]
-    if not sets:
-        return ""
-    parts = []
-    for s in sets:
-        rows = stored[stored["set"] == s]
-        parts.append(f'<a href="#prompts-{esc(_slug(s))}">{len(rows)} prompts of set “{esc(s)}”</a> '
-                     f'({int(rows["n_tokens"].min())}–{int(rows["n_tokens"].max())} tokens)')
-    return f'<p class="note">Prompts: {"; ".join(parts)}.</p>'
+    parts = [f'<a href="#prompts-{esc(_slug(s))}">{n} prompts of set “{esc(s)}”</a> ({low}–{high} tokens)'
+             for s, n, low, high in prompt_sets(stored, name)]
+    return f'<p class="note">Prompts: {"; ".join(parts)}.</p>' if parts else ""
+
+
+def prompt_sets(stored: pd.DataFrame | None, name: str) -> list[tuple[str, int, int, int]]:
+    """``[(set, prompts, fewest tokens, most tokens)]`` of the sets analysis ``name`` used, from a
+    run's ``prompts`` table (its ``used_by`` column); [] without such a table (the report's
+    sections and the dashboard's captions both say it this way)."""
+    if stored is None or "used_by" not in stored.columns:
+        return []
+    users = stored.groupby("set", sort=False)["used_by"].first()
+    return [(s, len(rows), int(rows["n_tokens"].min()), int(rows["n_tokens"].max()))
+            for s, rows in stored.groupby("set", sort=False) if name in str(users[s]).split(",")]
 
 
 def _slug(text: str) -> str:
