@@ -37,9 +37,9 @@ def head_scores(run, layer: int, head: int) -> list[dict]:
     rows = []
     for name, where, part in data.head_parts(run):
         label = views.title_of(name) + (f" ({', '.join(where.values())})" if where else "")
-        mine = (part["layer"] == layer) & (part["head"] == head)
+        mine = part[(part["layer"] == layer) & (part["head"] == head)]  # this head's rows, selected once
         for flag in [c for c in part.columns if pd.api.types.is_bool_dtype(part[c])]:
-            hits = part[mine][flag]
+            hits = mine[flag]
             if len(hits):
                 rows.append({"table": label, "score": flag, "label": views.label_of(flag, name),
                              "tooltip": views.tooltip(flag, name), "value": bool(hits.any()),

@@ -148,17 +148,15 @@ def run_query(run_id: str | None, **extra) -> str:
 def prompts_note(run, name: str) -> str | None:
     """Which prompts table ``name`` was made from ("prompts: 16 of set 'ioi' (15 tokens), ..."),
     from the run's ``prompts`` table; None when the run stores no prompt texts."""
+    from workbench.report.sections import prompt_sets
+
     if "prompts" not in run:
         return None
     try:
         stored = data.table(run, "prompts")
     except WorkbenchError:
         return None
-    parts = []
-    for set_name, rows in stored.groupby("set", sort=False):
-        if name in str(rows["used_by"].iloc[0]).split(","):
-            low, high = int(rows["n_tokens"].min()), int(rows["n_tokens"].max())
-            parts.append(f"{len(rows)} of set {set_name!r} ({low}–{high} tokens)")
+    parts = [f"{n} of set {set_name!r} ({low}–{high} tokens)" for set_name, n, low, high in prompt_sets(stored, name)]
     return ("prompts: " + "; ".join(parts) + " (listed in the report's Prompts section and the Head page's prompt "
             "list)") if parts else None
 

@@ -37,19 +37,20 @@ def reconcile(opening: bool, selection, layer, head, run_id):
     """
     sel = selection if isinstance(selection, dict) else {}
     sel_pair = (views.int_or_none(sel.get("layer")), views.int_or_none(sel.get("head")))
+
+    def chosen(layer, head) -> dict:  # the selection to write (WorkbenchError for a forged index)
+        return {"run": run_id, "layer": data.head_index("layer", layer), "head": data.head_index("head", head)}
+
     if opening and (layer is None or head is None):
         if None not in sel_pair:
             return sel_pair[0], sel_pair[1], no_update
         layer, head = (0 if layer is None else layer), (0 if head is None else head)
-        return layer, head, {"run": run_id, "layer": int(layer), "head": int(head)}
+        return layer, head, chosen(layer, head)
     if opening:  # values from the address: set them again, or Dash skips the callbacks that read them
-        return layer, head, (no_update if (layer, head) == sel_pair else
-                             {"run": run_id, "layer": data.head_index("layer", layer),
-                              "head": data.head_index("head", head)})
+        return layer, head, (no_update if (layer, head) == sel_pair else chosen(layer, head))
     if layer is None or head is None or (layer, head) == sel_pair:
         return no_update, no_update, no_update
-    return no_update, no_update, {"run": run_id, "layer": data.head_index("layer", layer),
-                                  "head": data.head_index("head", head)}
+    return no_update, no_update, chosen(layer, head)
 
 
 def position_from_label(label) -> int | None:

@@ -3,9 +3,11 @@ failing analyses, one-line CLI errors that leave no file behind, cached runs, th
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -86,6 +88,28 @@ def test_missing_analyses_are_computed_or_reported_as_missing(tmp_path):
             wb.report(run, tmp_path / "b.html", model=model, prompts=["w1 w2"])
         wb.report(tmp_path / "run", tmp_path / "b.html", model=model, prompts=tiny_models.PROMPTS, progress=False)
     assert "first_key_mass" in wb.Run.open(tmp_path / "run")  # computed into the run
+
+
+def test_a_damaged_table_gets_its_restore_command_and_each_table_is_checked_once(tmp_path, monkeypatch):
+    import pandas as pd
+
+    import workbench.run as run_module
+    from workbench.report import render
+
+    heads = {"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1]}
+    run = wb.Run.create(tmp_path / "run", prompts=["x"])
+    run.add_table("head_summary", pd.DataFrame({**heads, "entropy": [2.0, 0.5, 1.0, 3.0], "max_prob": 0.5}))
+    run.add_table("sink_scores", pd.DataFrame({**heads, "sink_score": [0.9, 0.1, 0.2, 0.3]}))
+    (tmp_path / "run" / "sink_scores.parquet").write_bytes(b"not parquet at all")
+    hashed = []
+    real = run_module.file_sha256
+    monkeypatch.setattr(run_module, "file_sha256", lambda path: hashed.append(Path(path).name) or real(path))
+    text, _ = render(wb.Run.open(tmp_path / "run"))
+    section = re.search('id="analysis-sink_scores".*?</section>', text, re.S).group(0)
+    assert "Its table cannot be read: its file sink_scores.parquet has" in section
+    assert html.escape(run.restore_command(["sink_scores"])) in section
+    assert "L0H1" in re.search('id="ranked".*?</section>', text, re.S).group(0)  # the intact table is still ranked
+    assert hashed.count("head_summary.parquet") == 1  # read (and hash-checked) once for the whole report
 
 
 def test_a_failing_analysis_leaves_the_old_report_and_no_temp_file(tmp_path, monkeypatch):

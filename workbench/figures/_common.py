@@ -17,6 +17,33 @@ def require(frame: pd.DataFrame, columns, who: str) -> None:
         raise WorkbenchError(f"{who} needs column(s) {missing}; the frame has {list(frame.columns)}")
 
 
+def top_vs_random(frame: pd.DataFrame, who: str, *, top_name: str, title: str, y_title: str, x_title: str = "k",
+                  median_name: str = "random k-sets (median)", y_range=None) -> go.Figure:
+    """A ranking's top-k curve against random k-sets: their median and min–max band, k ascending.
+
+    Args:
+        frame: one row per k: ``k, top, random_median, random_lo, random_hi`` (a causal check,
+            the NIAH curve, a circuit's faithfulness curve).
+        who: the figure function, named in the error when a column is missing.
+        top_name, median_name: legend names of the top-k and median lines.
+        y_range: the y-axis range (None: fitted to the data).
+    """
+    require(frame, ("k", "top", "random_median", "random_lo", "random_hi"), who)
+    frame = frame.sort_values("k")
+    k = frame["k"].to_numpy()
+    fig = go.Figure([
+        go.Scatter(x=k, y=frame["random_hi"].to_numpy(float), mode="lines", line={"width": 0}, showlegend=False,
+                   hoverinfo="skip"),
+        go.Scatter(x=k, y=frame["random_lo"].to_numpy(float), mode="lines", line={"width": 0}, fill="tonexty",
+                   fillcolor="rgba(150,150,150,0.3)", name="random k-sets (min–max)", hoverinfo="skip"),
+        go.Scatter(x=k, y=frame["random_median"].to_numpy(float), mode="lines+markers", name=median_name,
+                   line={"color": "#999999", "dash": "dash"}),
+        go.Scatter(x=k, y=frame["top"].to_numpy(float), mode="lines+markers", name=top_name, line={"color": "#d62728"}),
+    ])
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis={"title": y_title, "range": y_range}, height=360,
+                      margin={"l": 60, "r": 20, "t": 60, "b": 50}, legend={"orientation": "h"})
+    return fig
+
 def empty(title: str, note: str) -> go.Figure:
     """A figure with no data that says why (instead of bare axes)."""
     fig = go.Figure()

@@ -11,22 +11,16 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from workbench.errors import WorkbenchError
+from workbench.figures._common import require, top_vs_random
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
-
-
-def _need(frame: pd.DataFrame, columns, who: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise WorkbenchError(f"{who} needs columns {list(columns)}; the frame lacks {missing}")
 
 
 def pruning_curves_figure(frame: pd.DataFrame, *, metric: str = "loss", title: str | None = None) -> go.Figure:
     """Loss (or accuracy) against the fraction of heads pruned, one line per ranking; random
     orders dashed grey (a `pruning_curves` frame: ``ranking, fraction_pruned, loss, accuracy, pruned``).
     A frame without ``ranking`` is one curve."""
-    _need(frame, ("fraction_pruned", metric), "pruning_curves_figure")
+    require(frame, ("fraction_pruned", metric), "pruning_curves_figure")
     frame = frame if "ranking" in frame.columns else frame.assign(ranking="gradient")
     fig = go.Figure()
     colours = iter(_PALETTE * 4)
@@ -71,8 +65,8 @@ def causal_checks_figure(frame: pd.DataFrame, *, title: str | None = None) -> go
     top-k (filled marker, red when it beats every random draw), its bottom-k (open marker) and
     random k-sets (median, bar from the lowest to the highest draw). Harm = how much worse than
     the clean model the ranking's own metric is, in that metric's units (stated on hover)."""
-    _need(frame, ("ranking", "k", "top", "bottom", "random_median", "random_lo", "random_hi", "metric"),
-          "causal_checks_figure")
+    require(frame, ("ranking", "k", "top", "bottom", "random_median", "random_lo", "random_hi", "metric"),
+            "causal_checks_figure")
     frame = _complete(frame)
     labels = [f"{r} · k={k}" for r, k in zip(frame["ranking"], frame["k"])]
     top, bottom, median = _harm(frame, "top"), _harm(frame, "bottom"), _harm(frame, "random_median")
@@ -106,7 +100,7 @@ def causal_checks_figure(frame: pd.DataFrame, *, title: str | None = None) -> go
 def duo_gates_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """DuoAttention gates as a layer × KV-head grid (a `duo_attention` frame); cells of KV heads
     that Wu et al.'s score flags (any of its query heads) are marked "W"."""
-    _need(frame, ("layer", "kv_head", "gate"), "duo_gates_figure")
+    require(frame, ("layer", "kv_head", "gate"), "duo_gates_figure")
     grid = frame.pivot(index="layer", columns="kv_head", values="gate").sort_index()
     text = np.full(grid.shape, "", dtype=object)
     if "wu_retrieval" in frame.columns:
@@ -128,8 +122,8 @@ def duo_effect_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Fi
     """NIAH accuracy by context length with every KV head full, with the DuoAttention gates
     deployed, and with every head streaming; the KV-cache share saved on the right axis (a
     `duo_effect` frame)."""
-    _need(frame, ("context_length", "accuracy_full", "accuracy_duo", "accuracy_streaming", "kv_saved_fraction"),
-          "duo_effect_figure")
+    require(frame, ("context_length", "accuracy_full", "accuracy_duo", "accuracy_streaming", "kv_saved_fraction"),
+            "duo_effect_figure")
     x = frame["context_length"].to_numpy()
     fig = go.Figure()
     for column, name, colour in (("accuracy_full", "all heads full", "#1f77b4"),
@@ -153,28 +147,15 @@ def niah_curve_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Fi
     """NIAH accuracy as the top-k retrieval heads are ablated, against random k-sets (median and
     min–max): a frame ``k, top, random_median, random_lo, random_hi`` (`causal_check` rows of one
     ranking, or a NIAH curve)."""
-    _need(frame, ("k", "top", "random_median", "random_lo", "random_hi"), "niah_curve_figure")
-    frame = frame.sort_values("k")
-    k = frame["k"].to_numpy()
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=np.concatenate([k, k[::-1]]),
-                             y=np.concatenate([frame["random_hi"].to_numpy(float), frame["random_lo"].to_numpy(float)[::-1]]),
-                             fill="toself", fillcolor="rgba(150,150,150,0.2)", line={"width": 0}, name="random k-sets (min–max)",
-                             hoverinfo="skip"))
-    fig.add_trace(go.Scatter(x=k, y=frame["random_median"].to_numpy(float), mode="lines+markers", name="random median",
-                             line={"color": "#999999", "dash": "dash"}))
-    fig.add_trace(go.Scatter(x=k, y=frame["top"].to_numpy(float), mode="lines+markers", name="top-k retrieval heads",
-                             line={"color": "#d62728"}))
-    fig.update_layout(title=title or "NIAH accuracy with the top-k retrieval heads ablated vs random k-sets",
-                      xaxis_title="heads ablated (k)", yaxis={"title": "NIAH accuracy", "range": [0, 1.05]},
-                      margin={"l": 50, "r": 20, "t": 50, "b": 40}, height=360, legend={"orientation": "h"})
-    return fig
+    return top_vs_random(frame, "niah_curve_figure", top_name="top-k retrieval heads", median_name="random median",
+                         title=title or "NIAH accuracy with the top-k retrieval heads ablated vs random k-sets",
+                         x_title="heads ablated (k)", y_title="NIAH accuracy", y_range=[0, 1.05])
 
 
 def niah_controls_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """Overall NIAH accuracy on held-out trials per condition of a `niah_controls` frame: full,
     the retrieval set ablated, and each random set of its size (with their median)."""
-    _need(frame, ("condition", "accuracy", "n_trials"), "niah_controls_figure")
+    require(frame, ("condition", "accuracy", "n_trials"), "niah_controls_figure")
     part = frame[frame["held_out"].astype(bool)] if "held_out" in frame.columns and frame["held_out"].any() else frame
     rows = []
     for cond, g in part.groupby("condition", sort=False):

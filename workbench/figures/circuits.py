@@ -12,16 +12,11 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from workbench.errors import WorkbenchError
+from workbench.figures._common import require, top_vs_random
 
 _NODE = re.compile(r"^(?:a(\d+)\.h(\d+)(?:<([qkv])>)?|m(\d+)|input|logits)$")
 _DASH = {"q": "solid", "k": "dash", "v": "dot", None: "solid"}  # how an edge enters its reader
 _ENTRY = {"q": -0.2, "k": 0.0, "v": 0.2, None: 0.0}  # where on the head's row it enters
-
-
-def _need(frame: pd.DataFrame, columns, who: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise WorkbenchError(f"{who} needs column(s) {missing}; the frame has {list(frame.columns)}")
 
 
 def _place(name: str, n_layers: int, n_heads: int) -> tuple[float, float, str | None]:
@@ -50,7 +45,7 @@ def edge_graph(frame: pd.DataFrame, *, top: int = 40, title: str | None = None) 
         top: how many edges to draw: the circuit's edges if it has at most this many, else the
             ``top`` largest |score| (of the circuit, when it has one).
     """
-    _need(frame, ("upstream", "downstream", "score"), "edge_graph")
+    require(frame, ("upstream", "downstream", "score"), "edge_graph")
     chosen = frame
     if "in_circuit" in frame.columns and frame["in_circuit"].any():
         chosen = frame[frame["in_circuit"].astype(bool)]
@@ -105,20 +100,8 @@ def faithfulness_curve(frame: pd.DataFrame, *, title: str | None = None, target:
         frame: a curve table ``k, top, random_median, random_lo, random_hi`` (one row per k).
         target: a dashed line at the faithfulness a circuit must reach (None: no line).
     """
-    _need(frame, ("k", "top", "random_median", "random_lo", "random_hi"), "faithfulness_curve")
-    frame = frame.sort_values("k")
-    fig = go.Figure([
-        go.Scatter(x=frame["k"], y=frame["random_hi"], mode="lines", line={"width": 0}, showlegend=False,
-                   hoverinfo="skip"),
-        go.Scatter(x=frame["k"], y=frame["random_lo"], mode="lines", line={"width": 0}, fill="tonexty",
-                   fillcolor="rgba(150,150,150,0.3)", name="random k-sets (range)"),
-        go.Scatter(x=frame["k"], y=frame["random_median"], mode="lines+markers", name="random k-sets (median)",
-                   line={"color": "#888"}),
-        go.Scatter(x=frame["k"], y=frame["top"], mode="lines+markers", name="top-k by |effect|",
-                   line={"color": "#4c78a8"}),
-    ])
+    fig = top_vs_random(frame, "faithfulness_curve", top_name="top-k by |effect|",
+                        title=title or "Faithfulness of the top-k set vs random k-sets", y_title="faithfulness")
     if target is not None:
         fig.add_hline(y=target, line_dash="dash", line_color="#e45756", annotation_text=f"target {target:g}")
-    fig.update_layout(title=title or "Faithfulness of the top-k set vs random k-sets", xaxis_title="k",
-                      yaxis_title="faithfulness", height=360, margin={"l": 60, "r": 20, "t": 60, "b": 50})
     return fig

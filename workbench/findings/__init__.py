@@ -149,9 +149,9 @@ def n_heads(run) -> int | None:
 
 
 from workbench.findings.builtin import (  # noqa: E402  (built-in findings use the helpers above)
-    circuits, head_types, importance, massive, niah, niah_curve, pruning, retrieval, saliency, secondary_sinks, sinks,
-    summary_heads, token_sinks)
+    circuits, head_types, massive, niah, niah_curve, retrieval, saliency, secondary_sinks, sinks, summary_heads,
+    token_sinks)
 
 __all__ = ["FAMILY_TITLES", "Finding", "NamedHead", "circuits", "family_order", "family_title", "fmt",
-           "head_groups", "head_types", "heads_text", "importance", "massive", "niah", "niah_curve", "pruning", "rank",
-           "ranking_keys", "retrieval", "saliency", "secondary_sinks", "sinks", "summary_heads", "token_sinks", "top_heads"]
+           "head_groups", "head_types", "heads_text", "massive", "niah", "niah_curve", "rank", "ranking_keys", "retrieval",
+           "saliency", "secondary_sinks", "sinks", "summary_heads", "token_sinks", "top_heads"]

@@ -101,30 +101,6 @@ def head_types(frame: pd.DataFrame, run) -> list[Finding]:
     return out
 
 
-def importance(frame: pd.DataFrame, run) -> list[Finding]:
-    best = top_heads(frame, "importance")
-    out = [Finding(f"Most important heads: {heads_text(best)} (importance after per-layer L2 normalisation and "
-                   "min–max, Michel et al. 2019).", best, ranking="importance")]
-    if "raw" in frame.columns:
-        raw = top_heads(frame, "raw", direction="abs")
-        at_top = F.per_head(frame, "importance")
-        per_layer = int((at_top.groupby("layer")["importance"].max() > 0.9).sum())
-        out.append(Finding(f"By the raw, global score E|∂L/∂ξ|: {heads_text(raw)}. Per-layer normalisation lifts the "
-                           f"best head of every layer ({per_layer} layers have a head above 0.9), so compare both.",
-                           raw, ranking="raw", caveat=per_layer > 1))
-    return out
-
-
-def pruning(frame: pd.DataFrame, run) -> list[Finding]:
-    base = frame.iloc[0]
-    parts = []
-    for target in (0.1, 0.5):
-        row = frame.iloc[(frame["fraction_pruned"] - target).abs().argmin()]
-        acc = f", accuracy {fmt(base.accuracy)} → {fmt(row.accuracy)}" if "accuracy" in frame.columns else ""
-        parts.append(f"{100 * row.fraction_pruned:.0f}% of heads pruned: loss {fmt(base.loss)} → {fmt(row.loss)}{acc}")
-    return [Finding("Pruning the least important heads first (Michel et al. 2019): " + "; ".join(parts) + ".")]
-
-
 def retrieval(frame: pd.DataFrame, run) -> list[Finding]:
     heads = F.per_head(frame, "retrieval_score")
     flags = heads["retrieval_score"] > RETRIEVAL

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from workbench.findings import Finding, fmt, heads_text, top_heads
+from workbench.findings import TOP, Finding, fmt, heads_text, top_heads
 from workbench.glossary import Term
 
 _MICHEL = "Michel et al. 2019, Are Sixteen Heads Really Better than One?"
@@ -89,8 +89,8 @@ EFFECT_TERMS = {
 # -- findings -----------------------------------------------------------------------------
 def importance(frame: pd.DataFrame, run) -> list[Finding]:
     """The default (global gradient) ranking's top heads."""
-    best = top_heads(frame, "raw", direction="abs")
-    layers = sorted({h.layer for h in top_heads(frame, "raw", k=5, direction="abs")})
+    top5 = top_heads(frame, "raw", k=5, direction="abs")
+    best, layers = top5[:TOP], sorted({h.layer for h in top5})
     return [Finding(f"Most important heads (gradient E|∂L/∂ξ|, ranked over all heads; Michel et al. 2019): "
                     f"{heads_text(best)}. The top 5 lie in layer(s) {', '.join(map(str, layers))}.", best,
                     ranking="importance")]
@@ -100,13 +100,13 @@ def methods(frame: pd.DataFrame, run) -> list[Finding]:
     """Each method's top heads, and how the methods agree (Spearman ρ of |score|)."""
     from scipy.stats import spearmanr
 
+    from workbench.analyzers.causal_checks import ranking_name
+
     out = []
     grids = {}
     for method, part in frame.groupby("method", sort=False):
         best = top_heads(part, "raw", direction="high")
         grids[method] = part.sort_values(["layer", "head"])["raw"].to_numpy(dtype=float)
-        from workbench.analyzers.causal_checks import ranking_name
-
         out.append(Finding(f"{METHOD_LABELS.get(method, method)}: top heads {heads_text(best)}.", best,
                            ranking=ranking_name(str(method))))
     names = list(grids)
@@ -120,17 +120,18 @@ def methods(frame: pd.DataFrame, run) -> list[Finding]:
     return out
 
 
+def _pruned_at(frame: pd.DataFrame, targets) -> dict[str, list]:
+    """``{ranking: [row nearest each target fraction pruned]}`` of a pruning-curves frame (one
+    ranking, "gradient", when it has no ``ranking`` column)."""
+    frame = frame if "ranking" in frame.columns else frame.assign(ranking="gradient")
+    return {name: [part.iloc[(part["fraction_pruned"] - t).abs().argmin()] for t in targets]
+            for name, part in frame.groupby("ranking", sort=False)}
+
+
 def pruning(frame: pd.DataFrame, run) -> list[Finding]:
     """Loss with 10% and 50% of the heads pruned under each ranking, against the random order."""
-    if "ranking" not in frame.columns:
-        frame = frame.assign(ranking="gradient")
-    parts = []
-    for name, part in frame.groupby("ranking", sort=False):
-        steps = []
-        for target in (0.1, 0.5):
-            row = part.iloc[(part["fraction_pruned"] - target).abs().argmin()]
-            steps.append(f"{100 * row.fraction_pruned:.0f}%: {fmt(row.loss)}")
-        parts.append(f"{name} {', '.join(steps)}")
+    parts = [f"{name} " + ", ".join(f"{100 * row.fraction_pruned:.0f}%: {fmt(row.loss)}" for row in rows)
+             for name, rows in _pruned_at(frame, (0.1, 0.5)).items()]
     on = frame.attrs.get("measured_on", "")
     return [Finding(f"Loss as the least important heads go first (from {fmt(frame['loss'].iloc[0])} with no head "
                     f"pruned{'; on ' + on if on else ''}): " + "; ".join(parts) + ". A ranking whose curve stays "
@@ -177,12 +178,8 @@ def duo_effect(frame: pd.DataFrame, run) -> list[Finding]:
 
 # -- summaries ----------------------------------------------------------------------------
 def pruning_summary(frame: pd.DataFrame) -> dict[str, float]:
-    frame = frame if "ranking" in frame.columns else frame.assign(ranking="gradient")
-    out = {}
-    for name, part in frame.groupby("ranking", sort=False):
-        row = part.iloc[(part["fraction_pruned"] - 0.5).abs().argmin()]
-        out[f"loss with 50% of heads pruned ({name})"] = float(row["loss"])
-    return out
+    return {f"loss with 50% of heads pruned ({name})": float(row["loss"])
+            for name, (row,) in _pruned_at(frame, (0.5,)).items()}
 
 
 def checks_summary(frame: pd.DataFrame) -> dict[str, float]:

@@ -46,9 +46,11 @@ def niah(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def niah_curve(frame: pd.DataFrame) -> dict[str, float]:
+    from workbench.analyzers.causal import summarize_k
+
     if frame.empty:
         return {}
-    row = frame.iloc[(frame["k"] - 5).abs().argmin()]
+    row = summarize_k(frame).iloc[0]  # the k closest to 5, as every causal check's summary
     return {f"NIAH accuracy, top-{int(row.k)} retrieval heads ablated": float(row["top"]),
             f"NIAH accuracy, {int(row.k)} random heads ablated (median)": float(row["random_median"])}
 
@@ -67,8 +69,3 @@ def saliency(frame: pd.DataFrame) -> dict[str, float]:
         if len(rows):
             out[f"attention–saliency Spearman ({label})"] = float(rows["spearman"].iloc[0])
     return out
-
-
-def pruning(frame: pd.DataFrame) -> dict[str, float]:
-    row = frame.iloc[(frame["fraction_pruned"] - 0.5).abs().argmin()]
-    return {"loss with 50% of heads pruned": float(row["loss"]), "loss with no head pruned": float(frame["loss"].iloc[0])}

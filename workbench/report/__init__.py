@@ -120,13 +120,13 @@ def render(run: Run) -> tuple[str, int]:
             doc.add(anchor, title, f"<p>Not applicable to this model: {html.escape(str(skipped[name]))}</p>{cite}",
                     css="skipped")
             continue
-        if name not in run or run.problem(name):
-            why = "Not computed in this run" if name not in run else f"Its table cannot be read: {run.problem(name)}"
+        frame = tables.get(name)
+        if frame is None:
+            why = "Not computed in this run" if name not in run else f"Its table cannot be read: {tables.problem(name)}"
             doc.add(anchor, title, f"<p>{html.escape(why)}. Compute it with "
                     f"<code>{html.escape(run.restore_command([name]))}</code>, then report again.</p>" + cite,
                     css="missing")
             continue
-        frame = tables.get(name)
         meta = manifest["tables"][name]
         facts = (f'<p class="note">table <code>{html.escape(name)}</code>: {len(frame)} rows; columns '
                  f'{html.escape(", ".join(map(str, frame.columns)))}; capture {html.escape(str(meta.get("capture_mode")))}'

@@ -13,6 +13,7 @@ import pandas as pd
 from workbench import findings as F
 from workbench.analyzers import ANALYZERS, families
 from workbench.analyzers.examples import example_of
+from workbench.errors import WorkbenchError
 from workbench.figures import example_pattern, position_labels, score_columns
 from workbench.glossary import entries, lookup
 from workbench.report.page import Page, fmt, table
@@ -32,11 +33,19 @@ class Tables:
         self.run, self._cache = run, {}
 
     def get(self, name: str) -> pd.DataFrame | None:
-        if name not in self.run or self.run.problem(name):
-            return None
-        if name not in self._cache:
-            self._cache[name] = self.run.table(name)
+        if name not in self._cache:  # read (and so hash-checked, `Run.table`) once per report
+            try:
+                self._cache[name] = self.run.table(name) if name in self.run else None
+            except WorkbenchError:
+                self._cache[name] = None
         return self._cache[name]
+
+    def problem(self, name: str) -> str | None:
+        """Why the run's table ``name`` cannot be read (`Run.problem`); None when it reads or the
+        run lacks it."""
+        if name not in self.run or self.get(name) is not None:
+            return None
+        return self.run.problem(name) or "its file cannot be read"
 
 
 def esc(text) -> str:
@@ -63,16 +72,20 @@ def prompts_used(tables: Tables, name: str) -> str:
     if stored is None or "used_by" not in stored.columns:
         return (f'<p class="note">Prompts: the run\'s {esc(n_run)} prompts, unless its docstring says otherwise '
                 "(this run stores no prompt texts).</p>")
-    sets = [s for s, users in stored.groupby("set", sort=False)["used_by"].first().items()
-            if name in str(users).split(",")]
-    if not sets:
-        return ""
-    parts = []
-    for s in sets:
-        rows = stored[stored["set"] == s]
-        parts.append(f'<a href="#prompts-{esc(_slug(s))}">{len(rows)} prompts of set “{esc(s)}”</a> '
-                     f'({int(rows["n_tokens"].min())}–{int(rows["n_tokens"].max())} tokens)')
-    return f'<p class="note">Prompts: {"; ".join(parts)}.</p>'
+    parts = [f'<a href="#prompts-{esc(_slug(s))}">{n} prompts of set “{esc(s)}”</a> ({low}–{high} tokens)'
+             for s, n, low, high in prompt_sets(stored, name)]
+    return f'<p class="note">Prompts: {"; ".join(parts)}.</p>' if parts else ""
+
+
+def prompt_sets(stored: pd.DataFrame | None, name: str) -> list[tuple[str, int, int, int]]:
+    """``[(set, prompts, fewest tokens, most tokens)]`` of the sets analysis ``name`` used, from a
+    run's ``prompts`` table (its ``used_by`` column); [] without such a table (the report's
+    sections and the dashboard's captions both say it this way)."""
+    if stored is None or "used_by" not in stored.columns:
+        return []
+    users = stored.groupby("set", sort=False)["used_by"].first()
+    return [(s, len(rows), int(rows["n_tokens"].min()), int(rows["n_tokens"].max()))
+            for s, rows in stored.groupby("set", sort=False) if name in str(users[s]).split(",")]
 
 
 def _slug(text: str) -> str:
