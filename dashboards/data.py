@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from workbench.analyzers.examples import SUPPORT  # tables with no per-head scores
 from workbench.checks import integer
 from workbench.errors import WorkbenchError
 from workbench.run import Run, prompts_hash
@@ -225,10 +226,6 @@ def head_groups(frame: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     from workbench.findings import head_groups as split
 
     return split(frame)
-
-
-#: Tables that feed other views (examples, prompt lists), with no per-head scores to show.
-SUPPORT = ("prompts", "head_examples")
 
 
 def head_parts(run: Run):

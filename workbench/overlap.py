@@ -74,3 +74,14 @@ def overlap(a: Iterable[Hashable], b: Iterable[Hashable], *, n_total: int | None
             raise WorkbenchError(f"the two sets hold {len(a | b)} distinct items, more than n_total={n_total}")
         out.update(n_total=n_total, **chance(n_total, len(a), len(b), shared))
     return out
+
+
+def beats_random(top, median, lo, hi, higher_is_better):
+    """Whether ablating a ranking's top-k beats random k-sets: its metric is worse than the
+    median draw and at least as bad as the worst draw (``lo`` when higher is better, ``hi``
+    otherwise), so ties at a floor never count as beating random. Works on scalars and on
+    equal-length arrays (then one bool per element)."""
+    top, median, lo, hi = (np.asarray(v, dtype=float) for v in (top, median, lo, hi))
+    up = np.asarray(higher_is_better, dtype=bool)
+    out = np.where(up, (top <= lo) & (top < median), (top >= hi) & (top > median))
+    return bool(out) if out.ndim == 0 else out

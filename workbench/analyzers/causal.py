@@ -25,6 +25,7 @@ import torch
 
 from workbench import checks
 from workbench.errors import WorkbenchError
+from workbench.overlap import beats_random
 
 Head = tuple[int, int]
 #: ``evaluate(head_sets) -> metric of each set ablated`` (an empty set: the clean model).
@@ -131,7 +132,7 @@ def causal_check(frame: pd.DataFrame, evaluate: Evaluate, *, ranking: str, score
         rand = np.array(values[at + 2:at + 2 + n_random])
         lo, hi = float(rand.min()), float(rand.max())
         median = float(np.median(rand))
-        beats = (top_v <= lo and top_v < median) if higher_is_better else (top_v >= hi and top_v > median)
+        beats = beats_random(top_v, median, lo, hi, higher_is_better)
         rows.append({"ranking": ranking, "k": k, "top": top_v, "bottom": bottom_v,
                      "random_median": median, "random_lo": lo, "random_hi": hi, "metric": metric,
                      "clean": clean, "beats_random": bool(beats),

@@ -25,6 +25,9 @@ from workbench.analyzers import ANALYZERS, Analyzer, register
 from workbench.capture import patterns_for_batch
 
 #: Most positions an example keeps (readable tick labels, and 270 heads of SmolLM2 stay ~4 MB).
+#: The tables this module registers to feed other views (examples, prompt lists): no per-head
+#: scores, so the report's rankings and the dashboard's grids skip them.
+SUPPORT = ("prompts", "head_examples")
 MAX_SIDE = 32
 FIRST, LAST = 2, 8  # positions always kept in a long prompt: the first tokens, the last queries
 #: The repeated random sequence drawn as the induction / previous-token example: `probe_len`
@@ -40,7 +43,7 @@ def prompt_sets(model, prompts) -> dict[str, tuple[list[str], list[str]]]:
     run = [str(p) if isinstance(p, str) else " ".join(map(str, p)) for p in prompts]
     sets: dict[str, tuple[list[str], list[str]]] = {"run": (run, [])}
     for name, analyzer in ANALYZERS.items():
-        if name in ("prompts", "head_examples") or analyzer.applies(model) is not None:
+        if name in SUPPORT or analyzer.applies(model) is not None:
             continue
         if analyzer.prompts is None:
             sets["run"][1].append(name)

@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from workbench.figures._common import require, top_vs_random
+from workbench.overlap import beats_random
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
@@ -54,9 +55,8 @@ def _complete(frame: pd.DataFrame) -> pd.DataFrame:
     if "clean" not in out.columns:
         out["clean"] = 0.0
     if "beats_random" not in out.columns:
-        up = out["higher_is_better"].astype(bool)
-        out["beats_random"] = np.where(up, (out["top"] <= out["random_lo"]) & (out["top"] < out["random_median"]),
-                                       (out["top"] >= out["random_hi"]) & (out["top"] > out["random_median"]))
+        out["beats_random"] = beats_random(out["top"], out["random_median"], out["random_lo"], out["random_hi"],
+                                           out["higher_is_better"])
     return out
 
 

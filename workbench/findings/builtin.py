@@ -6,6 +6,7 @@ import pandas as pd
 
 from workbench import findings as F
 from workbench.findings import Finding, NamedHead, fmt, heads_text, top_heads
+from workbench.overlap import beats_random
 
 SINK_EPS = 0.3            # Gu et al. 2024
 HIDDEN_SINK_ALPHA = 0.1   # Yu et al. 2024 (ACT)
@@ -130,7 +131,7 @@ def niah(frame: pd.DataFrame, run) -> list[Finding]:
         note = frame.attrs.get("note")
         return [Finding(f"Needle-in-a-haystack accuracy {fmt(got['full'])} on {on}; no head is in the retrieval set "
                         f"({SET_NAME}){': ' + note if note else ''}, so nothing was ablated.", caveat=True)]
-    beats = got["set_ablated"] <= min(got["random"]) and got["set_ablated"] < got["random_median"]
+    beats = beats_random(got["set_ablated"], got["random_median"], min(got["random"]), max(got["random"]), True)
     verdict = ("It hurts more than every random set." if beats else
                "It does NOT hurt more than random sets of its size: the set is not shown to be causal here.")
     return [Finding(f"Needle-in-a-haystack accuracy on {on}: {fmt(got['full'])} full; {fmt(got['set_ablated'])} with "

@@ -12,14 +12,12 @@ import pandas as pd
 
 from workbench import findings as F
 from workbench.analyzers import ANALYZERS, families
-from workbench.analyzers.examples import example_of
+from workbench.analyzers.examples import SUPPORT, example_of  # SUPPORT: tables with no section of their own
 from workbench.errors import WorkbenchError
 from workbench.figures import example_pattern, position_labels, score_columns
 from workbench.glossary import entries, lookup
 from workbench.report.page import Page, fmt, table
 
-#: Tables that feed the other sections and get no detailed section of their own.
-SUPPORT = ("prompts", "head_examples")
 CARDS = 6  # most heads drawn per findings block
 RANKED = 5  # heads per row of the ranked table
 ORDER = {"high": "highest first", "low": "lowest first", "abs": "largest |value| first"}
