@@ -1,9 +1,11 @@
 """Per-head attention statistics without materializing the N×N attention matrix.
 
-`head_stats` validates its inputs and dispatches to one of three backends:
-`reference` (chunked PyTorch, reference.py), `triton` (fused kernels, triton.py and
+`head_stats` validates its inputs and dispatches to one of four backends:
+`native` (a compiled C loop for CPU tensors, native.py and onepass.c), `reference` (chunked
+PyTorch, reference.py: the readable spec), `triton` (fused kernels, triton.py and
 triton_onepass.py) and `eager` (materialized softmax, eager.py; a test oracle only). Given each
-row's lse (from the forward's own attention) the reference and Triton backends make one pass.
+row's lse (from the forward's own attention) the native, reference and Triton backends make one
+pass.
 `attention_stats` runs the attention and the statistics together (attention.py).
 """
 
@@ -17,7 +19,7 @@ import torch
 
 from kernels.errors import WorkbenchError
 
-from .attention import attention_stats_flash, device_attention
+from .attention import attention_stats_flash, attention_stats_native, device_attention
 from .eager import head_stats_eager
 from .reference import head_stats_reference
 from .stats import HeadStats
@@ -25,8 +27,8 @@ from .validate import finite, validate
 
 __all__ = ["head_stats", "attention_stats", "HeadStats", "BACKENDS", "ATTENTION_BACKENDS"]
 
-BACKENDS = ("auto", "reference", "triton", "eager")
-ATTENTION_BACKENDS = ("auto", "flash", "reference", "triton")
+BACKENDS = ("auto", "native", "reference", "triton", "eager")
+ATTENTION_BACKENDS = ("auto", "native", "flash", "reference", "triton")
 TRITON_MAX_HEAD_DIM = 256
 
 
@@ -79,9 +81,10 @@ def head_stats(
         argmax: also compute argmax; False skips it. Retrieval scores need it.
         lse: (B, Hq, N) each row's log-sum-exp (natural log) if the caller has it already,
             e.g. from the forward's flash attention; -inf marks rows with no visible key. The
-            reference and Triton backends then make a single pass (p = exp(s - lse)); the
-            result's lse is this tensor. The eager oracle ignores it.
-        backend: "auto" (Triton on CUDA, else reference), "reference", "triton", "eager".
+            native, reference and Triton backends then make a single pass (p = exp(s - lse));
+            the result's lse is this tensor. The eager oracle ignores it.
+        backend: "auto" (Triton on CUDA; on CPU "native" where a C compiler builds it and
+            d <= 256, else reference), "native", "reference", "triton", "eager".
             Shapes the Triton kernel does not support (d > 256) fall back to the reference
             with a warning.
 
@@ -108,7 +111,17 @@ def head_stats(
         lse=lse,
     )
     if backend == "auto":
-        backend = "triton" if q.is_cuda and _triton_installed() else "reference"
+        if q.is_cuda:
+            backend = "triton" if _triton_installed() else "reference"
+        else:
+            backend = "native" if _native_unavailable(q) is None else "reference"
+    if backend == "native":
+        why = _native_unavailable(q)
+        if why is not None:
+            raise WorkbenchError(f"backend='native' cannot run: {why}")
+        from .native import head_stats_native
+
+        return head_stats_native(q, k, **opts)
     if backend == "eager":
         return head_stats_eager(q, k, **opts)
     if backend == "triton":
@@ -128,6 +141,23 @@ def head_stats(
     return head_stats_reference(q, k, **opts)
 
 
+def _native_unavailable(q: torch.Tensor) -> str | None:
+    """Why the compiled native loop cannot take q, or None if it can (builds it on first use)."""
+    from .native import MAX_HEAD_DIM, unavailable
+
+    if q.device.type != "cpu":
+        return f"q is on {q.device}; the native backend runs on CPU tensors (use 'triton' or 'reference')"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"head dim d={q.shape[-1]} > {MAX_HEAD_DIM}"
+    return unavailable()
+
+
+def _cpu_route(q: torch.Tensor) -> str:
+    """The CPU route of attention_stats: "native" when the compiled loop builds here and takes
+    q's head size, else "flash" (no compiler needed)."""
+    return "native" if _native_unavailable(q) is None else "flash"
+
+
 def attention_stats(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -145,16 +175,19 @@ def attention_stats(
 
     The output is what ``F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
     enable_gqa=True)`` returns; the statistics equal `head_stats(q, k, ...)`'s. No N×N tensor is
-    formed. Routes (kernels/head_stats/attention.py): "flash" (CPU) takes every statistic from
-    the CPU flash-attention kernel; "reference" and "triton" take out and lse from the device's
-    flash attention and make the one-pass statistics in that `head_stats` backend.
+    formed. Routes (kernels/head_stats/attention.py): "native" (CPU) runs the CPU flash-attention
+    kernel for out and lse, then every statistic in one sweep of a compiled C loop; "flash" (CPU)
+    takes every statistic from identities over further CPU flash-attention calls (no compiler
+    needed); "reference" and "triton" take out and lse from the device's flash attention and make
+    the one-pass statistics in that `head_stats` backend.
 
     Args:
         q: (B, Hq, N, d); k: (B, Hkv, M, d); v: (B, Hkv, M, dv); one dtype, one device.
         causal: causal attention; then N must equal M, or N = 1 (a single query sees every key).
             For padding or a KV-cache prefix use `head_stats` beside your own attention.
         scale, sink_tokens, window, column_mass, argmax: as for `head_stats`.
-        backend: "auto" ("triton" on CUDA, "flash" on CPU), "flash", "reference", "triton".
+        backend: "auto" ("triton" on CUDA; on CPU "native", or "flash" where no C compiler
+            can build it or d > 256), "native", "flash", "reference", "triton".
 
     Returns:
         (out (B, Hq, N, dv) in v's dtype, HeadStats).
@@ -185,10 +218,15 @@ def attention_stats(
     causal = bool(causal) and N > 1  # one query sees every key
     opts = dict(scale=scale, sink_tokens=sink_tokens, window=window, column_mass=bool(column_mass), argmax=bool(argmax))
     if backend == "auto":
-        backend = ("triton" if _triton_installed() else "reference") if q.is_cuda else "flash"
+        backend = ("triton" if _triton_installed() else "reference") if q.is_cuda else _cpu_route(q)
+    if backend in ("native", "flash") and q.is_cuda:
+        raise WorkbenchError(f"backend={backend!r} runs on the CPU flash-attention kernel; on CUDA use 'triton' or 'reference'")
+    if backend == "native":
+        why = _native_unavailable(q)
+        if why is not None:
+            raise WorkbenchError(f"backend='native' cannot run: {why}; backend='flash' needs no compiler")
+        return attention_stats_native(q, k, v, causal=causal, **opts)
     if backend == "flash":
-        if q.is_cuda:
-            raise WorkbenchError("backend='flash' runs on the CPU flash-attention kernel; on CUDA use 'triton' or 'reference'")
         return attention_stats_flash(q, k, v, causal=causal, **opts)
     out, lse = device_attention(q, k, v, causal=causal, scale=scale)
     stats = head_stats(q, k, causal=causal, key_padding_mask=None, lse=lse, backend=backend, **opts)

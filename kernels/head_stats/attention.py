@@ -18,6 +18,10 @@ machine: SDPA 174 ms; flash route 660 ms for out and every statistic; the one-pa
       queries ``[q, -lse]``, both sequences flipped so that ``is_causal`` keeps t >= j;
       col_j = exp(lse'_j);
     * argmax (when asked) from a chunked logits pass (no exponentials).
+- ``"native"`` (CPU, the default there): out and lse from the CPU flash kernel with the model's
+  own values (the forward itself), then every statistic in ONE sweep of a compiled C loop given
+  lse (native.py, onepass.c), column mass and argmax included when asked; falls back to
+  ``"flash"`` when no C compiler is available or d > 256;
 - ``"reference"`` / ``"triton"``: out and lse from the device's flash attention (CPU kernel
   above; on CUDA FlashAttention, or memory-efficient attention for fp32), then the one-pass
   statistics of `head_stats(..., lse=lse)` in that backend.
@@ -98,6 +102,20 @@ def _argmax(q, k, *, causal: bool, scale: float) -> torch.Tensor:
             s = s.masked_fill_(torch.arange(hi)[None, :] > torch.arange(t0, t1)[:, None], float("-inf"))
         out[:, :, t0:t1] = s.argmax(-1)
     return out
+
+
+def attention_stats_native(q, k, v, *, causal: bool, scale: float, sink_tokens: int, window: int,
+                           column_mass: bool, argmax: bool) -> tuple[torch.Tensor, HeadStats]:
+    """The compiled CPU route: the forward's flash attention for out and lse, then the one-pass
+    statistics from lse (native.py); statistics in fp32, out in v's dtype."""
+    from .native import head_stats_native
+
+    dtype = v.dtype
+    q, k, v = q.float(), k.float(), v.float()
+    out, lse = device_attention(q, k, v, causal=causal, scale=scale)
+    stats = head_stats_native(q, k, lse=lse, causal=causal, scale=scale, sink_tokens=sink_tokens, window=window,
+                              key_padding_mask=None, column_mass=column_mass, argmax=argmax)
+    return out.to(dtype), stats
 
 
 def attention_stats_flash(q, k, v, *, causal: bool, scale: float, sink_tokens: int, window: int,

@@ -29,10 +29,12 @@ def test_reference_matches_eager(case, monkeypatch):
 
 def test_default_chunking_and_auto_backend_on_cpu():
     q, k, mask = make_inputs(2, 4, 2, 300, 300, 32, pad=True)
-    auto = head_stats(q, k, key_padding_mask=mask, window=8)
+    auto = head_stats(q, k, key_padding_mask=mask, window=8)  # on CPU: the compiled native loop
+    native = head_stats(q, k, key_padding_mask=mask, window=8, backend="native")
     ref = head_stats(q, k, key_padding_mask=mask, window=8, backend="reference")
-    for name, t in ref.as_dict().items():
+    for name, t in native.as_dict().items():
         assert torch.equal(getattr(auto, name), t), name
+    assert_stats_close(auto, ref, atol=1e-5, rtol=1e-5, q=q, k=k, scale=32**-0.5)
 
 
 def test_entropy_and_masses_by_hand():
@@ -58,7 +60,7 @@ def test_entropy_and_masses_by_hand():
         assert st.col_mass[0, 0].tolist() == pytest.approx(cols, abs=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["reference", "eager"])
+@pytest.mark.parametrize("backend", ["native", "reference", "eager"])
 def test_col_mass_sums_to_live_rows(backend):
     q, k, mask = make_inputs(2, 4, 2, 50, 50, 16, pad=True)
     st = head_stats(q, k, key_padding_mask=mask, backend=backend)
@@ -68,7 +70,7 @@ def test_col_mass_sums_to_live_rows(backend):
     assert (st.col_mass[~mask[:, None, :].expand_as(st.col_mass)] == 0).all()
 
 
-@pytest.mark.parametrize("backend", ["reference", "eager"])
+@pytest.mark.parametrize("backend", ["native", "reference", "eager"])
 def test_fully_masked_rows_are_defined(backend):
     q, k, _ = make_inputs(2, 2, 1, 6, 6, 16)
     mask = torch.ones(2, 6, dtype=torch.bool)
@@ -79,7 +81,7 @@ def test_fully_masked_rows_are_defined(backend):
     assert (st.col_mass[0] == 0).all() and torch.isfinite(st.lse[1]).all()
 
 
-@pytest.mark.parametrize("backend", ["reference", "eager"])
+@pytest.mark.parametrize("backend", ["native", "reference", "eager"])
 def test_single_query_single_key(backend):
     q, k, _ = make_inputs(1, 2, 1, 1, 1, 8)
     st = head_stats(q, k, window=1, backend=backend)
@@ -94,13 +96,14 @@ def test_fp16_logits_near_overflow():
     q = (86 + 0.05 * torch.randn(1, 2, 40, 64, generator=g)).half()
     k = (86 + 0.05 * torch.randn(1, 1, 40, 64, generator=g)).half()
     assert torch.isinf(q[0, 0, :1] @ k[0, 0, :1].T).all()  # an fp16 matmul would overflow
-    got = head_stats(q, k, window=4, backend="reference")
     want = head_stats(q.float(), k.float(), window=4, backend="eager")
-    assert_defined(got)
-    assert (got.lse > 5e4).all()
-    torch.testing.assert_close(got.lse, want.lse, rtol=1e-6, atol=0)
-    for name in ("entropy", "max_prob", "sink_mass", "local_mass", "col_mass"):
-        torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=2e-2, rtol=0)
+    for backend in ("reference", "native"):
+        got = head_stats(q, k, window=4, backend=backend)
+        assert_defined(got)
+        assert (got.lse > 5e4).all()
+        torch.testing.assert_close(got.lse, want.lse, rtol=1e-6, atol=0)
+        for name in ("entropy", "max_prob", "sink_mass", "local_mass", "col_mass"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=2e-2, rtol=0)
 
 
 def test_column_mass_false_and_frames():

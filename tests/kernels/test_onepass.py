@@ -41,6 +41,11 @@ def test_onepass_reference_equals_two_pass_and_eager(case, monkeypatch):
     assert_stats_close(one_pass, two_pass, atol=1e-5, rtol=1e-5, q=q, k=k, scale=scale)
     assert_stats_close(one_pass, eager, atol=1e-5, rtol=1e-5, q=q, k=k, scale=scale)
     assert one_pass.lse is two_pass.lse  # the given lse is the result's
+    native_one = head_stats(q, k, backend="native", lse=two_pass.lse, **kw)  # the compiled loop, from lse
+    native_two = head_stats(q, k, backend="native", **kw)  # ... and with its own lse pass
+    assert_stats_close(native_one, eager, atol=1e-5, rtol=1e-5, q=q, k=k, scale=scale)
+    assert_stats_close(native_two, eager, atol=1e-5, rtol=1e-5, q=q, k=k, scale=scale)
+    assert native_one.lse is two_pass.lse
     if kw["key_padding_mask"] is not None and B > 1 and kw["causal"] and k.shape[2] == N:
         assert (one_pass.lse[1, :, 0] == float("-inf")).all()  # left padding: dead rows are covered
         assert_defined(one_pass)
@@ -67,10 +72,11 @@ def test_lse_from_sdpa_itself():
     out, lse = _cpu_flash(q, k, v, 0.0, True, scale=0.25)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
                                atol=1e-6, rtol=0)
-    got = head_stats(q, k, lse=lse, window=8, sink_tokens=2, backend="reference")
     want = head_stats(q, k, window=8, sink_tokens=2, backend="eager")
-    assert_stats_close(got, want, atol=2e-6, rtol=1e-5, q=q, k=k, scale=0.25)
-    assert got.lse is lse
+    for backend in ("reference", "native"):
+        got = head_stats(q, k, lse=lse, window=8, sink_tokens=2, backend=backend)
+        assert_stats_close(got, want, atol=2e-6, rtol=1e-5, q=q, k=k, scale=0.25)
+        assert got.lse is lse
 
 
 def test_onepass_fp16_near_overflow():
@@ -78,13 +84,14 @@ def test_onepass_fp16_near_overflow():
     q = (86 + 0.05 * torch.randn(1, 2, 40, 64, generator=g)).half()
     k = (86 + 0.05 * torch.randn(1, 1, 40, 64, generator=g)).half()
     want = head_stats(q.float(), k.float(), window=4, backend="eager")
-    got = head_stats(q, k, window=4, backend="reference", lse=want.lse)
-    assert_defined(got)
-    for name in ("entropy", "max_prob", "sink_mass", "local_mass", "col_mass"):
-        torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=2e-2, rtol=0)
+    for backend in ("reference", "native"):
+        got = head_stats(q, k, window=4, backend=backend, lse=want.lse)
+        assert_defined(got)
+        for name in ("entropy", "max_prob", "sink_mass", "local_mass", "col_mass"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=2e-2, rtol=0)
 
 
-@pytest.mark.parametrize("backend", ["reference", "eager"])
+@pytest.mark.parametrize("backend", ["native", "reference", "eager"])
 def test_onepass_fully_masked_rows(backend):
     q, k, _ = make_inputs(2, 2, 1, 6, 6, 16)
     mask = torch.ones(2, 6, dtype=torch.bool)
@@ -114,7 +121,7 @@ def _att_id(c):
     return f"B{B}-h{Hq}x{Hkv}-N{N}-M{M}-d{d}-dv{dv}-{'causal' if causal else 'full'}-s{sink}-w{win}"
 
 
-@pytest.mark.parametrize("backend", ["flash", "reference"])
+@pytest.mark.parametrize("backend", ["native", "flash", "reference"])
 @pytest.mark.parametrize("case", ATTENTION_GRID, ids=[_att_id(c) for c in ATTENTION_GRID])
 def test_attention_stats_equal_sdpa_and_eager(case, backend):
     B, Hq, Hkv, N, M, d, dv, causal, sink, window = case
@@ -133,13 +140,14 @@ def test_attention_stats_equal_sdpa_and_eager(case, backend):
 def test_attention_stats_flash_lean_and_low_precision():
     q, k, _ = make_inputs(1, 4, 2, 50, 50, 16, dtype=torch.bfloat16, seed=7)
     v = torch.randn(1, 2, 50, 16).bfloat16()
-    out, st = attention_stats(q, k, v, window=4, column_mass=False, argmax=False)  # auto on CPU: flash
-    assert st.col_mass is None and st.argmax is None and out.dtype == torch.bfloat16
     want = head_stats(q.float(), k.float(), window=4, backend="eager")
-    for name in ("lse", *ROW_FIELDS):
-        torch.testing.assert_close(getattr(st, name), getattr(want, name), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.float(), F.scaled_dot_product_attention(
-        q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True), atol=1e-2, rtol=0)
+    for backend in ("auto", "flash"):  # auto on CPU: native
+        out, st = attention_stats(q, k, v, window=4, column_mass=False, argmax=False, backend=backend)
+        assert st.col_mass is None and st.argmax is None and out.dtype == torch.bfloat16
+        for name in ("lse", *ROW_FIELDS):
+            torch.testing.assert_close(getattr(st, name), getattr(want, name), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.float(), F.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True), atol=1e-2, rtol=0)
 
 
 def test_row_max_at_temperature_is_exact_to_fp32():
@@ -181,7 +189,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 
 
 # -- bad input: every backend refuses it alike --------------------------------------------------
-@pytest.mark.parametrize("backend", ["reference", "eager"])
+@pytest.mark.parametrize("backend", ["native", "reference", "eager"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_non_finite_q_or_k_is_refused(backend, bad):
     q, k, _ = make_inputs(1, 2, 1, 8, 8, 16)
@@ -228,7 +236,7 @@ def test_attention_stats_errors():
         attention_stats(q, k, v)
     with pytest.raises(WorkbenchError, match=r"v must match k .* v \(1, 1, 11, 16\)"):
         attention_stats(q, k, v[:, :, :11], causal=False)
-    with pytest.raises(WorkbenchError, match=r"backend must be one of \('auto', 'flash', 'reference', 'triton'\), got 'eager'"):
+    with pytest.raises(WorkbenchError, match=r"backend must be one of \('auto', 'native', 'flash', 'reference', 'triton'\), got 'eager'"):
         attention_stats(q, k, v, causal=False, backend="eager")
     with pytest.raises(WorkbenchError, match=r"v must be a 4-dim tensor"):
         attention_stats(q, k, v[0], causal=False)

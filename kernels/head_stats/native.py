@@ -1,0 +1,183 @@
+"""The one-pass statistics as a compiled C loop (onepass.c), for CPU tensors: the "native" backend.
+
+Every statistic from one sweep over the logits, as the Triton one-pass kernel does on GPU:
+the logits of R query rows x KB keys exist only in a block on the stack. Without lse one more
+sweep computes it first (online max and sum, as flash attention). The C source is
+compiled at first use with the system's C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
+into ``$WORKBENCH_CACHE/kernels`` (else ``$XDG_CACHE_HOME/attention-workbench/kernels``, else
+``~/.cache/attention-workbench/kernels``), keyed by the source, the compiler and this CPU, and
+loaded with ctypes. Heads are split across ``torch.get_num_threads()`` Python threads; ctypes
+releases the GIL, so they run in parallel. Without a working compiler `library()` returns None
+and callers use the aten route (attention.py) instead, after one warning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from .stats import HeadStats
+
+SOURCE = Path(__file__).with_name("onepass.c")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fPIC", "-shared", "-std=gnu11")
+#: The kernel's query-row buffer holds head sizes up to this.
+MAX_HEAD_DIM = 256
+_VL = 16  # vector lanes of onepass.c (VL): the padding after each key-mask row
+
+_lock = threading.Lock()
+_state: dict = {}  # "lib": the loaded library or None, "why": why it is missing, "pool": threads
+
+
+def cache_dir() -> Path:
+    """Where the compiled library is kept (see the module docstring)."""
+    if os.environ.get("WORKBENCH_CACHE"):
+        root = Path(os.environ["WORKBENCH_CACHE"]).expanduser()
+    elif os.environ.get("XDG_CACHE_HOME"):
+        root = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "attention-workbench"
+    else:
+        root = Path.home() / ".cache" / "attention-workbench"
+    return root / "kernels"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_key() -> str:
+    """The CPU the library is compiled for (-march=native): model and feature flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags", "Features"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _build(cc: str) -> Path:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS), _cpu_key()]).encode()).hexdigest()
+    out = cache_dir() / f"wb_onepass-{key[:16]}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # compile aside, then rename: concurrent builds are safe
+        part = Path(tmp) / out.name
+        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(part), "-lm"], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {done.stderr.strip()[-400:]}")
+        os.replace(part, out)
+    return out
+
+
+def _load(path: Path) -> dict:
+    lib = ctypes.CDLL(str(path))
+    i64, ptr, i32, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    lse = lib.wb_lse  # q, kt, kmask, Hq, Hkv, N, M, d, causal, scale, heads [begin, end), lse
+    lse.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, i32, f32, i64, i64, ptr]
+    onepass = lib.wb_onepass  # q, kt, kmask, lse, Hq, Hkv, N, M, d, causal, scale, sink, window, heads, outputs
+    onepass.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32, f32, i64, i64, i64, i64,
+                        ptr, ptr, ptr, ptr, ptr, ptr]
+    lse.restype = onepass.restype = None
+    return {"lse": lse, "onepass": onepass}
+
+
+def library() -> dict | None:
+    """The compiled functions {"lse": wb_lse, "onepass": wb_onepass}, building them on first use;
+    None if they cannot be built (the reason is `unavailable()`)."""
+    with _lock:
+        if "lib" not in _state:
+            cc = _compiler()
+            if cc is None:
+                _state.update(lib=None, why="no C compiler found (set CC, or install gcc)")
+            else:
+                try:
+                    _state.update(lib=_load(_build(cc)), why=None)
+                except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                    _state.update(lib=None, why=f"compiling {SOURCE.name} failed: {exc}")
+            if _state["lib"] is None:
+                warnings.warn(f"the compiled one-pass statistics are unavailable ({_state['why']}); "
+                              "using the slower aten route", stacklevel=3)
+        return _state["lib"]
+
+
+def unavailable() -> str | None:
+    """Why `library()` returned None, or None when it is available (builds it if needed)."""
+    library()
+    return _state["why"]
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """n worker threads, kept between calls (a new pool when torch's thread count changes)."""
+    with _lock:
+        size, pool = _state.get("pool", (0, None))
+        if size != n:
+            if pool is not None:
+                pool.shutdown(wait=False)
+            pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="wb-onepass")
+            _state["pool"] = (n, pool)
+        return pool
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _over_heads(heads: int, run) -> None:
+    """run(lo, hi) on contiguous ranges of the flattened (batch, head) index, one per thread."""
+    threads = max(1, min(torch.get_num_threads(), heads))
+    if threads == 1:
+        run(0, heads)
+        return
+    bounds = [heads * i // threads for i in range(threads + 1)]
+    for fut in [_pool(threads).submit(run, lo, hi) for lo, hi in zip(bounds, bounds[1:])]:
+        fut.result()
+
+
+def head_stats_native(q, k, *, causal: bool, scale: float, sink_tokens: int, window: int,
+                      key_padding_mask: torch.Tensor | None, column_mass: bool, argmax: bool = True,
+                      lse: torch.Tensor | None = None) -> HeadStats:
+    """Head statistics of CPU q (B, Hq, N, d), k (B, Hkv, M, d) in the compiled loop (inputs
+    already validated by kernels.head_stats): one sweep from the given lse (B, Hq, N), or two
+    (lse first, by the online max and sum of flash attention) without it."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the compiled one-pass statistics are unavailable: {_state['why']}")
+    B, Hq, N, d = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    qf = q.float().contiguous()
+    kt = k.float().transpose(-1, -2).contiguous()  # (B, Hkv, d, M): a key block is a run of floats
+    kmask = None
+    if key_padding_mask is not None:  # bytes, each row padded by VL never-kept bytes for whole-vector loads
+        kmask = torch.zeros(B, M + _VL, dtype=torch.uint8)
+        kmask[:, :M] = key_padding_mask.to(torch.uint8)
+    causal, scale = int(bool(causal)), float(scale)
+    if lse is None:
+        lse = lse_c = torch.empty(B, Hq, N)
+        _over_heads(B * Hq, lambda lo, hi: lib["lse"](_ptr(qf), _ptr(kt), _ptr(kmask), Hq, Hkv, N, M, d, causal,
+                                                      scale, lo, hi, _ptr(lse_c)))
+    else:  # the result keeps the caller's tensor (as the reference does); the loop reads a dense copy
+        lse = lse.float()
+        lse_c = lse.contiguous()
+    entropy, max_prob, sink, local = (torch.empty(B, Hq, N) for _ in range(4))
+    arg = torch.empty(B, Hq, N, dtype=torch.int64) if argmax else None
+    col = torch.zeros(B, Hq, M) if column_mass else None
+    _over_heads(B * Hq, lambda lo, hi: lib["onepass"](
+        _ptr(qf), _ptr(kt), _ptr(kmask), _ptr(lse_c), Hq, Hkv, N, M, d, causal, scale, sink_tokens, window, lo, hi,
+        _ptr(entropy), _ptr(max_prob), _ptr(arg), _ptr(sink), _ptr(local), _ptr(col)))
+    return HeadStats(lse=lse, entropy=entropy, max_prob=max_prob, argmax=arg, sink_mass=sink, local_mass=local,
+                     col_mass=col)
