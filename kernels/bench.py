@@ -4,8 +4,10 @@ CUDA: Triton head_stats, two-pass (full, and rows only with column_mass=False) a
 from a known lse (full and rows only), `attention_stats` (FlashAttention output + lse, then the
 one-pass kernel) against the torch SDPA forward and the eager materialize-and-reduce oracle where
 it fits, at B=1, H=32, Hkv=8, d=128, causal, bf16, N in {4k, 8k, 16k, 32k, 128k}.
-CPU: the plain attention forward (SDPA, the floor), `attention_stats` on its "flash" route
-(output and every statistic), the chunked reference without lse (the shifted sums), the one-pass
+CPU: the plain attention forward (SDPA, the floor), `attention_stats` on its "native" route
+(the forward's flash attention, then the compiled one-pass loop: output and every statistic) and
+on its "flash" route (aten calls only), the compiled loop alone from a known lse (one pass) and
+without it (two passes), the chunked reference without lse (the shifted sums), the one-pass
 reference from a known lse (eager, and torch.compile'd), and eager, at N=16384 x 4 heads; each
 backend runs in a fresh `python -c` subprocess so its peak RSS (ru_maxrss) beyond the inputs can
 be measured. One-pass rows get the lse as an input (the forward computes it anyway); it is not
@@ -41,7 +43,8 @@ COLUMNS = [
 ]  # fmt: skip
 
 #: CPU backends: name -> what runs (the child below dispatches on the name).
-CPU_BACKENDS = ("sdpa", "flash", "reference", "reference_onepass", "reference_onepass_compiled", "eager")
+CPU_BACKENDS = ("sdpa", "native", "native_onepass", "native_twopass", "flash", "reference", "reference_onepass",
+                "reference_onepass_compiled", "eager")
 
 # Runs one CPU backend in a fresh interpreter; prints JSON {times_ms, peak_extra_bytes}.
 _CPU_CHILD = r"""
@@ -59,13 +62,15 @@ k = torch.randn(1, a["Hkv"], a["N"], a["d"], generator=g).to(dt)  # (B, Hkv, N, 
 v = torch.randn(1, a["Hkv"], a["N"], a["d"], generator=g).to(dt)  # (B, Hkv, N, d)
 opts = dict(causal=a["causal"], column_mass=a["column_mass"], argmax=a["argmax"])
 backend = a["backend"]
-if backend.startswith("reference_onepass"):  # the lse a forward returns: an input, not timed
+if "onepass" in backend:  # the lse a forward returns: an input, not timed
     lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, a["causal"])[1]
-    fn = lambda: head_stats(q, k, lse=lse, backend="reference", **opts)
+    fn = lambda: head_stats(q, k, lse=lse, backend=backend.split("_")[0], **opts)
+elif backend == "native_twopass":
+    fn = lambda: head_stats(q, k, backend="native", **opts)
 elif backend == "sdpa":
     fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=a["causal"], enable_gqa=a["Hkv"] != a["H"])
-elif backend == "flash":
-    fn = lambda: attention_stats(q, k, v, backend="flash", **opts)
+elif backend in ("native", "flash"):
+    fn = lambda: attention_stats(q, k, v, backend=backend, **opts)
 else:
     fn = lambda: head_stats(q, k, backend=backend, **opts)
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
-from kernels import HeadStats, attention_stats, head_stats
+from kernels import HeadStats, WorkbenchError, attention_stats, head_stats
 from kernels.head_stats import ATTENTION_BACKENDS, BACKENDS
 
 if TYPE_CHECKING:  # pandas is imported only when a frame is asked for
@@ -177,22 +177,23 @@ class StreamCapture:
         return pd.DataFrame(frame)
 
     def column_frame(self) -> pd.DataFrame:
-        """Attention received by each key: ``prompt_id, layer, head, position, col_mass``."""
+        """Attention received by each key: ``prompt_id, layer, head, position, col_mass``, ordered by
+        layer, prompt, head and position (one frame built at once, however short the prompts)."""
         import pandas as pd
 
-        parts = []
-        for layer, st in self.stats.items():
-            if st.col_mass is None:
-                continue
-            heads, positions = st.col_mass.shape[1:]
-            for b, pid in enumerate(self.prompt_ids):
-                parts.append(pd.DataFrame({
-                    "prompt_id": pid, "layer": layer,
-                    "head": torch.arange(heads).repeat_interleave(positions).numpy(),
-                    "position": torch.arange(positions).repeat(heads).numpy(),
-                    "col_mass": st.col_mass[b].reshape(-1).numpy(),  # (head, key) flattened
-                }))
-        return pd.concat(parts, ignore_index=True)
+        layers = [layer for layer, st in self.stats.items() if st.col_mass is not None]
+        if not layers:
+            raise WorkbenchError("this capture has no column mass: run it with column_mass=True")
+        cols = torch.stack([self.stats[layer].col_mass for layer in layers])  # (layer, batch, head, key)
+        L, batch, heads, positions = cols.shape
+        per_prompt = heads * positions
+        return pd.DataFrame({
+            "prompt_id": np.tile(np.repeat(np.asarray(self.prompt_ids, dtype=np.int64), per_prompt), L),
+            "layer": np.repeat(np.asarray(layers, dtype=np.int64), batch * per_prompt),
+            "head": np.tile(np.repeat(np.arange(heads, dtype=np.int64), positions), L * batch),
+            "position": np.tile(np.arange(positions, dtype=np.int64), L * batch * heads),
+            "col_mass": cols.reshape(-1).numpy(),
+        })
 
 
 def equal_length_batches(mask: torch.Tensor, batch_size: int) -> Iterator[tuple[list[int], int]]:

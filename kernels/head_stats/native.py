@@ -6,8 +6,9 @@ sweep computes it first (online max and sum, as flash attention). The C source i
 compiled at first use with the system's C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
 into ``$WORKBENCH_CACHE/kernels`` (else ``$XDG_CACHE_HOME/attention-workbench/kernels``, else
 ``~/.cache/attention-workbench/kernels``), keyed by the source, the compiler and this CPU, and
-loaded with ctypes. Heads are split across ``torch.get_num_threads()`` Python threads; ctypes
-releases the GIL, so they run in parallel. Without a working compiler `library()` returns None
+loaded with ctypes. Heads run on ``torch.get_num_threads()`` threads: OpenMP ones, torch's own
+libgomp (see OPENMP), where the compiler has OpenMP, else Python threads (ctypes releases the
+GIL). Without a working compiler `library()` returns None
 and callers use the aten route (attention.py) instead, after one warning.
 """
 
@@ -31,8 +32,14 @@ from .stats import HeadStats
 
 SOURCE = Path(__file__).with_name("onepass.c")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fPIC", "-shared", "-std=gnu11")
+#: Tried first: heads in parallel on OpenMP. The library's libgomp.so.1 resolves to the one torch
+#: has already loaded (same soname), so torch's own warm workers run the heads; a spinning pool
+#: of a second runtime would steal the cores from them.
+OPENMP = ("-fopenmp",)
 #: The kernel's query-row buffer holds head sizes up to this.
 MAX_HEAD_DIM = 256
+#: Logits per thread below which a call is not split (about 0.5 ms of work on one core).
+THREAD_MIN_LOGITS = 1 << 19
 _VL = 16  # vector lanes of onepass.c (VL): the padding after each key-mask row
 
 _lock = threading.Lock()
@@ -68,18 +75,26 @@ def _cpu_key() -> str:
 
 
 def _build(cc: str) -> Path:
+    """The compiled library for this source, compiler and CPU: from the cache, else built (with
+    OpenMP when the compiler has it, else without) and cached."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS), _cpu_key()]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS + OPENMP),
+                                    _cpu_key()]).encode()).hexdigest()
     out = cache_dir() / f"wb_onepass-{key[:16]}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # compile aside, then rename: concurrent builds are safe
         part = Path(tmp) / out.name
-        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(part), "-lm"], capture_output=True, text=True,
-                              timeout=300)
-        if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {done.stderr.strip()[-400:]}")
+        errors = []
+        for extra in (OPENMP, ()):
+            done = subprocess.run([cc, *FLAGS, *extra, str(SOURCE), "-o", str(part), "-lm"], capture_output=True,
+                                  text=True, timeout=300)
+            if done.returncode == 0:
+                break
+            errors.append(done.stderr.strip()[-400:])
+        else:
+            raise RuntimeError(f"{cc} failed: {errors[-1]}")
         os.replace(part, out)
     return out
 
@@ -87,18 +102,19 @@ def _build(cc: str) -> Path:
 def _load(path: Path) -> dict:
     lib = ctypes.CDLL(str(path))
     i64, ptr, i32, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-    lse = lib.wb_lse  # q, kt, kmask, Hq, Hkv, N, M, d, causal, scale, heads [begin, end), lse
-    lse.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, i32, f32, i64, i64, ptr]
-    onepass = lib.wb_onepass  # q, kt, kmask, lse, Hq, Hkv, N, M, d, causal, scale, sink, window, heads, outputs
+    lse = lib.wb_lse  # q, kt, kmask, Hq, Hkv, N, M, d, causal, scale, heads [begin, end), lse, threads
+    lse.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, i32, f32, i64, i64, ptr, i32]
+    onepass = lib.wb_onepass  # q, kt, kmask, lse, Hq, Hkv, N, M, d, causal, scale, sink, window, heads, outputs, threads
     onepass.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32, f32, i64, i64, i64, i64,
-                        ptr, ptr, ptr, ptr, ptr, ptr]
+                        ptr, ptr, ptr, ptr, ptr, ptr, i32]
     lse.restype = onepass.restype = None
-    return {"lse": lse, "onepass": onepass}
+    lib.wb_openmp.restype = i32
+    return {"lse": lse, "onepass": onepass, "openmp": bool(lib.wb_openmp())}
 
 
 def library() -> dict | None:
-    """The compiled functions {"lse": wb_lse, "onepass": wb_onepass}, building them on first use;
-    None if they cannot be built (the reason is `unavailable()`)."""
+    """The compiled functions {"lse": wb_lse, "onepass": wb_onepass, "openmp": bool}, building
+    them on first use; None if they cannot be built (the reason is `unavailable()`)."""
     with _lock:
         if "lib" not in _state:
             cc = _compiler()
@@ -137,14 +153,19 @@ def _ptr(t: torch.Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
-def _over_heads(heads: int, run) -> None:
-    """run(lo, hi) on contiguous ranges of the flattened (batch, head) index, one per thread."""
-    threads = max(1, min(torch.get_num_threads(), heads))
-    if threads == 1:
-        run(0, heads)
+def _over_heads(heads: int, logits: int, run, openmp: bool) -> None:
+    """run(lo, hi, threads) over the flattened (batch, head) index: one call on OpenMP threads
+    when the library has them, else contiguous ranges on Python threads (ctypes releases the GIL),
+    the last on the calling thread. A call of fewer than THREAD_MIN_LOGITS logits per thread uses
+    fewer threads (waking workers costs more than they save there)."""
+    threads = max(1, min(torch.get_num_threads(), heads, -(-logits // THREAD_MIN_LOGITS)))
+    if threads == 1 or openmp:
+        run(0, heads, threads)
         return
     bounds = [heads * i // threads for i in range(threads + 1)]
-    for fut in [_pool(threads).submit(run, lo, hi) for lo, hi in zip(bounds, bounds[1:])]:
+    futures = [_pool(threads - 1).submit(run, lo, hi, 1) for lo, hi in zip(bounds[:-2], bounds[1:-1])]
+    run(bounds[-2], bounds[-1], 1)
+    for fut in futures:
         fut.result()
 
 
@@ -166,18 +187,19 @@ def head_stats_native(q, k, *, causal: bool, scale: float, sink_tokens: int, win
         kmask = torch.zeros(B, M + _VL, dtype=torch.uint8)
         kmask[:, :M] = key_padding_mask.to(torch.uint8)
     causal, scale = int(bool(causal)), float(scale)
+    work = B * Hq * N * M // (2 if causal and N > 1 else 1)  # logits swept, about
     if lse is None:
         lse = lse_c = torch.empty(B, Hq, N)
-        _over_heads(B * Hq, lambda lo, hi: lib["lse"](_ptr(qf), _ptr(kt), _ptr(kmask), Hq, Hkv, N, M, d, causal,
-                                                      scale, lo, hi, _ptr(lse_c)))
+        _over_heads(B * Hq, work, lambda lo, hi, n: lib["lse"](_ptr(qf), _ptr(kt), _ptr(kmask), Hq, Hkv, N, M, d,
+                                                               causal, scale, lo, hi, _ptr(lse_c), n), lib["openmp"])
     else:  # the result keeps the caller's tensor (as the reference does); the loop reads a dense copy
         lse = lse.float()
         lse_c = lse.contiguous()
     entropy, max_prob, sink, local = (torch.empty(B, Hq, N) for _ in range(4))
     arg = torch.empty(B, Hq, N, dtype=torch.int64) if argmax else None
     col = torch.zeros(B, Hq, M) if column_mass else None
-    _over_heads(B * Hq, lambda lo, hi: lib["onepass"](
+    _over_heads(B * Hq, work, lambda lo, hi, n: lib["onepass"](
         _ptr(qf), _ptr(kt), _ptr(kmask), _ptr(lse_c), Hq, Hkv, N, M, d, causal, scale, sink_tokens, window, lo, hi,
-        _ptr(entropy), _ptr(max_prob), _ptr(arg), _ptr(sink), _ptr(local), _ptr(col)))
+        _ptr(entropy), _ptr(max_prob), _ptr(arg), _ptr(sink), _ptr(local), _ptr(col), n), lib["openmp"])
     return HeadStats(lse=lse, entropy=entropy, max_prob=max_prob, argmax=arg, sink_mass=sink, local_mass=local,
                      col_mass=col)

@@ -1,8 +1,7 @@
 /* One pass over the logits of a range of heads, given each row's log-sum-exp.
  *
- * Compiled at first use by kernels/head_stats/native.py (cc -O3 -march=native, GCC vector types;
- * no OpenMP runtime: the caller runs head ranges on its own threads, and ctypes releases the
- * GIL). With lse known from the forward's flash attention, every statistic is one sweep:
+ * Compiled at first use by kernels/head_stats/native.py (cc -O3 -march=native -fopenmp, GCC
+ * vector types). With lse known from the forward's flash attention, every statistic is one sweep:
  *
  *     s_tj = scale q_t . k_j     p_tj = exp(s_tj - lse_t)
  *     entropy_t  = -sum_j p_tj (s_tj - lse_t)       max_prob_t = exp(max_j s_tj - lse_t)
@@ -166,6 +165,20 @@ static float row_sumexp(const float *S, int wr, const uint8_t *km, float m) {
     return ls;
 }
 
+/* Heads run in parallel on OpenMP threads where the library is built with -fopenmp (linked to
+ * the libgomp torch has loaded, so torch's own warm workers take the heads); else the caller
+ * splits the head range over threads of its own. Each head's col row has one writer. */
+#ifdef _OPENMP
+#define PARALLEL_HEADS _Pragma("omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)")
+int wb_openmp(void) { return 1; }
+#else
+#define PARALLEL_HEADS
+int wb_openmp(void) { return 0; }
+#endif
+
+/* per-thread blocks of logits and probabilities */
+static __thread float tls_S[R][KB], tls_P[R][KB];
+
 /* a query row block's scaled queries, key limits and liveness; returns the block's key limit */
 static int64_t setup_rows(const float *qh, int64_t t0, int nr, int64_t d, int64_t M, int64_t offset, int causal,
                           float scale, float *qs, int64_t *hi_r) {
@@ -186,11 +199,13 @@ static inline int row_width(int64_t hi_r, int64_t j0, int w) {
 }
 
 void wb_lse(const float *q, const float *kt, const uint8_t *kmask, int64_t Hq, int64_t Hkv, int64_t N, int64_t M,
-            int64_t d, int causal, float scale, int64_t head_begin, int64_t head_end, float *lse) {
+            int64_t d, int causal, float scale, int64_t head_begin, int64_t head_end, float *lse, int nthreads) {
     const int64_t G = Hq / Hkv, offset = M - N;
-    static __thread float S[R][KB];
-    float qs[R * 256];
+    (void)nthreads;
+    PARALLEL_HEADS
     for (int64_t bh = head_begin; bh < head_end; bh++) {
+        float(*S)[KB] = tls_S;
+        float qs[R * 256];
         const int64_t b = bh / Hq, h = bh % Hq;
         const float *qh = q + bh * N * d, *kh = kt + (b * Hkv + h / G) * d * M;
         const uint8_t *km = kmask ? kmask + b * (M + VL) : 0;
@@ -220,11 +235,13 @@ void wb_lse(const float *q, const float *kt, const uint8_t *kmask, int64_t Hq, i
 void wb_onepass(const float *q, const float *kt, const uint8_t *kmask, const float *lse, int64_t Hq, int64_t Hkv,
                 int64_t N, int64_t M, int64_t d, int causal, float scale, int64_t sink_tokens, int64_t window,
                 int64_t head_begin, int64_t head_end, float *entropy, float *max_prob, int64_t *argmax,
-                float *sink, float *local, float *col) {
+                float *sink, float *local, float *col, int nthreads) {
     const int64_t G = Hq / Hkv, offset = M - N;
-    static __thread float S[R][KB], P[R][KB];
-    float qs[R * 256];  /* d <= 256, checked by the caller */
+    (void)nthreads;
+    PARALLEL_HEADS
     for (int64_t bh = head_begin; bh < head_end; bh++) {
+        float(*S)[KB] = tls_S, (*P)[KB] = tls_P;
+        float qs[R * 256];  /* d <= 256, checked by the caller */
         const int64_t b = bh / Hq, h = bh % Hq;
         const float *qh = q + bh * N * d;
         const float *kh = kt + (b * Hkv + h / G) * d * M;

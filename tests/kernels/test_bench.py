@@ -9,7 +9,7 @@ from kernels.errors import WorkbenchError
 
 
 def test_cpu_bench_rows_and_ratios():
-    backends = ("flash", "reference", "reference_onepass", "eager")
+    backends = ("native", "native_onepass", "native_twopass", "flash", "reference", "reference_onepass", "eager")
     df = bench_kernels("cpu", (64,), heads=2, head_dim=16, reps=1, warmup=0, backends=backends)
     assert list(df.columns) == COLUMNS
     assert df.backend.tolist() == ["sdpa", *backends] and (df.status == "ok").all()
@@ -17,7 +17,7 @@ def test_cpu_bench_rows_and_ratios():
     assert (df.peak_mem_bytes >= 0).all() and all(math.isfinite(x) for x in df.ms_p50)
     assert df.column_mass.all() and not df.argmax.any()
     table = format_table(df)
-    assert "reference_onepass" in table and "over_sdpa" in table
+    assert "reference_onepass" in table and "native_twopass" in table and "over_sdpa" in table
     assert set(backends) < set(CPU_BACKENDS)
 
 

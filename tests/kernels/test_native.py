@@ -21,16 +21,21 @@ def test_builds_once_into_the_cache(tmp_path, monkeypatch):
     stamp = path.stat().st_mtime_ns
     assert native._build(cc) == path and path.stat().st_mtime_ns == stamp  # found, not rebuilt
     fns = native._load(path)
-    assert set(fns) == {"lse", "onepass"}
+    assert set(fns) == {"lse", "onepass", "openmp"}
+    assert fns["openmp"] is True  # gcc has OpenMP: heads run on torch's own libgomp workers
     assert list(tmp_path.joinpath("kernels").iterdir()) == [path]  # no temporary left behind
 
 
-def test_threads_change_no_number():
+def test_threads_change_no_number(monkeypatch):
     q, k, mask = make_inputs(2, 5, 1, 333, 333, 24, pad=True, seed=2)  # 10 heads over 1, 2, 3 threads
+    monkeypatch.setattr(native, "THREAD_MIN_LOGITS", 1 << 10)  # split even this small call
+    lib = native.library()
     results = []
-    for n in (1, 2, 3):
-        torch.set_num_threads(n)  # tests/conftest.py restores the count
-        results.append(head_stats(q, k, key_padding_mask=mask, window=5, backend="native"))
+    for openmp in (True, False):  # OpenMP threads, and the Python threads of a build without OpenMP
+        monkeypatch.setitem(lib, "openmp", openmp)
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)  # tests/conftest.py restores the count
+            results.append(head_stats(q, k, key_padding_mask=mask, window=5, backend="native"))
     for other in results[1:]:
         for name, t in results[0].as_dict().items():
             assert torch.equal(getattr(other, name), t), name

@@ -8,6 +8,7 @@ import torch
 
 import workbench as wb
 from probes import streaming as streaming_mod
+from kernels import WorkbenchError
 from probes.streaming import stream_capture, streaming
 from tests.kernels.helpers import assert_stats_close
 from tests.tiny_models import PROMPTS
@@ -157,6 +158,8 @@ def test_implementation_restored_after_an_error(tiny):
     ids, _ = model.to_tokens(PROMPTS[0])
     cap = stream_capture(model, ids, column_mass=False)
     assert cap.stats[0].col_mass is None and len(cap.to_frame()) == model.n_layers * model.n_heads
+    with pytest.raises(WorkbenchError, match="this capture has no column mass: run it with column_mass=True"):
+        cap.column_frame()
 
 
 def test_stream_outputs_match_the_model(tiny):
