@@ -118,7 +118,8 @@ def capture_stats(model, prompts, *, batch_size: int = 4, sink_tokens: int = 1, 
         batch_size: prompts per forward; prompts are batched with others of the same length.
         sink_tokens: sink_mass counts attention on keys ``[0, sink_tokens)`` (Gu et al.: 1).
         window: local_mass counts attention on the last ``window`` keys up to the query.
-        backend: `kernels.head_stats` backend (``"auto"``: Triton on CUDA, else reference).
+        backend: `kernels.head_stats` backend (``"auto"``: Triton on CUDA; on CPU the compiled
+            ``"native"`` loop, or the chunked ``"reference"`` where no C compiler builds it).
     Returns:
         DataFrame ``prompt_id, layer, head, entropy, max_prob, sink_mass, local_mass, n_queries``
         (means over each prompt's real query rows). The attention each key receives is
