@@ -1,14 +1,17 @@
 """Attention output and head statistics together, at about the cost of the attention itself.
 
 The forward's own flash attention returns each row's log-sum-exp; with it every statistic is
-one pass over the logits. Three routes (inputs already validated by `kernels.attention_stats`):
-(`python -m kernels.bench --device cpu --sizes 4096`, 1 thread, 4 heads, d = 64, a loaded
-machine: SDPA 174 ms; flash route 660 ms for out and every statistic; the one-pass reference
-353 ms compiled, 619 ms eager, for the statistics alone, beside the 174 ms forward)
+one pass over the logits. Routes (inputs already validated by `kernels.attention_stats`), timed
+by `python -m kernels.bench --device cpu` (N = 16384, 4 heads, d = 64, 2 threads; SDPA 467 ms):
 
-- ``"flash"`` (CPU): every statistic from identities over the CPU flash-attention kernel
-  (`aten._scaled_dot_product_flash_attention_for_cpu`, which returns lse), so the only O(N²) work
-  is flash attention itself, vectorized and cache-blocked; no N×N tensor at any point:
+- ``"native"`` (CPU, the default there; 1010 ms for out and every statistic): out and lse from
+  the CPU flash kernel with the model's own values (the forward itself), then every statistic in
+  ONE sweep of a compiled C loop given lse (native.py, onepass.c; 534 ms), column mass and argmax
+  included when asked. `kernels.attention_stats` takes ``"flash"`` instead where no C compiler
+  builds the loop or d > 256.
+- ``"flash"`` (CPU, no compiler needed; 1990 ms): every statistic from identities over further
+  calls of the CPU flash-attention kernel (`aten._scaled_dot_product_flash_attention_for_cpu`,
+  which returns lse); no N×N tensor at any point:
     * out, lse and entropy from ONE call with values ``[v, k]`` (queries and keys zero-padded to
       the same width): H_t = lse_t - scale · q_t · Σ_j p_tj k_j;
     * max_prob = exp(m - lse) with the row max m = lse(β s) / β, one call at temperature β = 2^24
@@ -18,10 +21,6 @@ machine: SDPA 174 ms; flash route 660 ms for out and every statistic; the one-pa
       queries ``[q, -lse]``, both sequences flipped so that ``is_causal`` keeps t >= j;
       col_j = exp(lse'_j);
     * argmax (when asked) from a chunked logits pass (no exponentials).
-- ``"native"`` (CPU, the default there): out and lse from the CPU flash kernel with the model's
-  own values (the forward itself), then every statistic in ONE sweep of a compiled C loop given
-  lse (native.py, onepass.c), column mass and argmax included when asked; falls back to
-  ``"flash"`` when no C compiler is available or d > 256;
 - ``"reference"`` / ``"triton"``: out and lse from the device's flash attention (CPU kernel
   above; on CUDA FlashAttention, or memory-efficient attention for fp32), then the one-pass
   statistics of `head_stats(..., lse=lse)` in that backend.
