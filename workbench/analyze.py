@@ -178,13 +178,17 @@ def table_params(analyzer: Analyzer, prompts: list) -> dict:
 
 
 def resolve_backend(analyzer: Analyzer, params: dict, model, mode: str | None = None) -> str:
-    """The attention backend a table is made with: for streaming analyses the `kernels.head_stats`
-    backend that ``"auto"`` picks on the model's device (Triton on CUDA, else the reference);
-    for exact ones the model's eager attention read through hooks."""
+    """The attention backend a table is made with: for streaming analyses the `kernels` route
+    that ``"auto"`` picks on the model's device (Triton on CUDA, else the reference; on the CPU
+    the compiled native loop, else the aten "flash" route where no C compiler builds it); for
+    exact ones the model's eager attention read through hooks."""
     if (mode or analyzer.mode) != "stream":
         return "eager"
     backend = params.get("backend", "auto")
     if backend != "auto":
         return str(backend)
-    cuda = str(getattr(model, "device", "cpu")).startswith("cuda")
-    return "triton" if cuda and importlib.util.find_spec("triton") is not None else "reference"
+    if str(getattr(model, "device", "cpu")).startswith("cuda"):
+        return "triton" if importlib.util.find_spec("triton") is not None else "reference"
+    from kernels.head_stats.native import library
+
+    return "native" if library() is not None else "flash"

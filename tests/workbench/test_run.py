@@ -244,6 +244,16 @@ def test_manifest_says_how_each_table_was_made(tiny, tmp_path):
     assert sinks["params"] == {"n_prompts": 2, "eps": 0.3, "batch_size": 8, "backend": "auto"}
     assert sinks["attrs"]["eps"] == 0.3 and 0 <= sinks["attrs"]["sink_share"] <= 1 and sinks["device"] == "cpu"
     assert summary["params"] == {"n_prompts": 2, "batch_size": 8}
+    # a streaming table names the route "auto" took on this CPU: the compiled native loop (gcc here)
+    stream = wb.analyze(model, PROMPTS, out=tmp_path / "s", analyses=["capture_stats"], progress=False)
+    assert stream.manifest["tables"]["capture_stats"]["capture_mode"] == "stream"
+    assert stream.manifest["tables"]["capture_stats"]["backend"] == "native"
+    from kernels.head_stats import native
+    from workbench.analyze import resolve_backend
+
+    with pytest.MonkeyPatch.context() as mp:  # no C compiler: the aten route runs, and is named
+        mp.setattr(native, "_state", {"lib": None, "why": "no C compiler found"})
+        assert resolve_backend(wb.ANALYZERS["capture_stats"], {"backend": "auto"}, model) == "flash"
     assert len(sinks["sha256"]) == 64 and sinks["bytes"] == (tmp_path / "r" / "sink_scores.parquet").stat().st_size
     # declared parameters of registered wrappers win over their signature
     importance = wb.ANALYZERS["head_importance"]
