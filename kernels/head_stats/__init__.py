@@ -82,7 +82,9 @@ def head_stats(
         lse: (B, Hq, N) each row's log-sum-exp (natural log) if the caller has it already,
             e.g. from the forward's flash attention; -inf marks rows with no visible key. The
             native, reference and Triton backends then make a single pass (p = exp(s - lse));
-            the result's lse is this tensor. The eager oracle ignores it.
+            the result's lse is this tensor. The eager oracle ignores it. Probabilities are not
+            renormalized: an lse off by δ scales each of them by e^-δ (fp32 logits of size |s|
+            carry about |s| · 6e-8 of rounding, so at |s| ~ 500 expect ~1e-4).
         backend: "auto" (Triton on CUDA; on CPU "native" where a C compiler builds it and
             d <= 256, else reference), "native", "reference", "triton", "eager".
             Shapes the Triton kernel does not support (d > 256) fall back to the reference

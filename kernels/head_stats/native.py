@@ -180,6 +180,10 @@ def head_stats_native(q, k, *, causal: bool, scale: float, sink_tokens: int, win
         raise RuntimeError(f"the compiled one-pass statistics are unavailable: {_state['why']}")
     B, Hq, N, d = q.shape
     Hkv, M = k.shape[1], k.shape[2]
+    if d > MAX_HEAD_DIM:  # the loop's query-row buffer; kernels.head_stats routes these elsewhere
+        raise RuntimeError(f"the native loop takes head dims up to {MAX_HEAD_DIM}, got d={d}")
+    # a sink or window past M keys covers the same keys as M (query positions are < M), and int64 holds M
+    sink_tokens, window = min(int(sink_tokens), M), min(int(window), M)
     qf = q.float().contiguous()
     kt = k.float().transpose(-1, -2).contiguous()  # (B, Hkv, d, M): a key block is a run of floats
     kmask = None

@@ -67,3 +67,14 @@ def test_head_dim_past_the_buffer_takes_the_other_routes():
     assert_stats_close(st, want, atol=1e-5, rtol=1e-5, q=q, k=k, scale=q.shape[-1] ** -0.5)
     with pytest.raises(WorkbenchError, match=rf"backend='native' cannot run: head dim d={native.MAX_HEAD_DIM + 8} > 256"):
         head_stats(q, k, backend="native")
+
+
+def test_huge_sink_and_window_cover_every_key():
+    """Values past int64 reach the C loop clamped to M (ctypes would wrap them silently)."""
+    q, k, _ = make_inputs(1, 2, 1, 40, 60, 16, seed=8)
+    for causal in (True, False):
+        want = head_stats(q, k, causal=causal, sink_tokens=60, window=60, backend="eager")
+        got = head_stats(q, k, causal=causal, sink_tokens=2**63, window=2**64 + 1, backend="native")
+        torch.testing.assert_close(got.sink_mass, want.sink_mass, atol=1e-6, rtol=0)
+        torch.testing.assert_close(got.local_mass, want.local_mass, atol=1e-6, rtol=0)
+    assert torch.allclose(got.sink_mass, torch.ones_like(got.sink_mass))
