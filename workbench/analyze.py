@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import sys
 import time
@@ -178,17 +177,14 @@ def table_params(analyzer: Analyzer, prompts: list) -> dict:
 
 
 def resolve_backend(analyzer: Analyzer, params: dict, model, mode: str | None = None) -> str:
-    """The attention backend a table is made with: for streaming analyses the `kernels` route
-    that ``"auto"`` picks on the model's device (Triton on CUDA, else the reference; on the CPU
-    the compiled native loop, else the aten "flash" route where no C compiler builds it); for
-    exact ones the model's eager attention read through hooks."""
+    """The attention backend a table is made with: for streaming analyses the route that
+    ``"auto"`` takes in `kernels.attention_stats` on the model's device (`kernels.head_stats.auto_backend`);
+    for exact ones the model's eager attention read through hooks."""
     if (mode or analyzer.mode) != "stream":
         return "eager"
     backend = params.get("backend", "auto")
     if backend != "auto":
         return str(backend)
-    if str(getattr(model, "device", "cpu")).startswith("cuda"):
-        return "triton" if importlib.util.find_spec("triton") is not None else "reference"
-    from kernels.head_stats.native import library
+    from kernels.head_stats import auto_backend
 
-    return "native" if library() is not None else "flash"
+    return auto_backend(getattr(model, "device", "cpu"), model.d_head, attention=True)

@@ -25,7 +25,7 @@ from .reference import head_stats_reference
 from .stats import HeadStats
 from .validate import finite, validate
 
-__all__ = ["head_stats", "attention_stats", "HeadStats", "BACKENDS", "ATTENTION_BACKENDS"]
+__all__ = ["head_stats", "attention_stats", "auto_backend", "HeadStats", "BACKENDS", "ATTENTION_BACKENDS"]
 
 BACKENDS = ("auto", "native", "reference", "triton", "eager")
 ATTENTION_BACKENDS = ("auto", "native", "flash", "reference", "triton")
@@ -113,12 +113,9 @@ def head_stats(
         lse=lse,
     )
     if backend == "auto":
-        if q.is_cuda:
-            backend = "triton" if _triton_installed() else "reference"
-        else:
-            backend = "native" if _native_unavailable(q) is None else "reference"
+        backend = auto_backend(q.device, q.shape[-1])
     if backend == "native":
-        why = _native_unavailable(q)
+        why = _native_unavailable(q.device, q.shape[-1])
         if why is not None:
             raise WorkbenchError(f"backend='native' cannot run: {why}")
         from .native import head_stats_native
@@ -143,21 +140,28 @@ def head_stats(
     return head_stats_reference(q, k, **opts)
 
 
-def _native_unavailable(q: torch.Tensor) -> str | None:
-    """Why the compiled native loop cannot take q, or None if it can (builds it on first use)."""
+def _native_unavailable(device: torch.device | str, head_dim: int) -> str | None:
+    """Why the compiled native loop cannot take these tensors, or None if it can (builds it on
+    first use)."""
     from .native import MAX_HEAD_DIM, unavailable
 
-    if q.device.type != "cpu":
-        return f"q is on {q.device}; the native backend runs on CPU tensors (use 'triton' or 'reference')"
-    if q.shape[-1] > MAX_HEAD_DIM:
-        return f"head dim d={q.shape[-1]} > {MAX_HEAD_DIM}"
+    if torch.device(device).type != "cpu":
+        return f"q is on {device}; the native backend runs on CPU tensors (use 'triton' or 'reference')"
+    if head_dim > MAX_HEAD_DIM:
+        return f"head dim d={head_dim} > {MAX_HEAD_DIM}"
     return unavailable()
 
 
-def _cpu_route(q: torch.Tensor) -> str:
-    """The CPU route of attention_stats: "native" when the compiled loop builds here and takes
-    q's head size, else "flash" (no compiler needed)."""
-    return "native" if _native_unavailable(q) is None else "flash"
+def auto_backend(device: torch.device | str, head_dim: int, *, attention: bool = False) -> str:
+    """The backend ``"auto"`` picks for tensors on ``device`` with head size ``head_dim``: on CUDA
+    "triton" (when installed, else "reference"); on the CPU "native" where the compiled loop
+    builds and takes ``head_dim``, else "flash" for `attention_stats` (``attention=True``, no
+    compiler needed) or "reference" for `head_stats`."""
+    if torch.device(device).type == "cuda":
+        return "triton" if _triton_installed() else "reference"
+    if _native_unavailable(device, head_dim) is None:
+        return "native"
+    return "flash" if attention else "reference"
 
 
 def attention_stats(
@@ -220,11 +224,11 @@ def attention_stats(
     causal = bool(causal) and N > 1  # one query sees every key
     opts = dict(scale=scale, sink_tokens=sink_tokens, window=window, column_mass=bool(column_mass), argmax=bool(argmax))
     if backend == "auto":
-        backend = ("triton" if _triton_installed() else "reference") if q.is_cuda else _cpu_route(q)
+        backend = auto_backend(q.device, q.shape[-1], attention=True)
     if backend in ("native", "flash") and q.is_cuda:
         raise WorkbenchError(f"backend={backend!r} runs on the CPU flash-attention kernel; on CUDA use 'triton' or 'reference'")
     if backend == "native":
-        why = _native_unavailable(q)
+        why = _native_unavailable(q.device, q.shape[-1])
         if why is not None:
             raise WorkbenchError(f"backend='native' cannot run: {why}; backend='flash' needs no compiler")
         return attention_stats_native(q, k, v, causal=causal, **opts)

@@ -4,8 +4,8 @@ Every statistic from one sweep over the logits, as the Triton one-pass kernel do
 the logits of R query rows x KB keys exist only in a block on the stack. Without lse one more
 sweep computes it first (online max and sum, as flash attention). The C source is
 compiled at first use with the system's C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
-into ``$WORKBENCH_CACHE/kernels`` (else ``$XDG_CACHE_HOME/attention-workbench/kernels``, else
-``~/.cache/attention-workbench/kernels``), keyed by the source, the compiler and this CPU, and
+into ``kernels/`` under `kernels.cache.cache_root` (``$WORKBENCH_CACHE``, as for the SmolLM2
+weights), keyed by the source, the compiler and this CPU, and
 loaded with ctypes. Heads run on ``torch.get_num_threads()`` threads: OpenMP ones, torch's own
 libgomp (see OPENMP), where the compiler has OpenMP, else Python threads (ctypes releases the
 GIL). Without a working compiler `library()` returns None
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..cache import cache_root
 from .stats import HeadStats
 
 SOURCE = Path(__file__).with_name("onepass.c")
@@ -44,17 +45,6 @@ _VL = 16  # vector lanes of onepass.c (VL): the padding after each key-mask row
 
 _lock = threading.Lock()
 _state: dict = {}  # "lib": the loaded library or None, "why": why it is missing, "pool": threads
-
-
-def cache_dir() -> Path:
-    """Where the compiled library is kept (see the module docstring)."""
-    if os.environ.get("WORKBENCH_CACHE"):
-        root = Path(os.environ["WORKBENCH_CACHE"]).expanduser()
-    elif os.environ.get("XDG_CACHE_HOME"):
-        root = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "attention-workbench"
-    else:
-        root = Path.home() / ".cache" / "attention-workbench"
-    return root / "kernels"
 
 
 def _compiler() -> str | None:
@@ -80,7 +70,7 @@ def _build(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS + OPENMP),
                                     _cpu_key()]).encode()).hexdigest()
-    out = cache_dir() / f"wb_onepass-{key[:16]}.so"
+    out = cache_root() / "kernels" / f"wb_onepass-{key[:16]}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

