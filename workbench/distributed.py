@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 
 import pandas as pd
 
+from kernels.head_stats import auto_backend
 from workbench import shards as shard_store
 from workbench.checks import positive_int
 from workbench.errors import WorkbenchError, find_cause
@@ -318,12 +319,14 @@ def run_tables(model, prompts: list, run, names: Sequence[str], *, address: str 
         raise WorkbenchError(f"the Ray job ended without shard(s) {missing[:3]} of {names}: run it again to resume")
     seconds = time.perf_counter() - start
     engine.update(shards_written=len(todo), shards_kept=len(kept))
+    device = "cuda" if "num_gpus" in per_actor else "cpu"
     for name in names:
         run.add_sharded_table(name, shards=shard_store.describe(run.path / name, plan), columns=TABLES[name].columns,
                               # shared tables: wb.describe's mode="auto", chosen per batch (exact where the pattern fits)
                               mode="auto" if TABLES[name].shared else "stream",
-                              backend=None if TABLES[name].shared else ("triton" if "num_gpus" in per_actor else "reference"),
-                              engine=engine, seconds=seconds, device="cuda" if "num_gpus" in per_actor else "cpu",
+                              # the route the actors' capture_stats(backend="auto") takes on that device
+                              backend=None if TABLES[name].shared else auto_backend(device, model.d_head, attention=True),
+                              engine=engine, seconds=seconds, device=device,
                               order=[list(o) for o in TABLES[name].order],
                               params={**(params or {}).get(name, {}), "batch_size": batch_size})
     return {"written": [s.name for s in todo], "kept": [s.name for s in kept], "engine": engine}

@@ -111,10 +111,10 @@ _add(
          "Sun et al. 2024, Massive Activations in Large Language Models", direction="abs"),
     Term("ratio", "|h[t, i]| / median |h| over the layer's hidden state for the prompt", "> 1000 when massive",
          "the entry stands out more from the rest", "Sun et al. 2024 (|h| > 100 and > 1000× the median)"),
-    Term("importance", "I_h = E_x |∂L/∂ξ_h| at ξ = 1 (head mask ξ on hook_z), normalised per layer by L2, then "
-         "min–max over all heads", "[0, 1]", "the loss is more sensitive to scaling the head's output",
+    Term("importance", "I_h = E_x |∂L/∂ξ_h| at ξ = 1 (head mask ξ on hook_z), min–max over all heads "
+         "(a global ranking)", "[0, 1]", "the loss is more sensitive to scaling the head's output",
          "Michel et al. 2019, Are Sixteen Heads Really Better than One?; Li et al. 2023 (min–max)",
-         note="per-layer normalisation puts one head of every layer at 1.0 before the min–max"),
+         note="per-layer L2 normalisation (Michel et al.) is the option normalize_layers=True"),
     Term("raw", "the importance before normalisation: E_x |∂L/∂ξ_h| for the gradient method (Δloss in nats for "
          "ablation, −IG attribution for integrated gradients)", "≥ 0 for the gradient method",
          "the loss depends more on the head, comparable across layers", "Michel et al. 2019",

@@ -137,7 +137,6 @@ def head_stats_reference(
                                   argmax=argmax)
     B, Hq, N, d = q.shape
     Hkv, M = k.shape[1], k.shape[2]
-    G = Hq // Hkv
     offset = M - N  # query t sits at key position t + offset
     dev = q.device
     kf = k.float().transpose(-1, -2)  # (B, Hkv, d, M)
@@ -151,7 +150,7 @@ def head_stats_reference(
         hi = min(M, t1 + offset) if causal else M  # keys any query of the chunk can see
 
         # step 1: scaled logits of the chunk, in fp32
-        qc = q[:, :, t0:t1].float().reshape(B, Hkv, G * c, d)  # (B, Hkv, G*c, d): group rows share K
+        qc = group_rows(q, Hkv, t0, t1)  # (B, Hkv, G*c, d): group rows share K
         s = torch.matmul(qc, kf[..., :hi]).reshape(B, Hq, c, hi) * scale  # (B, Hq, c, hi)
 
         # step 2: mask keys the query may not see (causal, padding)

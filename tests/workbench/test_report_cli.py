@@ -16,7 +16,7 @@ import torch
 
 import workbench as wb
 from tests import tiny_models
-from tests.workbench.report_helpers import check_self_contained, cli as _cli, registry
+from tests.workbench.report_helpers import EXTRA, check_self_contained, cli as _cli, registry
 from workbench.analyzers import ANALYZERS, Analyzer
 from workbench.report import report_model, sections
 from workbench.report.figures import downsample_heatmaps
@@ -110,6 +110,13 @@ def test_a_damaged_table_gets_its_restore_command_and_each_table_is_checked_once
     assert html.escape(run.restore_command(["sink_scores"])) in section
     assert "L0H1" in re.search('id="ranked".*?</section>', text, re.S).group(0)  # the intact table is still ranked
     assert hashed.count("head_summary.parquet") == 1  # read (and hash-checked) once for the whole report
+    hashed.clear()
+    (tmp_path / "run" / "sink_scores.parquet").unlink()
+    with registry("head_summary"):  # nothing to compute: wb.report checks each table once, then renders with it
+        run = wb.Run.open(tmp_path / "run")
+        run.mark_skipped(EXTRA.name, "not part of this test")
+        wb.report(run, out=tmp_path / "r.html", compute=True)
+    assert hashed.count("head_summary.parquet") == 1
 
 
 def test_a_failing_analysis_leaves_the_old_report_and_no_temp_file(tmp_path, monkeypatch):

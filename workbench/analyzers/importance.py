@@ -385,7 +385,7 @@ def _params(prompts) -> dict:
 
 register(Analyzer("head_importance", _registered_importance, "Head importance (gradient, global ranking)",
                   mode="exact", applies=_skip_untrained_mlm, figures=_importance_figures, family="importance",
-                  findings=checks_findings.importance, glossary=checks_findings.IMPORTANCE_TERMS, example="prompt",
+                  findings=checks_findings.importance, example="prompt",
                   params=_params,
                   sources=("Michel et al. 2019, Are Sixteen Heads Really Better than One? (|∂L/∂ξ|; per-layer L2 "
                            "normalisation is the option normalize_layers=True)",

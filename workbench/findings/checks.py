@@ -17,12 +17,6 @@ _WU = "Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Fact
 METHOD_LABELS = {"gradient": "gradient", "ablation_zero": "ablation (zero)", "ablation_mean": "ablation (mean)",
                  "integrated_gradients": "integrated gradients"}
 
-IMPORTANCE_TERMS = {
-    "importance": Term("importance", "I_h = E_x |∂L/∂ξ_h| at ξ = 1 (head mask ξ on hook_z), min–max over all heads "
-                       "(a global ranking)", "[0, 1]", "the loss is more sensitive to scaling the head's output",
-                       _MICHEL + "; Li et al. 2023 (min–max)",
-                       note="per-layer L2 normalisation (Michel et al.) is the option normalize_layers=True"),
-}
 METHOD_TERMS = {
     "method": Term("method", "the importance method: gradient E|∂L/∂ξ|, Δloss with the head zeroed or replaced by "
                    "its mean over reference prompts, or −IG of the loss over ξ from 0 to 1", "name", "",

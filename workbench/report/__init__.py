@@ -72,15 +72,18 @@ def _model_for(run: Run, model):
     return load_model(model)
 
 
-def _complete(run: Run, model, prompts, progress: bool) -> Run:
-    """Run the registered analyses the run holds neither as a table nor as skipped."""
+def _complete(run: Run, model, prompts, progress: bool) -> tuple[Run, sections.Tables | None]:
+    """Run the registered analyses the run holds neither as a readable table nor as skipped.
+    Returns the run and, when nothing was missing, the tables it read to find that out (each
+    read and hash-checked once per report: `render` goes on with them)."""
     from workbench.analyze import analyze
     from workbench.prompts import load_prompts
 
+    tables = sections.Tables(run)
     skipped = run.manifest.get("skipped") or {}
-    missing = [n for n in ANALYZERS if n not in skipped and (n not in run or run.problem(n))]  # damaged too
+    missing = [n for n in ANALYZERS if n not in skipped and (n not in run or tables.get(n) is None)]  # damaged too
     if not missing:
-        return run
+        return run, tables
     model = _model_for(run, model)
     stored = run.manifest.get("model") or {}
     if stored.get("name") not in (None, model.name) or stored.get("n_heads") not in (None, model.n_heads):
@@ -93,15 +96,16 @@ def _complete(run: Run, model, prompts, progress: bool) -> Run:
     if run.manifest.get("prompts_hash") not in (None, prompts_hash(prompts)):
         raise WorkbenchError(f"run {str(run.path)!r} was made from other prompts than {what}: pass the run's "
                              f"prompts (--prompts FILE) to compute its missing analyses {missing}")
-    return analyze(model, prompts, out=run.path, analyses=missing, progress=progress)
+    return analyze(model, prompts, out=run.path, analyses=missing, progress=progress), None
 
 
-def render(run: Run) -> tuple[str, int]:
-    """The report page of a run as HTML text, and how many figures it holds."""
+def render(run: Run, tables: sections.Tables | None = None) -> tuple[str, int]:
+    """The report page of a run as HTML text, and how many figures it holds (``tables``: the
+    run's tables already read, e.g. by `_complete`; default: read here)."""
     manifest = run.manifest
     model = (manifest.get("model") or {}).get("name") or "unknown model"
     doc = page.Page(title=f"Attention Workbench report: {model}")
-    tables = sections.Tables(run)
+    tables = tables if tables is not None else sections.Tables(run)
     skipped = manifest.get("skipped") or {}
     doc.add("findings", "Findings", sections.findings_section(doc, tables))
     doc.add("ranked", "Heads ranked by each score", sections.ranked_section(tables))
@@ -207,9 +211,10 @@ def report(run: Run | str | Path, out: str | Path = "report.html", *, model=None
     """
     out = check_output(out)
     run = run if isinstance(run, Run) else Run.open(run)
+    tables = None
     if compute:
-        run = _complete(run, model, prompts, progress)
-    return _write(render(run)[0], out)
+        run, tables = _complete(run, model, prompts, progress)
+    return _write(render(run, tables)[0], out)
 
 
 def _check_not_stale(cached: Path, model) -> None:
