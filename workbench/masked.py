@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 import torch
 
 from workbench.heads import HeadEdit, edit_heads
+from workbench.tasks.scoring import sdpa as scoring_sdpa
 
 #: Most sequences in one forward when several head masks share it.
 MAX_ROWS = 64
@@ -44,23 +45,10 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 @contextmanager
 def sdpa(model) -> Iterator[None]:
-    """Run ``model.hf_model`` with SDPA attention inside the block (no attention weights, fused
-    kernels; the same outputs as eager to float precision), restoring its implementation after.
-    Models without SDPA support keep theirs."""
-    hf = model.hf_model
-    previous = hf.config._attn_implementation
-    if previous == "sdpa":
+    """`workbench.tasks.scoring.sdpa` for a `ModelHandle`: ``model.hf_model`` with SDPA attention
+    inside the block, its implementation restored after."""
+    with scoring_sdpa(model.hf_model):
         yield
-        return
-    try:
-        hf.set_attn_implementation("sdpa")
-    except (ValueError, ImportError):  # no SDPA for this architecture: run as it is
-        yield
-        return
-    try:
-        yield
-    finally:
-        hf.set_attn_implementation(previous)
 
 
 def supports_prefix(model) -> bool:

@@ -11,10 +11,8 @@ head if that score exceeds 0.1 (Wu et al.). The argmax comes from the streaming 
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -246,17 +244,6 @@ def retrieval_scores(model, trials=None, *, mode: str = "teacher_forced", thresh
 # -- ablation and the NIAH grid -----------------------------------------------------------
 
 
-@contextmanager
-def _sdpa(model) -> Iterator[None]:
-    """Run ``hf_model`` with SDPA inside the block (no N×N weights at long context)."""
-    previous = model.hf_model.config._attn_implementation
-    model.hf_model.set_attn_implementation("sdpa")
-    try:
-        yield
-    finally:
-        model.hf_model.set_attn_implementation(previous)
-
-
 def niah_grid(model, trials=None, ablate=None) -> pd.DataFrame:  # noqa: A002 - the public keyword
     """Needle-in-a-haystack accuracy by context length and needle depth (Wu et al.'s causal test).
 
@@ -268,11 +255,12 @@ def niah_grid(model, trials=None, ablate=None) -> pd.DataFrame:  # noqa: A002 - 
         answer (teacher-forced, the shared scorer `workbench.tasks.greedy_match`).
     """
     from workbench.tasks import greedy_match
+    from workbench.tasks.scoring import sdpa
 
     rows = read_trials(trials, required=("prompt", "answer", "context_length", "depth"), model=model)
     encode_trials(model, rows)  # validates needles and lengths
     heads = [] if ablate is None else check_heads(model, ablate)
-    with _sdpa(model), ablate_heads(model, heads):
+    with sdpa(model.hf_model), ablate_heads(model, heads):
         hits = greedy_match(model.hf_model, model.tokenizer, rows)
     frame = pd.DataFrame({"context_length": [r["context_length"] for r in rows],
                           "depth": [float(r["depth"]) for r in rows], "hit": hits})

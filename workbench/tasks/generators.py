@@ -66,9 +66,10 @@ def _ids(tok, text: str, special: bool = True) -> list[int]:
     return tok(text, add_special_tokens=special)["input_ids"]
 
 
-def round_trips(tok, prompt: str, answer: str) -> bool:
-    """Whether ``answer`` tokenizes the same alone as after ``prompt``, with no unknown token."""
-    p, a = _ids(tok, prompt), _ids(tok, answer, special=False)
+def round_trips(tok, prompt: str, answer: str, ids: tuple[list[int], list[int]] | None = None) -> bool:
+    """Whether ``answer`` tokenizes the same alone as after ``prompt``, with no unknown token.
+    ``ids``: the caller's ``(prompt ids, answer ids)`` when it has tokenized them already."""
+    p, a = ids if ids is not None else (_ids(tok, prompt), _ids(tok, answer, special=False))
     return bool(a) and tok.unk_token_id not in p + a and _ids(tok, prompt + answer) == p + a
 
 
@@ -158,12 +159,12 @@ def _paired(tok, row: dict, lengths: _Lengths) -> bool:
     """Clean and corrupted prompts of equal token length, one-token answers that differ and
     round-trip, and a prompt as long as the template's others (checked last: only a row that
     passes the rest fixes the template's length)."""
-    n = len(_ids(tok, row["prompt"]))
+    p, cp = _ids(tok, row["prompt"]), _ids(tok, row["corrupted_prompt"])
     a, b = _ids(tok, row["answer"], False), _ids(tok, row["corrupted_answer"], False)
-    return (n == len(_ids(tok, row["corrupted_prompt"])) and len(a) == len(b) == 1
-            and a != b and round_trips(tok, row["prompt"], row["answer"])
-            and round_trips(tok, row["corrupted_prompt"], row["corrupted_answer"])
-            and lengths.fits(row["template"], n))
+    return (len(p) == len(cp) and len(a) == len(b) == 1
+            and a != b and round_trips(tok, row["prompt"], row["answer"], (p, a))
+            and round_trips(tok, row["corrupted_prompt"], row["corrupted_answer"], (cp, b))
+            and lengths.fits(row["template"], len(p)))
 
 
 # -- colored objects ----------------------------------------------------------------------
@@ -212,6 +213,7 @@ def induction(tok, n: int, rng: np.random.Generator, *, span: int = 16) -> list[
     pool = word_tokens(tok)
     if len(pool) < span:
         raise WorkbenchError(f"this tokenizer has {len(pool)} whole-word tokens; an induction span needs {span}")
+    special = _ids(tok, "", True)  # what the tokenizer adds (a BOS or nothing)
 
     def make(i: int):
         seq = [pool[x] for x in rng.choice(len(pool), span, replace=False)]
@@ -220,9 +222,9 @@ def induction(tok, n: int, rng: np.random.Generator, *, span: int = 16) -> list[
         full = tok.decode(seq + seq[:repeat + 1])
         if not full.startswith(prompt):
             return None
-        special = _ids(tok, "", True)  # what the tokenizer adds (a BOS or nothing)
         answer = full[len(prompt):]
-        if _ids(tok, prompt) != special + seq + seq[:repeat] or not round_trips(tok, prompt, answer):
+        p = _ids(tok, prompt)
+        if p != special + seq + seq[:repeat] or not round_trips(tok, prompt, answer, (p, _ids(tok, answer, False))):
             return None
         return {"prompt": prompt, "answer": answer, "span": span, "repeat": repeat}
 
@@ -300,7 +302,7 @@ def passkey(tok, n: int, rng: np.random.Generator, *, lengths, depths) -> list[d
         answer = f" {key}"
         p, a = _ids(tok, prompt), _ids(tok, answer, False)  # a prompt of up to context_length tokens: once
         n_tokens = len(p)
-        if n_tokens > target or not round_trips(tok, prompt, answer):
+        if n_tokens > target or not round_trips(tok, prompt, answer, (p, a)):
             return None
         if sum(p[s:s + len(a)] == a for s in range(len(p) - len(a) + 1)) != 1:
             return None  # the answer's tokens must occur once in the prompt: in the needle
