@@ -45,7 +45,7 @@ def _harm(frame: pd.DataFrame, column: str) -> np.ndarray:
     return sign * (frame[column].to_numpy(dtype=float) - frame["clean"].to_numpy(dtype=float))
 
 
-def _complete(frame: pd.DataFrame) -> pd.DataFrame:
+def complete_checks(frame: pd.DataFrame) -> pd.DataFrame:
     """A table with only the eight `causal.COLUMNS` made whole: the direction from the metric's
     name (accuracy and logit difference: higher is better), harm against 0 when no ``clean``,
     and ``beats_random`` by the rule of `causal.causal_check`."""
@@ -67,7 +67,7 @@ def causal_checks_figure(frame: pd.DataFrame, *, title: str | None = None) -> go
     the clean model the ranking's own metric is, in that metric's units (stated on hover)."""
     require(frame, ("ranking", "k", "top", "bottom", "random_median", "random_lo", "random_hi", "metric"),
             "causal_checks_figure")
-    frame = _complete(frame)
+    frame = complete_checks(frame)
     labels = [f"{r} · k={k}" for r, k in zip(frame["ranking"], frame["k"])]
     top, bottom, median = _harm(frame, "top"), _harm(frame, "bottom"), _harm(frame, "random_median")
     ends = np.stack([_harm(frame, "random_lo"), _harm(frame, "random_hi")])
@@ -155,14 +155,15 @@ def niah_curve_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Fi
 def niah_controls_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """Overall NIAH accuracy on held-out trials per condition of a `niah_controls` frame: full,
     the retrieval set ablated, and each random set of its size (with their median)."""
+    from workbench.analyzers.niah import _kind
+    from workbench.analyzers.retrieval import _overall
+
     require(frame, ("condition", "accuracy", "n_trials"), "niah_controls_figure")
     part = frame[frame["held_out"].astype(bool)] if "held_out" in frame.columns and frame["held_out"].any() else frame
-    rows = []
-    for cond, g in part.groupby("condition", sort=False):
-        rows.append((cond, float((g["accuracy"] * g["n_trials"]).sum() / g["n_trials"].sum()),
-                     str(g["heads"].iloc[0]) if "heads" in g.columns else ""))
-    colours = ["#1f77b4" if c == "full" else "#d62728" if c.startswith("retrieval") else
-               "#555555" if "median" in c else "#bbbbbb" for c, _, _ in rows]
+    rows = [(cond, _overall(g), str(g["heads"].iloc[0]) if "heads" in g.columns else "")
+            for cond, g in part.groupby("condition", sort=False)]
+    palette = {"full": "#1f77b4", "ablated": "#d62728", "median": "#555555"}
+    colours = [palette.get(_kind(c), "#bbbbbb") for c, _, _ in rows]
     size = frame.attrs.get("set_size")
     fig = go.Figure(go.Bar(x=[c for c, _, _ in rows], y=[v for _, v, _ in rows], marker={"color": colours},
                            text=[f"{v:.2f}" for _, v, _ in rows], textposition="outside",

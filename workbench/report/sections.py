@@ -15,6 +15,7 @@ from workbench.analyzers import ANALYZERS, families
 from workbench.analyzers.examples import SUPPORT, example_of  # SUPPORT: tables with no section of their own
 from workbench.errors import WorkbenchError
 from workbench.figures import example_pattern, position_labels, score_columns
+from workbench.figures.checks import complete_checks
 from workbench.glossary import entries, lookup
 from workbench.report.page import Page, fmt, table
 
@@ -119,9 +120,8 @@ def causal_check(tables: Tables, table_name: str, ranking: str | None, k: int = 
         return "", True
     ks = sorted(int(x) for x in rows["k"].unique())
     chosen = max([x for x in ks if x <= k] or ks[:1])
-    row = rows[rows["k"] == chosen].iloc[0]
-    beats = (bool(row.beats_random) if "beats_random" in rows.columns  # the table's own verdict (its direction)
-             else not (float(row.random_lo) <= float(row.top) <= float(row.random_hi)))
+    row = complete_checks(rows[rows["k"] == chosen]).iloc[0]  # a table's own verdict, else the one rule
+    beats = bool(row.beats_random)
     text = (f"top-{chosen} ablated: {row.metric} {fmt(float(row.top))} vs bottom-{chosen} {fmt(float(row.bottom))} "
             f"and random {chosen}-sets {fmt(float(row.random_median))} [{fmt(float(row.random_lo))}, "
             f"{fmt(float(row.random_hi))}]" + ("" if beats else ": does not beat random"))
