@@ -81,6 +81,27 @@ def test_causal_check_finds_the_known_head_and_flags_a_ranking_that_does_not(han
     assert "beats random" in causal.verdicts(table)[0] and "NOT" not in causal.verdicts(table)[0]
 
 
+def test_cached_evaluator_ablates_each_set_once_and_changes_no_number(handmade):
+    model, _ = handmade
+    held_out = handmade_prompts(4, seed=1)
+    ranking = wb.head_importance(model, handmade_prompts(3, seed=0), method="ablation")
+    plain = causal.loss_evaluator(model, held_out)
+    asked = []
+    cached = causal.cached(lambda sets: asked.extend(map(frozenset, sets)) or plain(sets))
+    kw = dict(score="raw", metric="held-out loss", higher_is_better=False, ks=(1, 2), n_random=4, seed=3)
+    want = causal.causal_check(ranking, plain, ranking="ablation", **kw)
+    first = causal.causal_check(ranking, cached, ranking="ablation", **kw)
+    n_first = len(asked)
+    again = causal.causal_check(ranking.assign(raw=-ranking["raw"]), cached, ranking="reversed", **kw)
+    assert len(asked) == len(set(asked))  # no set is ablated twice
+    own = {frozenset((int(h[1:].split("H")[0]), int(h.split("H")[1])) for h in names.split())
+           for names in [*again["top_heads"], *again["bottom_heads"]]}
+    assert 0 < len(asked) - n_first and set(asked[n_first:]) <= own  # only the new ranking's top/bottom sets are new
+    cols = ["top", "bottom", "random_median", "random_lo", "random_hi", "clean"]
+    np.testing.assert_allclose(first[cols].to_numpy(), want[cols].to_numpy(), rtol=0, atol=1e-6)
+    assert (again["clean"] == first["clean"]).all() and (again["random_median"] == first["random_median"]).all()
+
+
 def test_causal_check_ranks_signed_effects_by_magnitude(handmade):
     model, _ = handmade
     ranking = wb.head_importance(model, handmade_prompts(2), method="ablation")

@@ -283,6 +283,25 @@ def induction_evaluator(model, *, n_probes: int = 8, probe_len: int = 24, seed: 
     return evaluate
 
 
+def cached(evaluate: Evaluate) -> Evaluate:
+    """``evaluate`` remembering each head set's value: several rankings checked with one seed on
+    one evaluator meet the same clean set and random k-sets (drawn in (layer, head) order), and
+    each is ablated once (`workbench.analyzers.niah.cached_hits` does this for NIAH trials)."""
+    seen: dict[frozenset, float] = {}
+
+    def run(head_sets):
+        keys = [frozenset(map(tuple, s)) for s in head_sets]
+        todo = list(dict.fromkeys(k for k in keys if k not in seen))
+        if todo:
+            values = [float(v) for v in evaluate([sorted(k) for k in todo])]
+            if len(values) != len(todo):
+                raise WorkbenchError(f"evaluate returned {len(values)} value(s) for {len(todo)} head sets")
+            seen.update(zip(todo, values))
+        return [seen[k] for k in keys]
+
+    return run
+
+
 def summarize_k(table: pd.DataFrame, k: int | None = None) -> pd.DataFrame:
     """The rows of one k (default: the k closest to 5) for a compact view."""
     if table.empty:
@@ -295,6 +314,7 @@ def summarize_k(table: pd.DataFrame, k: int | None = None) -> pd.DataFrame:
 __all__ = [
     "COLUMNS",
     "DEFAULT_KS",
+    "cached",
     "causal_check",
     "induction_evaluator",
     "loss_evaluator",

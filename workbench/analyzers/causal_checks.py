@@ -50,7 +50,7 @@ def _loss_checks(model, prompts, found, seed: int) -> list[pd.DataFrame]:
 
     held = found["held_out"]
     held_prompts, held_answers, _ = _budget(model, held["prompts"], held["answers"])
-    evaluate = causal.loss_evaluator(model, held_prompts, answers=held_answers)
+    evaluate = causal.cached(causal.loss_evaluator(model, held_prompts, answers=held_answers))  # shared sets: once
     metric = f"held-out {imp._loss_name(model, held_answers)}"
     out = []
     rankings = importance_rankings(model, prompts)
@@ -125,7 +125,7 @@ def _circuit_checks(model, seed: int) -> tuple[list[pd.DataFrame], str | None]:
     main = "activation_patching" if "activation_patching" in methods else methods[0]
     out = []
     for task in dict.fromkeys(table["task"]):
-        evaluate = causal.task_evaluator(model, analysis_suite(task, model, seed=1))
+        evaluate = causal.cached(causal.task_evaluator(model, analysis_suite(task, model, seed=1)))
         for method in methods:
             part = table[(table["task"] == task) & (table["method"] == method)]
             out.append(causal.causal_check(part, evaluate, ranking=circuit_ranking_name(task, method, main),
