@@ -208,17 +208,11 @@ def warm(root: str | Path) -> None:
 
 
 def per_head(frame: pd.DataFrame) -> pd.DataFrame | None:
-    """The per-head rows of a table, or None for tables that are not per head.
+    """The per-head rows of a table, or None for tables that are not per head
+    (`workbench.findings.head_rows`, the rows the report ranks)."""
+    from workbench.findings import head_rows
 
-    Token-level tables (with ``position``) are not per head; ``view`` tables keep ``view ==
-    "head"``; rows with layer or head ``-1`` (layer means, all-head means) are dropped.
-    """
-    if not {"layer", "head"} <= set(frame.columns) or "position" in frame.columns:
-        return None
-    if "view" in frame.columns:
-        frame = frame[frame["view"] == "head"]
-    frame = frame[(frame["layer"] >= 0) & (frame["head"] >= 0)]
-    return frame if len(frame) else None
+    return head_rows(frame)
 
 
 def head_groups(frame: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:

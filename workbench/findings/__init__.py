@@ -126,6 +126,21 @@ def ranking_keys(table: str, ranking: str) -> list[str]:
     return [ranking, f"{table}.{ranking}"]
 
 
+def head_rows(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """The per-head rows of a table, or None for tables that are not per head (the report's
+    ranked heads and the dashboard's score pages both read these).
+
+    Token-level tables (with ``position``) are not per head; ``view`` tables keep ``view ==
+    "head"``; rows with layer or head ``-1`` (layer means, all-head means) are dropped.
+    """
+    if not {"layer", "head"} <= set(frame.columns) or "position" in frame.columns:
+        return None
+    if "view" in frame.columns:
+        frame = frame[frame["view"] == "head"]
+    frame = frame[(frame["layer"] >= 0) & (frame["head"] >= 0)]
+    return frame if len(frame) else None
+
+
 def head_groups(frame: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     """Split a per-head frame into parts with one row per head: by the text columns that vary
     within a head (e.g. ``task`` and ``method`` of the circuits table). Returns ``[(where,
@@ -152,6 +167,6 @@ from workbench.findings.builtin import (  # noqa: E402  (built-in findings use t
     circuits, head_types, massive, niah, niah_curve, retrieval, saliency, secondary_sinks, sinks, summary_heads,
     token_sinks)
 
-__all__ = ["FAMILY_TITLES", "Finding", "NamedHead", "circuits", "family_order", "family_title", "fmt",
+__all__ = ["FAMILY_TITLES", "Finding", "NamedHead", "circuits", "family_order", "family_title", "fmt", "head_rows",
            "head_groups", "head_types", "heads_text", "massive", "niah", "niah_curve", "rank", "ranking_keys", "retrieval",
            "saliency", "secondary_sinks", "sinks", "summary_heads", "token_sinks", "top_heads"]

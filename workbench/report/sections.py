@@ -202,14 +202,8 @@ def findings_section(doc: Page, tables: Tables) -> str:
 def per_head_parts(frame: pd.DataFrame | None) -> list[tuple[str, pd.DataFrame]]:
     """``[(label, part)]`` of a per-head table: real heads only (no aggregates, ``view == "head"``),
     split by the text columns that vary within a head; [] for tables that are not per head."""
-    if frame is None or not {"layer", "head"} <= set(frame.columns) or "position" in frame.columns:
-        return []
-    if "view" in frame.columns:
-        frame = frame[frame["view"] == "head"]
-    frame = frame[(frame["layer"] >= 0) & (frame["head"] >= 0)]
-    if frame.empty:
-        return []
-    return [(", ".join(where.values()), part) for where, part in F.head_groups(frame)]
+    rows = None if frame is None else F.head_rows(frame)
+    return [] if rows is None else [(", ".join(where.values()), part) for where, part in F.head_groups(rows)]
 
 
 def ranked_section(tables: Tables) -> str:
