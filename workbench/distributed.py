@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import pandas as pd
 
@@ -46,62 +46,47 @@ _ENV = ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
 
 @dataclass(frozen=True)
 class RayTable:
-    """A per-prompt analysis the Ray engine computes batch by batch.
+    """How the Ray engine stores a per-prompt analysis it computes batch by batch. What runs is
+    the registered analysis itself (`workbench.analyzers.ANALYZERS`, called as `wb.analyze` calls
+    it: with the batch's shared `wb.describe` capture when it declares ``capture``), with
+    ``prompt_id`` counted within the batch.
 
     Attributes:
-        fn: ``fn(model, prompts, capture) -> frame`` with ``prompt_id`` counted within the batch;
-            ``capture`` is the batch's shared `workbench.description.Description` when
-            ``shared`` (one per batch for all such tables), else None.
         columns: the frame's columns, in order (shard files written together carry each
             other's columns too; a table is read back with its own).
         dense: every prompt has rows (the shard's file must cover all its prompts); a sparse
             table has rows only where something was found, so a shard may hold none.
-        shared: reads the shared descriptive capture.
         order: the local engine's row order when it is not prompt order: ``(column, ascending)``
             pairs (``"|value|"`` sorts by the absolute value), applied stably to the shards read
             in prompt order (`workbench.shards.read`).
     """
 
-    fn: Callable[..., pd.DataFrame]
     columns: tuple[str, ...]
     dense: bool = True
-    shared: bool = False
     order: tuple[tuple[str, bool], ...] = ()
-
-
-def _capture_stats(model, prompts, capture=None) -> pd.DataFrame:
-    from workbench.capture import capture_stats
-
-    return capture_stats(model, prompts)
-
-
-def _described(name: str) -> Callable[..., pd.DataFrame]:
-    """The public analysis ``wb.<name>`` with its defaults, reading the batch's shared capture."""
-    def fn(model, prompts, capture):
-        import workbench as wb
-
-        return getattr(wb, name)(model, prompts, capture=capture)
-
-    fn.__name__ = name
-    return fn
 
 
 #: The analyses the Ray engine runs, by table name: the streaming statistics and the per-prompt
 #: descriptive analyses (one shared capture per batch, `wb.describe`).
 TABLES: dict[str, RayTable] = {
-    "capture_stats": RayTable(_capture_stats, ("prompt_id", "layer", "head", "entropy", "max_prob", "sink_mass",
-                                               "local_mass", "n_queries")),
-    "token_sinks": RayTable(_described("token_sinks"),
-                            ("prompt_id", "layer", "head", "position", "token", "alpha"), shared=True),
-    "secondary_sinks": RayTable(
-        _described("secondary_sinks"),
-        ("prompt_id", "position", "token", "start_layer", "end_layer", "n_layers", "mean_cos"),
-        dense=False, shared=True, order=(("n_layers", False), ("mean_cos", False))),
+    "capture_stats": RayTable(("prompt_id", "layer", "head", "entropy", "max_prob", "sink_mass", "local_mass",
+                               "n_queries")),
+    "token_sinks": RayTable(("prompt_id", "layer", "head", "position", "token", "alpha")),
+    "secondary_sinks": RayTable(("prompt_id", "position", "token", "start_layer", "end_layer", "n_layers", "mean_cos"),
+                                dense=False, order=(("n_layers", False), ("mean_cos", False))),
     "massive_activations": RayTable(
-        _described("massive_activations"), ("prompt_id", "layer", "position", "token", "dim", "value", "ratio"),
-        dense=False, shared=True,
+        ("prompt_id", "layer", "position", "token", "dim", "value", "ratio"), dense=False,
         order=(("|value|", False), ("prompt_id", True), ("layer", True), ("position", True), ("dim", True))),
 }
+
+
+def _shared(name: str) -> bool:
+    """Whether the registered analysis ``name`` reads the batch's shared descriptive capture."""
+    from workbench.analyzers import ANALYZERS
+
+    return bool(ANALYZERS[name].capture)
+
+
 #: The dense table every Ray job writes when it computes no other: its shards tell which batches landed.
 ANCHOR = "capture_stats"
 
@@ -171,15 +156,17 @@ class CaptureActor:
 
         ids = batch["prompt_id"].to_numpy()
         prompts = [p if isinstance(p, str) else [int(t) for t in p] for p in batch["prompt"]]
+        from workbench.analyzers import ANALYZERS
+
         capture = None
-        if any(TABLES[n].shared for n in self.tables):
+        if any(_shared(n) for n in self.tables):
             from workbench.description import describe
 
             capture = describe(self.model, prompts)  # one capture of the batch for every descriptive table
         parts = []
         for name in self.tables:
             spec = TABLES[name]
-            frame = spec.fn(self.model, prompts, capture)
+            frame = ANALYZERS[name].fn(self.model, prompts, **({"capture": capture} if _shared(name) else {}))
             if tuple(frame.columns) != spec.columns:
                 raise WorkbenchError(f"{name} returned columns {list(frame.columns)}; the Ray engine expects "
                                      f"{list(spec.columns)} (workbench.distributed.TABLES)")
@@ -323,9 +310,9 @@ def run_tables(model, prompts: list, run, names: Sequence[str], *, address: str 
     for name in names:
         run.add_sharded_table(name, shards=shard_store.describe(run.path / name, plan), columns=TABLES[name].columns,
                               # shared tables: wb.describe's mode="auto", chosen per batch (exact where the pattern fits)
-                              mode="auto" if TABLES[name].shared else "stream",
+                              mode="auto" if _shared(name) else "stream",
                               # the route the actors' capture_stats(backend="auto") takes on that device
-                              backend=None if TABLES[name].shared else auto_backend(device, model.d_head, attention=True),
+                              backend=None if _shared(name) else auto_backend(device, model.d_head, attention=True),
                               engine=engine, seconds=seconds, device=device,
                               order=[list(o) for o in TABLES[name].order],
                               params={**(params or {}).get(name, {}), "batch_size": batch_size})
