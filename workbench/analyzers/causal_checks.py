@@ -65,11 +65,9 @@ def _loss_checks(model, prompts, found, seed: int) -> list[pd.DataFrame]:
 
 
 def _induction_check(model, seed: int) -> pd.DataFrame:
-    from workbench.analyzers.patterns import detector_scores, repeated_token_probes
-    from workbench.capture import capture_patterns
+    from workbench.analyzers.patterns import probe_scores
 
-    probes = repeated_token_probes(model, seed=0)  # the probes head_patterns scores induction on
-    scores = detector_scores(capture_patterns(model, probes), probes)
+    scores = probe_scores(model)  # the probes head_patterns scores induction on (seed 0): one forward for both
     evaluate = causal.induction_evaluator(model, seed=1)
     return causal.causal_check(scores, evaluate, ranking="head_patterns.induction", score="induction",
                                metric="loss on the repeated half of held-out random-token probes",

@@ -93,6 +93,20 @@ def detection_patterns(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"prev_token": prev, "duplicate": duplicate, "induction": torch.tril(induction)}
 
 
+def probe_scores(model, *, n_probes: int = 8, probe_len: int = 24, seed: int = 0) -> pd.DataFrame:
+    """`detector_scores` on the seeded `repeated_token_probes`, once per model and settings in
+    this process (`workbench.tasks.memo`): head_patterns and the causal check of its induction
+    ranking read the same probe forward."""
+    from workbench.tasks import memo
+
+    def compute():
+        probes = repeated_token_probes(model, n_probes=n_probes, probe_len=probe_len, seed=seed).to(model.device)
+        patterns = patterns_for_batch(model, probes, torch.ones_like(probes), range(model.n_layers))
+        return detector_scores(patterns, probes)
+
+    return memo(model, ("probe_scores", n_probes, probe_len, seed), compute)
+
+
 def detector_scores(patterns: dict[int, torch.Tensor], tokens: torch.Tensor) -> pd.DataFrame:
     """The "mul" score Σ(A ⊙ D) / ΣA per head, averaged over sequences.
 
@@ -263,9 +277,7 @@ def head_patterns(model, prompts, *, local_window: int = 4, n_probes: int = 8, p
                    batch_size=batch_size, backend=backend)
     means = desc.row_means().mean(0)  # (layer, head, field), mean over prompts of per-prompt means
     frame = head_frame({"mean_distance" if f == "distance" else f: means[..., i] for i, f in enumerate(ROW_FIELDS)})
-    probes = repeated_token_probes(model, n_probes=n_probes, probe_len=probe_len, seed=seed).to(model.device)
-    patterns = patterns_for_batch(model, probes, torch.ones_like(probes), range(model.n_layers))
-    frame = frame.merge(detector_scores(patterns, probes), on=["layer", "head"])
+    frame = frame.merge(probe_scores(model, n_probes=n_probes, probe_len=probe_len, seed=seed), on=["layer", "head"])
     features = frame[list(FEATURES)].to_numpy()
     embedding = umap_embedding(features, n_neighbors=n_neighbors, seed=seed)
     frame["umap_x"], frame["umap_y"] = embedding[:, 0], embedding[:, 1]
