@@ -335,20 +335,12 @@ def _loss_name(model, answers) -> str:
 # -- registry ---------------------------------------------------------------------------------------
 def suite_answers(prompts) -> list[str] | None:
     """The answers of prompts taken from the bundled suites (``data/suites/*.jsonl``), or None
-    unless every prompt is found there (then the registered analyses use the task loss)."""
-    from workbench.models import data_dir
-    from workbench.prompts import read_jsonl
+    unless every prompt is found there (then the registered analyses use the task loss): the
+    fit rows of `workbench.analyzers.rankings.demo_splits`."""
+    from workbench.analyzers.rankings import demo_splits
 
-    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-        return None
-    known = {}
-    for path in sorted((data_dir() / "suites").glob("*.jsonl")):
-        try:
-            known.update({r["prompt"]: r["answer"] for r in read_jsonl(path, ("prompt", "answer"))})
-        except WorkbenchError:
-            continue
-    answers = [known.get(p) for p in prompts]
-    return None if not answers or any(a is None for a in answers) else answers
+    found = demo_splits(prompts)
+    return None if found is None else found["fit"]["answers"]
 
 
 def _registered_importance(model, prompts) -> pd.DataFrame:
