@@ -222,19 +222,24 @@ def head_groups(frame: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     return split(frame)
 
 
-def head_parts(run: Run):
+def head_parts(run: Run) -> tuple[tuple[str, dict, pd.DataFrame], ...]:
     """``(table name, where, part)`` for every per-head part of every score table of ``run``
     (`head_groups` of `per_head`), skipping `SUPPORT` tables and tables that cannot be read (the
-    page of such a table says what is wrong)."""
-    for name in run.tables:
-        if name in SUPPORT:
-            continue
+    page of such a table says what is wrong). Cached like the tables (a rewritten table is split
+    again): every head click and overview load reads these. The parts are shared: do not modify."""
+    return _cached_parts(str(run.path), tuple((n, _stamp(run, n)) for n in run.tables if n not in SUPPORT))
+
+
+@lru_cache(maxsize=16)
+def _cached_parts(path: str, stamps: tuple) -> tuple[tuple[str, dict, pd.DataFrame], ...]:
+    out = []
+    for name, stamp in stamps:
         try:
-            frame = per_head(table(run, name))
+            frame = per_head(_cached_table(path, name, stamp))  # per_head selects: a new frame, the cache is intact
         except WorkbenchError:
             continue
-        for where, part in [] if frame is None else head_groups(frame):
-            yield name, where, part
+        out += [(name, where, part) for where, part in ([] if frame is None else head_groups(frame))]
+    return tuple(out)
 
 
 # -- on demand: models and patterns ----------------------------------------------------------
