@@ -116,6 +116,14 @@ def _same_model(stored: dict | None, info: dict | None, fingerprint: dict | None
     return None
 
 
+def _entry(file: str, rows: int, columns, mode: str, backend: str | None, seconds: float | None,
+           params: dict | None, extra: dict) -> dict:
+    """A table's manifest entry: how it was made (flat file or shards add where it is)."""
+    return {"file": file, "rows": int(rows), "columns": [str(c) for c in columns], "capture_mode": mode,
+            "backend": backend, "seconds": None if seconds is None else round(float(seconds), 3),
+            "params": jsonable(params or {}), **jsonable(extra)}
+
+
 class Run:
     """A stored analysis run.
 
@@ -259,18 +267,8 @@ class Run:
             digest.update(sha256=file_sha256(tmp), bytes=Path(tmp).stat().st_size)
 
         atomic_write(file, write)
-        entry = {
-            "file": file.name,
-            "rows": int(len(frame)),
-            "columns": [str(c) for c in frame.columns],
-            "capture_mode": mode,
-            "backend": backend,
-            "seconds": None if seconds is None else round(float(seconds), 3),
-            "params": jsonable(params or {}),
-            **jsonable(extra),
-            **digest,
-        }
-        self._record(name, entry)
+        self._record(name, {**_entry(file.name, len(frame), frame.columns, mode, backend, seconds, params, extra),
+                            **digest})
 
     def add_sharded_table(self, name: str, *, shards: dict[str, dict], columns: list[str], mode: str, engine: dict,
                           backend: str | None = None, seconds: float | None = None, params: dict | None = None,
@@ -288,20 +286,9 @@ class Run:
             engine: which engine and cluster wrote the shards (``name``, ``cluster``, ``address``, ...).
         """
         _check_name("table", name)
-        entry = {
-            "file": name,
-            "shards": jsonable(shards),
-            "rows": int(sum(s["rows"] for s in shards.values())),
-            "columns": [str(c) for c in columns],
-            "capture_mode": mode,
-            "backend": backend,
-            "engine": jsonable(engine),
-            "seconds": None if seconds is None else round(float(seconds), 3),
-            "params": jsonable(params or {}),
-            **jsonable(extra),
-            "bytes": int(sum(s["bytes"] for s in shards.values())),
-        }
-        self._record(name, entry)
+        rows = sum(s["rows"] for s in shards.values())
+        self._record(name, {**_entry(name, rows, columns, mode, backend, seconds, params, {"engine": engine, **extra}),
+                            "shards": jsonable(shards), "bytes": int(sum(s["bytes"] for s in shards.values()))})
 
     def mark_skipped(self, name: str, reason: str) -> None:
         """Record that analysis ``name`` does not apply to the run's model, and why."""
